@@ -1,0 +1,352 @@
+//! App+User access tokens: the refresh-token grant of the secure application model (v1 or v2
+//! endpoint), cached and renewed ahead of expiry, one renewal at a time for all workers.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::TokenEndpoint;
+use crate::secret::Secret;
+
+const PARTNER_CENTER_RESOURCE: &str = "https://api.partnercenter.microsoft.com";
+const PARTNER_CENTER_SCOPE: &str =
+    "https://api.partnercenter.microsoft.com/user_impersonation offline_access";
+
+/// Where access tokens come from.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// `LICENSE_BATCH_ACCESS_TOKEN`: used as is; cannot be refreshed.
+    AccessToken(Secret),
+    RefreshToken(RefreshGrant),
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    pub authority: Url,
+    pub tenant_id: String,
+    pub endpoint: TokenEndpoint,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub refresh_token: Secret,
+}
+
+impl RefreshGrant {
+    pub fn token_url(&self) -> Url {
+        let mut url = self.authority.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .expect("authority is an http(s) URL");
+            path.pop_if_empty().push(&self.tenant_id).push("oauth2");
+            if self.endpoint == TokenEndpoint::V2 {
+                path.push("v2.0");
+            }
+            path.push("token");
+        }
+        url
+    }
+}
+
+/// Why no token could be had; every variant carries advice for the operator and no secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token endpoint refused the refresh token ({error}): {advice}")]
+    Refused { error: String, advice: String },
+    #[error("cannot get an access token from {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "the access token from LICENSE_BATCH_ACCESS_TOKEN was rejected (expired or revoked) and \
+         cannot be refreshed; supply a new one, or configure the refresh-token grant instead"
+    )]
+    CannotRefresh,
+}
+
+struct Cached {
+    token: Secret,
+    renew_at: Instant,
+}
+
+struct State {
+    cached: Option<Cached>,
+    /// The refresh token in use; Azure AD may rotate it on every grant.
+    refresh_token: Option<Secret>,
+}
+
+/// Hands out access tokens to every worker.
+pub struct TokenProvider {
+    http: reqwest::Client,
+    credentials: Credentials,
+    state: Mutex<State>,
+}
+
+impl TokenProvider {
+    pub fn new(http: reqwest::Client, credentials: Credentials) -> Self {
+        let (cached, refresh_token) = match &credentials {
+            Credentials::AccessToken(token) => (
+                Some(Cached {
+                    token: token.clone(),
+                    renew_at: far_future(),
+                }),
+                None,
+            ),
+            Credentials::RefreshToken(grant) => (None, Some(grant.refresh_token.clone())),
+        };
+        TokenProvider {
+            http,
+            credentials,
+            state: Mutex::new(State {
+                cached,
+                refresh_token,
+            }),
+        }
+    }
+
+    /// A token that is not about to expire. Holding the lock while renewing makes concurrent
+    /// callers wait for the one renewal instead of each starting their own.
+    pub async fn token(&self) -> Result<Secret, AuthError> {
+        let mut state = self.state.lock().await;
+        if let Some(cached) = &state.cached
+            && Instant::now() < cached.renew_at
+        {
+            return Ok(cached.token.clone());
+        }
+        self.renew(&mut state).await
+    }
+
+    /// Called after a 401 with the token that was refused: renews unless another worker
+    /// already did, so a burst of 401s costs one renewal.
+    pub async fn renew_after_rejection(&self, rejected: &Secret) -> Result<Secret, AuthError> {
+        let mut state = self.state.lock().await;
+        if let Some(cached) = &state.cached
+            && cached.token != *rejected
+            && Instant::now() < cached.renew_at
+        {
+            return Ok(cached.token.clone());
+        }
+        self.renew(&mut state).await
+    }
+
+    async fn renew(&self, state: &mut State) -> Result<Secret, AuthError> {
+        let Credentials::RefreshToken(grant) = &self.credentials else {
+            return Err(AuthError::CannotRefresh);
+        };
+        let refresh_token = state
+            .refresh_token
+            .clone()
+            .unwrap_or_else(|| grant.refresh_token.clone());
+        let url = grant.token_url();
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", &grant.client_id),
+            ("refresh_token", refresh_token.expose()),
+        ];
+        if let Some(secret) = &grant.client_secret {
+            form.push(("client_secret", secret.expose()));
+        }
+        match grant.endpoint {
+            TokenEndpoint::V1 => {
+                form.push(("resource", PARTNER_CENTER_RESOURCE));
+                form.push(("scope", "openid"));
+            }
+            TokenEndpoint::V2 => form.push(("scope", PARTNER_CENTER_SCOPE)),
+        }
+        let unreachable = |reason: String| AuthError::Unreachable {
+            url: url.to_string(),
+            reason,
+        };
+        let response = self
+            .http
+            .post(url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unreachable(without_url(&e)))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| {
+            unreachable(format!(
+                "HTTP {status}, unreadable answer: {}",
+                without_url(&e)
+            ))
+        })?;
+        if !status.is_success() {
+            return Err(refusal(&body, status.as_u16()));
+        }
+        let access = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unreachable(format!("HTTP {status} without an access_token")))?;
+        // expires_in is a string in v1 and a number in v2.
+        let lifetime = match body.get("expires_in") {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        }
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(3600));
+        if let Some(rotated) = body.get("refresh_token").and_then(Value::as_str)
+            && !rotated.is_empty()
+        {
+            state.refresh_token = Some(Secret::new(rotated));
+        }
+        let token = Secret::new(access);
+        state.cached = Some(Cached {
+            token: token.clone(),
+            renew_at: Instant::now() + lifetime - renewal_margin(lifetime),
+        });
+        tracing::debug!(lifetime_secs = lifetime.as_secs(), "access token renewed");
+        Ok(token)
+    }
+}
+
+/// Renew a quarter of the lifetime early (at most five minutes), so no request leaves with a
+/// token about to expire.
+fn renewal_margin(lifetime: Duration) -> Duration {
+    (lifetime / 4).min(Duration::from_secs(300))
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// reqwest errors can print the URL; the token URL holds no secret, but keep messages short.
+fn without_url(error: &reqwest::Error) -> String {
+    let mut e: &dyn std::error::Error = error;
+    let mut text = error.to_string();
+    while let Some(source) = e.source() {
+        text = source.to_string();
+        e = source;
+    }
+    text
+}
+
+/// Turns an OAuth error answer into operator advice (AADSTS codes).
+fn refusal(body: &Value, status: u16) -> AuthError {
+    let error = body
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown_error")
+        .to_string();
+    let description = body
+        .get("error_description")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let aadsts = description
+        .split_whitespace()
+        .next()
+        .filter(|w| w.starts_with("AADSTS"))
+        .map(|w| w.trim_end_matches(':'))
+        .unwrap_or("");
+    let advice = match aadsts {
+        "AADSTS700082" | "AADSTS70008" | "AADSTS700084" => {
+            "the refresh token has expired; run the secure application model consent again \
+             (an admin agent signs in with MFA) and store the new refresh token"
+        }
+        "AADSTS50173" | "AADSTS50132" | "AADSTS50133" | "AADSTS70043" => {
+            "the refresh token was revoked (password change or session policy); run the \
+             secure application model consent again and store the new refresh token"
+        }
+        "AADSTS7000215" | "AADSTS7000222" => {
+            "the client secret is invalid or expired; create a new secret for the app \
+             registration and set LICENSE_BATCH_CLIENT_SECRET"
+        }
+        "AADSTS700016" => {
+            "the client_id is not an application in the partner tenant; check auth.client_id"
+        }
+        "AADSTS90002" | "AADSTS900023" => "the tenant is unknown; check auth.tenant_id",
+        "AADSTS50076" | "AADSTS50079" | "AADSTS50158" => {
+            "multi-factor authentication is required; consent again with MFA and store the new refresh token"
+        }
+        "AADSTS53003" => {
+            "blocked by Conditional Access in the partner tenant; exclude the app or location from the policy"
+        }
+        "AADSTS65001" => {
+            "the app has no consent for Partner Center; grant consent (secure application model)"
+        }
+        _ => "",
+    };
+    let advice = if advice.is_empty() {
+        format!("HTTP {status}: {description}")
+    } else {
+        format!("{advice} ({description})")
+    };
+    AuthError::Refused { error, advice }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(endpoint: TokenEndpoint) -> RefreshGrant {
+        RefreshGrant {
+            authority: Url::parse("https://login.example/").unwrap(),
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            endpoint,
+            client_id: "app".into(),
+            client_secret: Some(Secret::new("s3cret")),
+            refresh_token: Secret::new("rt"),
+        }
+    }
+
+    #[test]
+    fn token_urls_for_both_endpoints() {
+        assert_eq!(
+            grant(TokenEndpoint::V1).token_url().as_str(),
+            "https://login.example/contoso.onmicrosoft.com/oauth2/token"
+        );
+        assert_eq!(
+            grant(TokenEndpoint::V2).token_url().as_str(),
+            "https://login.example/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn aadsts_codes_become_advice() {
+        let body = serde_json::json!({"error": "invalid_grant",
+            "error_description": "AADSTS700082: The refresh token has expired due to inactivity.\r\nTrace ID: x"});
+        let err = refusal(&body, 400).to_string();
+        assert!(
+            err.contains("consent again") && err.contains("invalid_grant"),
+            "{err}"
+        );
+        assert!(!err.contains("Trace ID"));
+        let body = serde_json::json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."});
+        assert!(
+            refusal(&body, 401)
+                .to_string()
+                .contains("LICENSE_BATCH_CLIENT_SECRET")
+        );
+    }
+
+    #[test]
+    fn margin_is_a_quarter_capped_at_five_minutes() {
+        assert_eq!(
+            renewal_margin(Duration::from_secs(3600)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            renewal_margin(Duration::from_secs(8)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_static_token_cannot_be_renewed() {
+        let provider = TokenProvider::new(
+            reqwest::Client::new(),
+            Credentials::AccessToken(Secret::new("at")),
+        );
+        let token = provider.token().await.unwrap();
+        assert_eq!(token.expose(), "at");
+        assert!(matches!(
+            provider.renew_after_rejection(&token).await,
+            Err(AuthError::CannotRefresh)
+        ));
+    }
+}

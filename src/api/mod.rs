@@ -1,0 +1,154 @@
+//! The Partner Center client: builds the exact request of SPEC §4 (URL, headers, body), sends
+//! it, and classifies the answer. Transport failures come back as transient verdicts.
+
+pub mod auth;
+pub mod classify;
+pub mod models;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use uuid::Uuid;
+
+use crate::config::ApiSettings;
+use crate::secret::Secret;
+use auth::TokenProvider;
+use classify::{Classified, Verdict};
+use models::LicenseUpdateRequest;
+
+/// The value of `MS-PartnerCenter-Application`.
+pub const APPLICATION: &str = concat!("license-batch/", env!("CARGO_PKG_VERSION"));
+
+/// One HTTP exchange as the engine and the report see it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// `None` when no response arrived (timeout, reset, refused connection).
+    pub http_status: Option<u16>,
+    pub correlation_id: Uuid,
+    pub classified: Classified,
+}
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    base_url: Url,
+    locale: String,
+    kick_instant_on: bool,
+    pub tokens: Arc<TokenProvider>,
+}
+
+/// The HTTP client every call shares: rustls, bounded timeouts, our user agent.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(APPLICATION)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("the TLS backend initialises")
+}
+
+impl ApiClient {
+    pub fn new(http: reqwest::Client, settings: &ApiSettings, tokens: Arc<TokenProvider>) -> Self {
+        ApiClient {
+            http,
+            base_url: settings.base_url.clone(),
+            locale: settings.locale.clone(),
+            kick_instant_on: settings.kick_instant_on,
+            tokens,
+        }
+    }
+
+    /// `{base}/v1/customers/{customer}/users/{user}/licenseupdates`, with the user as one
+    /// percent-encoded path segment, so no user ID can reach another endpoint.
+    pub fn license_update_url(&self, customer: Uuid, user: &str) -> Url {
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .expect("base URL is http(s)")
+            .pop_if_empty()
+            .extend([
+                "v1",
+                "customers",
+                &customer.to_string(),
+                "users",
+                user,
+                "licenseupdates",
+            ]);
+        if self.kick_instant_on {
+            url.set_query(Some("isKickInstantOn=true"));
+        }
+        url
+    }
+
+    /// Sends one LicenseUpdate with the given request ID and a fresh correlation ID.
+    pub async fn send_license_update(
+        &self,
+        customer: Uuid,
+        user: &str,
+        body: &LicenseUpdateRequest,
+        request_id: Uuid,
+        token: &Secret,
+    ) -> Exchange {
+        let correlation_id = Uuid::new_v4();
+        let result = self
+            .http
+            .post(self.license_update_url(customer, user))
+            .bearer_auth(token.expose())
+            .header("Accept", "application/json")
+            .header("MS-RequestId", request_id.to_string())
+            .header("MS-CorrelationId", correlation_id.to_string())
+            .header("MS-PartnerCenter-Application", APPLICATION)
+            .header("X-Locale", &self.locale)
+            .json(body)
+            .send()
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => return transport_failure(correlation_id, &error),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        match response.bytes().await {
+            Ok(bytes) => Exchange {
+                http_status: Some(status),
+                correlation_id,
+                classified: classify::classify(status, retry_after.as_deref(), &bytes),
+            },
+            // The status arrived but the body did not: for a success the change is applied;
+            // otherwise treat it like a lost answer and retry with the same request ID.
+            Err(_) if matches!(status, 200 | 201) => Exchange {
+                http_status: Some(status),
+                correlation_id,
+                classified: classify::classify(status, None, b""),
+            },
+            Err(error) => transport_failure(correlation_id, &error),
+        }
+    }
+}
+
+fn transport_failure(correlation_id: Uuid, error: &reqwest::Error) -> Exchange {
+    let what = if error.is_timeout() {
+        "no answer before the timeout"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "connection failed"
+    };
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    Exchange {
+        http_status: None,
+        correlation_id,
+        classified: Classified {
+            verdict: Verdict::Transient,
+            error_code: None,
+            message: format!("{what}: {cause}"),
+        },
+    }
+}

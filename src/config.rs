@@ -1,0 +1,347 @@
+//! Configuration: the TOML file, environment variables and defaults, resolved into [`Settings`].
+//!
+//! Precedence (SPEC §2): flags > environment > file > defaults. Flags and the env vars that
+//! mirror them are applied by the CLI layer through [`Overrides`]; this module knows nothing of
+//! the command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::secret::Secret;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.partnercenter.microsoft.com";
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+/// The whole configuration as the file spells it; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    #[serde(default)]
+    pub run: RunSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub base_url: Option<String>,
+    pub timeout_secs: Option<u64>,
+    pub locale: Option<String>,
+    pub kick_instant_on: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub authority: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub token_endpoint: Option<TokenEndpoint>,
+    pub refresh_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub requests_per_minute: Option<u32>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    pub max_attempts: Option<u32>,
+    pub max_elapsed_secs: Option<u64>,
+    pub min_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    pub state_file: Option<PathBuf>,
+    pub max_failure_ratio: Option<f64>,
+    pub failure_ratio_min_groups: Option<u64>,
+}
+
+/// Which token endpoint of the authority the refresh-token grant goes to (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenEndpoint {
+    V1,
+    V2,
+}
+
+/// Values given on the command line (or the env vars clap maps onto them); `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub requests_per_minute: Option<u32>,
+    pub concurrency: Option<usize>,
+    pub state_file: Option<PathBuf>,
+}
+
+/// The resolved configuration every lower layer works from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub auth: AuthSettings,
+    pub limits: Limits,
+    pub retry: RetrySettings,
+    pub run: RunSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub base_url: Url,
+    pub timeout: Duration,
+    pub locale: String,
+    pub kick_instant_on: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub authority: Url,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub token_endpoint: TokenEndpoint,
+    pub refresh_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub requests_per_minute: u32,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub max_elapsed: Duration,
+    /// First backoff delay of a transient retry; doubles (with jitter) up to 60 s.
+    pub min_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub state_file: PathBuf,
+    pub max_failure_ratio: f64,
+    pub failure_ratio_min_groups: u64,
+}
+
+/// Secrets read from the environment (never from flags or the config file, SPEC §6).
+#[derive(Debug, Clone, Default)]
+pub struct EnvSecrets {
+    pub client_secret: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub access_token: Option<Secret>,
+}
+
+impl EnvSecrets {
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| env(name).filter(|v| !v.trim().is_empty()).map(Secret::new);
+        EnvSecrets {
+            client_secret: get("LICENSE_BATCH_CLIENT_SECRET"),
+            refresh_token: get("LICENSE_BATCH_REFRESH_TOKEN"),
+            access_token: get("LICENSE_BATCH_ACCESS_TOKEN"),
+        }
+    }
+}
+
+/// Reads and parses a config file (TOML).
+pub fn load_file(path: &Path) -> Result<FileConfig, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        Error::Config(format!(
+            "{}: {} (see config.example.toml for every key)",
+            path.display(),
+            e.to_string().trim_end()
+        ))
+    })
+}
+
+impl Settings {
+    /// Layers defaults < file < environment < overrides and checks every value.
+    pub fn resolve(
+        file: FileConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Settings, Error> {
+        let env_or = |name: &str, file_value: Option<String>| env(name).or(file_value);
+
+        let base_url = env_or("LICENSE_BATCH_API_BASE_URL", file.api.base_url)
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        let authority = env_or("LICENSE_BATCH_AUTH_AUTHORITY", file.auth.authority)
+            .unwrap_or_else(|| DEFAULT_AUTHORITY.to_string());
+
+        let requests_per_minute = overrides
+            .requests_per_minute
+            .or(file.limits.requests_per_minute)
+            .unwrap_or(300);
+        if requests_per_minute == 0 {
+            return Err(Error::Config(
+                "limits.requests_per_minute must be at least 1".into(),
+            ));
+        }
+        let concurrency = overrides
+            .concurrency
+            .or(file.limits.concurrency)
+            .unwrap_or(8);
+        if !(1..=256).contains(&concurrency) {
+            return Err(Error::Config(format!(
+                "limits.concurrency must be between 1 and 256, got {concurrency}"
+            )));
+        }
+        let max_attempts = file.retry.max_attempts.unwrap_or(8);
+        if max_attempts == 0 {
+            return Err(Error::Config(
+                "retry.max_attempts must be at least 1".into(),
+            ));
+        }
+        let max_failure_ratio = file.run.max_failure_ratio.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&max_failure_ratio) {
+            return Err(Error::Config(format!(
+                "run.max_failure_ratio must be between 0 and 1, got {max_failure_ratio}"
+            )));
+        }
+        let timeout_secs = file.api.timeout_secs.unwrap_or(30);
+        if timeout_secs == 0 {
+            return Err(Error::Config("api.timeout_secs must be at least 1".into()));
+        }
+
+        Ok(Settings {
+            api: ApiSettings {
+                base_url: parse_service_url("api.base_url", &base_url)?,
+                timeout: Duration::from_secs(timeout_secs),
+                locale: file.api.locale.unwrap_or_else(|| "en-US".into()),
+                kick_instant_on: file.api.kick_instant_on.unwrap_or(false),
+            },
+            auth: AuthSettings {
+                authority: parse_service_url("auth.authority", &authority)?,
+                tenant_id: env_or("LICENSE_BATCH_TENANT_ID", file.auth.tenant_id),
+                client_id: env_or("LICENSE_BATCH_CLIENT_ID", file.auth.client_id),
+                token_endpoint: file.auth.token_endpoint.unwrap_or(TokenEndpoint::V1),
+                refresh_token_file: file.auth.refresh_token_file,
+            },
+            limits: Limits {
+                requests_per_minute,
+                concurrency,
+            },
+            retry: RetrySettings {
+                max_attempts,
+                max_elapsed: Duration::from_secs(file.retry.max_elapsed_secs.unwrap_or(900)),
+                min_delay: Duration::from_millis(file.retry.min_delay_ms.unwrap_or(1000)),
+            },
+            run: RunSettings {
+                state_file: overrides
+                    .state_file
+                    .clone()
+                    .or(file.run.state_file)
+                    .unwrap_or_else(|| PathBuf::from("license-batch.state.sqlite")),
+                max_failure_ratio,
+                failure_ratio_min_groups: file.run.failure_ratio_min_groups.unwrap_or(100),
+            },
+        })
+    }
+}
+
+/// Parses a service URL; plain `http://` is accepted only for loopback hosts (SPEC §6).
+pub fn parse_service_url(key: &str, value: &str) -> Result<Url, Error> {
+    let url = Url::parse(value.trim())
+        .map_err(|e| Error::Config(format!("{key} = {value:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(Error::Config(format!(
+            "{key} = {value:?}: plain http:// is refused for non-loopback hosts; use https://"
+        ))),
+        other => Err(Error::Config(format!(
+            "{key} = {value:?}: scheme {other:?} is not supported; use https://"
+        ))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::resolve(FileConfig::default(), &no_env, &Overrides::default()).unwrap();
+        assert_eq!(
+            s.api.base_url.as_str(),
+            "https://api.partnercenter.microsoft.com/"
+        );
+        assert_eq!(s.limits.requests_per_minute, 300);
+        assert_eq!(s.limits.concurrency, 8);
+        assert_eq!(s.retry.max_attempts, 8);
+        assert_eq!(s.retry.max_elapsed, Duration::from_secs(900));
+        assert_eq!(
+            s.run.state_file,
+            PathBuf::from("license-batch.state.sqlite")
+        );
+        assert_eq!(s.auth.token_endpoint, TokenEndpoint::V1);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file: FileConfig = toml::from_str(
+            "[api]\nbase_url = \"https://file.example\"\n[limits]\nrequests_per_minute = 10\nconcurrency = 2\n",
+        )
+        .unwrap();
+        let env =
+            |k: &str| (k == "LICENSE_BATCH_API_BASE_URL").then(|| "https://env.example".into());
+        let overrides = Overrides {
+            requests_per_minute: Some(99),
+            ..Default::default()
+        };
+        let s = Settings::resolve(file, &env, &overrides).unwrap();
+        assert_eq!(s.api.base_url.host_str(), Some("env.example"));
+        assert_eq!(s.limits.requests_per_minute, 99);
+        assert_eq!(s.limits.concurrency, 2);
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        assert!(parse_service_url("k", "http://127.0.0.1:8080").is_ok());
+        assert!(parse_service_url("k", "http://localhost:1").is_ok());
+        assert!(parse_service_url("k", "http://[::1]:1").is_ok());
+        let err = parse_service_url("api.base_url", "http://api.example.com").unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[limits]\nrequests_per_minut = 5\n").unwrap();
+        let err = load_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml") && err.contains("requests_per_minut"),
+            "{err}"
+        );
+    }
+}

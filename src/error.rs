@@ -1,0 +1,56 @@
+//! The library's error type and the one place that maps a run's result to a documented exit code.
+
+use std::path::PathBuf;
+
+use crate::summary::{Completion, RunSummary};
+
+/// Everything that stops a run before a request was sent (exit 2). Failures after sending
+/// starts are not errors: they end in a [`RunSummary`] whose [`Completion`] says why.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad usage: {0}")]
+    Usage(String),
+
+    #[error("bad configuration: {0}")]
+    Config(String),
+
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
+
+    #[error("missing credentials: {0}")]
+    Credentials(String),
+
+    #[error("cannot start the sandbox: {0}")]
+    Sandbox(String),
+
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Exit codes of SPEC §10.
+pub mod exit_code {
+    pub const ALL_SUCCEEDED: u8 = 0;
+    pub const SOME_NOT_SUCCEEDED: u8 = 1;
+    pub const NOTHING_SENT: u8 = 2;
+    pub const ABORTED: u8 = 3;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// The single mapping from a run's result to its exit code.
+pub fn exit_code_for(result: &Result<RunSummary, Error>) -> u8 {
+    match result {
+        Err(_) => exit_code::NOTHING_SENT,
+        Ok(summary) => match &summary.completion {
+            Completion::Aborted(_) => exit_code::ABORTED,
+            Completion::Interrupted => exit_code::INTERRUPTED,
+            Completion::Finished | Completion::Planned if summary.all_succeeded() => {
+                exit_code::ALL_SUCCEEDED
+            }
+            Completion::Finished | Completion::Planned => exit_code::SOME_NOT_SUCCEEDED,
+        },
+    }
+}

@@ -1,0 +1,24 @@
+//! license-batch: bulk-assigns Microsoft 365 licenses through the Partner Center REST API.
+//!
+//! The modules follow the pipeline: [`input`] (CSV, validation) → [`plan`] (SKU resolution,
+//! grouping) → [`engine`] (pool, pacing, retries) → [`api`] (client, auth, classification) →
+//! [`report`] and [`summary`]; [`sandbox`] simulates Partner Center beside them. [`cli`] and
+//! [`config`] turn flags, env and file into [`RunOptions`]; [`error`] maps results to exit codes.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod input;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod sandbox;
+pub mod secret;
+pub mod summary;
+
+pub use error::{Error, exit_code_for};
+pub use run::{RunOptions, Target, run};
+pub use summary::{Completion, RunSummary};

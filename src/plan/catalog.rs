@@ -1,0 +1,205 @@
+//! The built-in SKU catalog: real Microsoft 365 product names, part numbers and SKU IDs, used to
+//! resolve names in a sheet and to provision the sandbox when no scenario says otherwise.
+
+use uuid::Uuid;
+
+use super::{ResolvedSku, SkuResolver};
+use crate::input::{LicenseGroup, SkuRef};
+
+/// One product of the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogSku {
+    pub id: &'static str,
+    pub part_number: &'static str,
+    pub name: &'static str,
+    pub license_group: LicenseGroup,
+}
+
+impl CatalogSku {
+    pub fn uuid(&self) -> Uuid {
+        Uuid::parse_str(self.id).expect("catalog IDs are GUIDs")
+    }
+}
+
+const fn sku(
+    id: &'static str,
+    part_number: &'static str,
+    name: &'static str,
+    license_group: LicenseGroup,
+) -> CatalogSku {
+    CatalogSku {
+        id,
+        part_number,
+        name,
+        license_group,
+    }
+}
+
+use LicenseGroup::{Group1, Group2};
+
+/// Well-known SKUs (IDs as published in Microsoft's "product names and service plan identifiers").
+pub const BUILTIN: &[CatalogSku] = &[
+    sku(
+        "3b555118-da6a-4418-894f-7df1e2096870",
+        "O365_BUSINESS_ESSENTIALS",
+        "Microsoft 365 Business Basic",
+        Group1,
+    ),
+    sku(
+        "f245ecc8-75af-4f8e-b61f-27d8114de5f3",
+        "O365_BUSINESS_PREMIUM",
+        "Microsoft 365 Business Standard",
+        Group1,
+    ),
+    sku(
+        "cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46",
+        "SPB",
+        "Microsoft 365 Business Premium",
+        Group1,
+    ),
+    sku(
+        "18181a46-0d4e-45cd-891e-4d0aa1e4c4b4",
+        "STANDARDPACK",
+        "Office 365 E1",
+        Group1,
+    ),
+    sku(
+        "6fd2c87f-b296-42f0-b197-1e91e994b900",
+        "ENTERPRISEPACK",
+        "Office 365 E3",
+        Group1,
+    ),
+    sku(
+        "c7df2760-2c81-4ef7-b578-5b5392b571df",
+        "ENTERPRISEPREMIUM",
+        "Office 365 E5",
+        Group1,
+    ),
+    sku(
+        "05e9a617-0261-4cee-bb44-138d3ef5d965",
+        "SPE_E3",
+        "Microsoft 365 E3",
+        Group1,
+    ),
+    sku(
+        "06ebc4ee-1bb5-47dd-8120-11324bc54e06",
+        "SPE_E5",
+        "Microsoft 365 E5",
+        Group1,
+    ),
+    sku(
+        "4b9405b0-7788-4568-add1-99614e613b69",
+        "EXCHANGESTANDARD",
+        "Exchange Online (Plan 1)",
+        Group1,
+    ),
+    sku(
+        "f8a1db68-be16-40ed-86d5-cb42ce701560",
+        "POWER_BI_PRO",
+        "Power BI Pro",
+        Group1,
+    ),
+    sku(
+        "c5928f49-12ba-48f7-ada3-0d743a3601d5",
+        "VISIOCLIENT",
+        "Visio Plan 2",
+        Group1,
+    ),
+    sku(
+        "53818b1b-4a27-454b-8896-0dba576410e6",
+        "PROJECTPROFESSIONAL",
+        "Project Plan 3",
+        Group1,
+    ),
+    sku(
+        "984df360-9a74-4647-8cf8-696749f6247a",
+        "MEE_FACULTY",
+        "Minecraft Education Faculty",
+        Group2,
+    ),
+    sku(
+        "533b8f26-f74b-4e9c-9c59-50fc4b393b63",
+        "MEE_STUDENT",
+        "Minecraft Education Student",
+        Group2,
+    ),
+];
+
+/// Case- and spacing-insensitive form of a product name or part number.
+pub fn name_key(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Looks a SKU up by ID, part number or product name.
+pub fn find(sku: &SkuRef) -> Option<&'static CatalogSku> {
+    match sku {
+        SkuRef::Id(id) => BUILTIN.iter().find(|s| s.uuid() == *id),
+        SkuRef::Name(name) => {
+            let key = name_key(name);
+            BUILTIN
+                .iter()
+                .find(|s| name_key(s.part_number) == key || name_key(s.name) == key)
+        }
+    }
+}
+
+/// Resolves against [`BUILTIN`] only: the same answer for every customer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BuiltinCatalog;
+
+impl SkuResolver for BuiltinCatalog {
+    fn resolve(&self, _customer: Uuid, sku: &SkuRef) -> Result<ResolvedSku, String> {
+        match (find(sku), sku) {
+            (Some(found), _) => Ok(ResolvedSku {
+                id: found.uuid(),
+                license_group: Some(found.license_group),
+            }),
+            // A GUID we do not know is still a SKU ID the API may know; send it as is.
+            (None, SkuRef::Id(id)) => Ok(ResolvedSku {
+                id: *id,
+                license_group: None,
+            }),
+            (None, SkuRef::Name(name)) => Err(format!(
+                "unknown SKU {name:?}; give its SKU ID (GUID) or one of: {}",
+                BUILTIN
+                    .iter()
+                    .map(|s| format!("{} ({})", s.part_number, s.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_part_numbers_resolve_case_insensitively() {
+        let by_name = find(&SkuRef::Name("microsoft 365  business PREMIUM".into())).unwrap();
+        let by_part = find(&SkuRef::Name("spb".into())).unwrap();
+        assert_eq!(by_name.id, by_part.id);
+        let minecraft = find(&SkuRef::Name("MEE_STUDENT".into())).unwrap();
+        assert_eq!(minecraft.license_group, Group2);
+    }
+
+    #[test]
+    fn catalog_ids_are_unique_guids() {
+        let mut ids: Vec<Uuid> = BUILTIN.iter().map(CatalogSku::uuid).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), BUILTIN.len());
+    }
+
+    #[test]
+    fn unknown_names_list_the_choices() {
+        let err = BuiltinCatalog
+            .resolve(Uuid::nil(), &SkuRef::Name("E7".into()))
+            .unwrap_err();
+        assert!(err.contains("\"E7\"") && err.contains("SPB (Microsoft 365 Business Premium)"));
+    }
+}

@@ -1,0 +1,265 @@
+//! The per-row report (SPEC §9): every input row in input order, its original cells, then the
+//! `result_*` columns; written atomically (temp file + rename), with formula-like cells
+//! neutralised for spreadsheets.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use crate::engine::{OperationOutcome, OperationStatus};
+use crate::input::{InputFile, LicenseGroup, RESULT_COLUMNS};
+use crate::plan::{Plan, RowPlan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RowStatus {
+    Succeeded,
+    Failed,
+    Invalid,
+    Skipped,
+    Pending,
+}
+
+impl RowStatus {
+    pub const ALL: [RowStatus; 5] = [
+        RowStatus::Succeeded,
+        RowStatus::Failed,
+        RowStatus::Invalid,
+        RowStatus::Skipped,
+        RowStatus::Pending,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Succeeded => "succeeded",
+            RowStatus::Failed => "failed",
+            RowStatus::Invalid => "invalid",
+            RowStatus::Skipped => "skipped",
+            RowStatus::Pending => "pending",
+        }
+    }
+}
+
+/// One row of the report model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRow {
+    pub line: u64,
+    pub customer_id: Option<Uuid>,
+    pub status: RowStatus,
+    pub sku_id: Option<Uuid>,
+    pub license_group: Option<LicenseGroup>,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub message: String,
+    pub attempts: u32,
+    pub request_id: Option<Uuid>,
+    pub correlation_id: Option<Uuid>,
+    pub finished_at: Option<SystemTime>,
+    pub warnings: Vec<String>,
+}
+
+/// Joins input rows, plan and outcomes into one report row per input row.
+pub fn build(input: &InputFile, plan: &Plan, outcomes: &[Vec<OperationOutcome>]) -> Vec<ReportRow> {
+    input
+        .rows
+        .iter()
+        .zip(&plan.rows)
+        .enumerate()
+        .map(|(index, (row, row_plan))| {
+            let customer_id = row.request.as_ref().ok().map(|r| r.customer_id);
+            match row_plan {
+                RowPlan::Invalid {
+                    message,
+                    sku_id,
+                    license_group,
+                } => ReportRow {
+                    line: row.line,
+                    customer_id,
+                    status: RowStatus::Invalid,
+                    sku_id: *sku_id,
+                    license_group: *license_group,
+                    http_status: None,
+                    error_code: None,
+                    message: message.clone(),
+                    attempts: 0,
+                    request_id: None,
+                    correlation_id: None,
+                    finished_at: None,
+                    warnings: Vec::new(),
+                },
+                RowPlan::Send { group, operation } => {
+                    let g = &plan.groups[*group];
+                    let op = &g.operations[*operation];
+                    let outcome = &outcomes[*group][*operation];
+                    let mut message = outcome.message.clone();
+                    if let Some(&first) = op.rows.first()
+                        && first != index
+                    {
+                        let note = format!(
+                            "same operation as line {}, sent once",
+                            input.rows[first].line
+                        );
+                        message = if message.is_empty() {
+                            note
+                        } else {
+                            format!("{note}; {message}")
+                        };
+                    }
+                    ReportRow {
+                        line: row.line,
+                        customer_id: Some(g.customer_id),
+                        status: match outcome.status {
+                            OperationStatus::Succeeded => RowStatus::Succeeded,
+                            OperationStatus::Failed => RowStatus::Failed,
+                            OperationStatus::Pending => RowStatus::Pending,
+                        },
+                        sku_id: Some(op.sku_id),
+                        license_group: Some(g.license_group),
+                        http_status: outcome.http_status,
+                        error_code: outcome.error_code.clone(),
+                        message,
+                        attempts: outcome.attempts,
+                        request_id: outcome.request_id,
+                        correlation_id: outcome.correlation_id,
+                        finished_at: outcome.finished_at,
+                        warnings: outcome.warnings.clone(),
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// `<input stem>.report.csv` next to the input.
+pub fn default_path(input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    input.with_file_name(format!("{stem}.report.csv"))
+}
+
+/// Prefixes a cell a spreadsheet would execute with `'`; plain numbers (`-5`, `+3.5`) stay.
+pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let plain_number = cell.len() > 1
+        && cell[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
+        && cell[1..].chars().any(|c| c.is_ascii_digit())
+        && cell.starts_with(['+', '-']);
+    if risky && !plain_number {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
+fn opt<T: ToString>(value: &Option<T>) -> String {
+    value.as_ref().map(T::to_string).unwrap_or_default()
+}
+
+/// Writes the report atomically: a temporary file beside the target, then a rename.
+pub fn write(path: &Path, input: &InputFile, rows: &[ReportRow]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".license-batch-report-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)?;
+    {
+        let mut writer = csv::WriterBuilder::new()
+            .delimiter(input.delimiter)
+            .from_writer(std::io::BufWriter::new(temp.as_file_mut()));
+        let header = input
+            .carried
+            .iter()
+            .map(|&i| input.headers[i].as_str())
+            .chain(RESULT_COLUMNS);
+        writer.write_record(
+            header
+                .map(neutralise)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|c| c.as_ref()),
+        )?;
+        for (row, report) in input.rows.iter().zip(rows) {
+            let results = [
+                report.line.to_string(),
+                report.status.as_str().to_string(),
+                opt(&report.sku_id),
+                report
+                    .license_group
+                    .map(|g| g.as_str().to_string())
+                    .unwrap_or_default(),
+                opt(&report.http_status),
+                opt(&report.error_code),
+                report.message.clone(),
+                report.attempts.to_string(),
+                opt(&report.request_id),
+                opt(&report.correlation_id),
+                report
+                    .finished_at
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .unwrap_or_default(),
+                report.warnings.join("; "),
+            ];
+            let cells = input
+                .carried
+                .iter()
+                .map(|&i| row.cells[i].as_str())
+                .chain(results.iter().map(String::as_str))
+                .map(neutralise);
+            writer.write_record(cells.collect::<Vec<_>>().iter().map(|c| c.as_ref()))?;
+        }
+        writer.flush()?;
+    }
+    temp.as_file_mut().flush()?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Fails early (before anything is sent) when the report's folder is not writable.
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".license-batch-check-")
+        .tempfile_in(dir)
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_are_neutralised_numbers_are_not() {
+        for risky in [
+            "=HYPERLINK(\"x\")",
+            "@SUM(A1)",
+            "+cmd|' /C calc'!A0",
+            "-2+3",
+            "\tx",
+            "\rx",
+            "+1 555 1234",
+        ] {
+            assert!(neutralise(risky).starts_with('\''), "{risky:?}");
+        }
+        for safe in ["-5", "+3.5", "ada@contoso.com", "plain", ""] {
+            assert_eq!(neutralise(safe), safe);
+        }
+    }
+
+    #[test]
+    fn default_path_sits_next_to_the_input() {
+        assert_eq!(
+            default_path(Path::new("a/b/sheet.csv")),
+            PathBuf::from("a/b/sheet.report.csv")
+        );
+    }
+}

@@ -1,0 +1,832 @@
+//! The built-in Partner Center simulator (axum): the token endpoint and `licenseupdates` as the
+//! reference pages describe them, incl. their error bodies, seats that run out, idempotent
+//! replay by MS-RequestId, throttling and faults from a [`Scenario`]. It keeps a ground-truth
+//! record of every request and of what it applied, for tests and for `sandbox --dump`.
+//!
+//! Codes the reference pages do not give are the simulator's own choice and say so in their
+//! description: 60011 (SKU not subscribed), 60013 (license groups mixed), 409 (request ID reused
+//! with another body).
+
+pub mod scenario;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use reqwest::Url;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::api::auth::RefreshGrant;
+use crate::config::TokenEndpoint;
+use crate::input::{LicenseGroup, SkuRef};
+use crate::plan::catalog;
+use crate::secret::Secret;
+pub use scenario::Scenario;
+
+pub const TENANT_ID: &str = "sandbox-partner.onmicrosoft.com";
+pub const CLIENT_ID: &str = "00000000-5a4d-4b0c-8000-000000000001";
+pub const CLIENT_SECRET: &str = "sandbox-client-secret";
+pub const REFRESH_TOKEN: &str = "sandbox-refresh-token";
+const PLENTY: u64 = 1_000_000;
+
+/// One licenseupdates call as the sandbox saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRequest {
+    #[serde(with = "humantime_serde_compat")]
+    pub at: SystemTime,
+    pub customer: String,
+    pub user: String,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub body: Value,
+    pub status: u16,
+    /// Answered from the idempotency store: nothing was applied again.
+    pub replay: bool,
+    /// This call changed the tenant.
+    pub applied: bool,
+}
+
+mod humantime_serde_compat {
+    use std::time::SystemTime;
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+    }
+}
+
+/// Protocol rules the client broke.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Violations {
+    pub missing_request_id: u64,
+    pub malformed_request_id: u64,
+    pub request_id_reused_with_other_body: u64,
+    pub mixed_license_groups: u64,
+}
+
+#[derive(Debug, Clone)]
+struct SubscribedSku {
+    id: Uuid,
+    name: String,
+    part_number: String,
+    license_group: LicenseGroup,
+    total: u64,
+    consumed: u64,
+    warning: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+struct Customer {
+    name: String,
+    conditional_access_blocked: bool,
+    missing_gdap_role: bool,
+    users: Option<HashSet<String>>,
+    skus: Vec<SubscribedSku>,
+    assigned: HashMap<String, BTreeSet<Uuid>>,
+}
+
+impl Customer {
+    fn with_catalog(name: String) -> Customer {
+        Customer {
+            name,
+            conditional_access_blocked: false,
+            missing_gdap_role: false,
+            users: None,
+            skus: catalog::BUILTIN
+                .iter()
+                .map(|s| SubscribedSku {
+                    id: s.uuid(),
+                    name: s.name.into(),
+                    part_number: s.part_number.into(),
+                    license_group: s.license_group,
+                    total: PLENTY,
+                    consumed: 0,
+                    warning: None,
+                })
+                .collect(),
+            assigned: HashMap::new(),
+        }
+    }
+
+    fn from_scenario(c: &scenario::CustomerScenario) -> Result<Customer, String> {
+        let mut customer =
+            Customer::with_catalog(c.name.clone().unwrap_or_else(|| c.id.to_string()));
+        customer.conditional_access_blocked = c.conditional_access_blocked;
+        customer.missing_gdap_role = c.missing_gdap_role;
+        customer.users = c
+            .users
+            .as_ref()
+            .map(|u| u.iter().map(|u| u.trim().to_lowercase()).collect());
+        if let Some(skus) = &c.skus {
+            customer.skus = skus.iter().map(subscribed_sku).collect::<Result<_, _>>()?;
+        }
+        Ok(customer)
+    }
+}
+
+fn subscribed_sku(s: &scenario::SkuScenario) -> Result<SubscribedSku, String> {
+    let reference = match Uuid::try_parse(s.sku.trim()) {
+        Ok(id) => SkuRef::Id(id),
+        Err(_) => SkuRef::Name(s.sku.clone()),
+    };
+    let known = catalog::find(&reference);
+    let id = match (&reference, known) {
+        (_, Some(k)) => k.uuid(),
+        (SkuRef::Id(id), None) => *id,
+        (SkuRef::Name(n), None) => {
+            return Err(format!(
+                "scenario SKU {n:?} is not in the catalog; give its GUID"
+            ));
+        }
+    };
+    let license_group = match &s.license_group {
+        Some(g) => LicenseGroup::parse(g)
+            .ok_or_else(|| format!("license_group {g:?}: use group1 or group2"))?,
+        None => known.map_or(LicenseGroup::Group1, |k| k.license_group),
+    };
+    Ok(SubscribedSku {
+        id,
+        name: s
+            .name
+            .clone()
+            .or(known.map(|k| k.name.to_string()))
+            .unwrap_or_else(|| id.to_string()),
+        part_number: s
+            .part_number
+            .clone()
+            .or(known.map(|k| k.part_number.to_string()))
+            .unwrap_or_default(),
+        license_group,
+        total: s.total.unwrap_or(1000),
+        consumed: s.consumed,
+        warning: s
+            .warning
+            .as_ref()
+            .map(|w| (w.code.clone(), w.message.clone())),
+    })
+}
+
+struct Stored {
+    fingerprint: String,
+    status: u16,
+    body: Value,
+}
+
+struct SandboxState {
+    scenario: Scenario,
+    permissive: bool,
+    customers: HashMap<Uuid, Customer>,
+    /// Issued access tokens and when each stops working.
+    tokens: HashMap<String, Instant>,
+    refresh_tokens: HashSet<String>,
+    issued: u64,
+    calls: u64,
+    requests: Vec<RecordedRequest>,
+    idempotency: HashMap<String, Stored>,
+    violations: Violations,
+}
+
+/// A running sandbox. Dropping it stops the server.
+pub struct Sandbox {
+    pub url: Url,
+    state: Arc<Mutex<SandboxState>>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Sandbox {
+    /// Starts the simulator on `addr` (port 0 picks a free one).
+    pub async fn start(scenario: Scenario, addr: SocketAddr) -> Result<Sandbox, String> {
+        let mut customers = HashMap::new();
+        for c in &scenario.customers {
+            customers.insert(c.id, Customer::from_scenario(c)?);
+        }
+        let state = Arc::new(Mutex::new(SandboxState {
+            permissive: scenario.is_permissive(),
+            scenario,
+            customers,
+            tokens: HashMap::new(),
+            refresh_tokens: HashSet::from([REFRESH_TOKEN.to_string()]),
+            issued: 0,
+            calls: 0,
+            requests: Vec::new(),
+            idempotency: HashMap::new(),
+            violations: Violations::default(),
+        }));
+        let app = Router::new()
+            .route("/{tenant}/oauth2/token", post(token_v1))
+            .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
+            .route(
+                "/v1/customers/{customer}/users/{user}/licenseupdates",
+                post(license_update),
+            )
+            .route("/sandbox/record", get(dump))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        Ok(Sandbox {
+            url: Url::parse(&format!("http://{local}/")).expect("loopback URL"),
+            state,
+            shutdown,
+        })
+    }
+
+    /// The refresh-token grant that the sandbox's token endpoint accepts.
+    pub fn credentials(&self) -> RefreshGrant {
+        RefreshGrant {
+            authority: self.url.clone(),
+            tenant_id: TENANT_ID.into(),
+            endpoint: TokenEndpoint::V1,
+            client_id: CLIENT_ID.into(),
+            client_secret: Some(Secret::new(CLIENT_SECRET)),
+            refresh_token: Secret::new(REFRESH_TOKEN),
+        }
+    }
+
+    /// Every licenseupdates call so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.lock().expect("sandbox lock").requests.clone()
+    }
+
+    pub fn violations(&self) -> Violations {
+        self.state.lock().expect("sandbox lock").violations.clone()
+    }
+
+    /// The SKUs a user holds now (ground truth).
+    pub fn licenses(&self, customer: Uuid, user: &str) -> BTreeSet<Uuid> {
+        let state = self.state.lock().expect("sandbox lock");
+        state
+            .customers
+            .get(&customer)
+            .and_then(|c| c.assigned.get(&user.to_lowercase()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many access tokens the token endpoint has issued.
+    pub fn tokens_issued(&self) -> u64 {
+        self.state.lock().expect("sandbox lock").issued
+    }
+
+    /// Changes a customer's Conditional Access block while running.
+    pub fn set_conditional_access_blocked(&self, customer: Uuid, blocked: bool) {
+        let mut state = self.state.lock().expect("sandbox lock");
+        let permissive = state.permissive;
+        if let Some(c) = customer_entry(&mut state.customers, permissive, customer) {
+            c.conditional_access_blocked = blocked;
+        }
+    }
+
+    /// Removes a license behind the tool's back.
+    pub fn revoke_license(&self, customer: Uuid, user: &str, sku: Uuid) {
+        let mut state = self.state.lock().expect("sandbox lock");
+        if let Some(c) = state.customers.get_mut(&customer)
+            && let Some(held) = c.assigned.get_mut(&user.to_lowercase())
+            && held.remove(&sku)
+            && let Some(s) = c.skus.iter_mut().find(|s| s.id == sku)
+        {
+            s.consumed = s.consumed.saturating_sub(1);
+        }
+    }
+
+    /// The ground truth as JSON (served at `/sandbox/record`).
+    pub fn dump(&self) -> Value {
+        dump_state(&self.state.lock().expect("sandbox lock"))
+    }
+}
+
+fn customer_entry(
+    customers: &mut HashMap<Uuid, Customer>,
+    permissive: bool,
+    id: Uuid,
+) -> Option<&mut Customer> {
+    if permissive {
+        Some(
+            customers
+                .entry(id)
+                .or_insert_with(|| Customer::with_catalog(id.to_string())),
+        )
+    } else {
+        customers.get_mut(&id)
+    }
+}
+
+fn dump_state(state: &SandboxState) -> Value {
+    let applied: Vec<Value> = state
+        .customers
+        .iter()
+        .flat_map(|(id, c)| {
+            c.assigned
+                .iter()
+                .map(move |(user, skus)| json!({"customer": id, "user": user, "skus": skus}))
+        })
+        .collect();
+    json!({
+        "requests": state.requests,
+        "violations": state.violations,
+        "licenses": applied,
+        "seats": state.customers.iter().map(|(id, c)| json!({
+            "customer": id, "name": c.name,
+            "skus": c.skus.iter().map(|s| json!({
+                "id": s.id, "name": s.name, "partNumber": s.part_number,
+                "licenseGroup": s.license_group.as_str(), "total": s.total, "consumed": s.consumed
+            })).collect::<Vec<_>>()
+        })).collect::<Vec<_>>(),
+    })
+}
+
+type Shared = Arc<Mutex<SandboxState>>;
+
+async fn dump(State(state): State<Shared>) -> Json<Value> {
+    Json(dump_state(&state.lock().expect("sandbox lock")))
+}
+
+async fn token_v1(state: State<Shared>, form: Form<HashMap<String, String>>) -> Response {
+    issue_token(state, form, TokenEndpoint::V1)
+}
+
+async fn token_v2(state: State<Shared>, form: Form<HashMap<String, String>>) -> Response {
+    issue_token(state, form, TokenEndpoint::V2)
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+fn issue_token(
+    State(state): State<Shared>,
+    Form(form): Form<HashMap<String, String>>,
+    endpoint: TokenEndpoint,
+) -> Response {
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if field("grant_type") != "refresh_token" {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "AADSTS70003: The app requested an unsupported grant type.",
+        );
+    }
+    if field("client_id") != CLIENT_ID {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+        );
+    }
+    if field("client_secret") != CLIENT_SECRET {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        );
+    }
+    let scope_ok = match endpoint {
+        TokenEndpoint::V1 => field("resource") == "https://api.partnercenter.microsoft.com",
+        TokenEndpoint::V2 => {
+            field("scope").contains("https://api.partnercenter.microsoft.com/user_impersonation")
+        }
+    };
+    if !scope_ok {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            "AADSTS500011: The resource principal was not found.",
+        );
+    }
+    let mut state = state.lock().expect("sandbox lock");
+    if !state.refresh_tokens.contains(field("refresh_token")) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "AADSTS700082: The refresh token has expired due to inactivity.",
+        );
+    }
+    state.issued += 1;
+    let lifetime = state.scenario.auth.token_lifetime_secs.unwrap_or(3600);
+    let valid_for = if state.issued <= state.scenario.auth.revoke_first_tokens {
+        0
+    } else {
+        state
+            .scenario
+            .auth
+            .revoke_tokens_after_secs
+            .unwrap_or(lifetime)
+    };
+    let access = format!(
+        "sandbox-access-{}-{}",
+        state.issued,
+        Uuid::new_v4().simple()
+    );
+    let rotated = format!("sandbox-refresh-{}", Uuid::new_v4().simple());
+    state.tokens.insert(
+        access.clone(),
+        Instant::now() + Duration::from_secs(valid_for),
+    );
+    state.refresh_tokens.insert(rotated.clone());
+    let expires_in = match endpoint {
+        TokenEndpoint::V1 => json!(lifetime.to_string()),
+        TokenEndpoint::V2 => json!(lifetime),
+    };
+    Json(json!({"token_type": "Bearer", "expires_in": expires_in,
+                "access_token": access, "refresh_token": rotated}))
+    .into_response()
+}
+
+fn error_body(code: u64, description: &str, data: Option<Vec<String>>) -> Value {
+    let mut body = json!({"code": code, "description": description, "source": "PartnerFD"});
+    if let Some(data) = data {
+        body["data"] = json!(data);
+    }
+    body
+}
+
+/// Reads `LicensesToAssign`/`LicensesToRemove` (PascalCase or camelCase) as SKU IDs.
+fn requested_skus(body: &Value) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
+    let list = |pascal: &str, camel: &str| -> Option<Vec<Value>> {
+        match body.get(pascal).or_else(|| body.get(camel)) {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Array(items)) => Some(items.clone()),
+            Some(_) => None,
+        }
+    };
+    let assign = list("LicensesToAssign", "licensesToAssign")?
+        .iter()
+        .map(|a| {
+            a.get("SkuId")
+                .or_else(|| a.get("skuId"))
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::try_parse(s).ok())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let remove = list("LicensesToRemove", "licensesToRemove")?
+        .iter()
+        .map(|r| r.as_str().and_then(|s| Uuid::try_parse(s).ok()))
+        .collect::<Option<Vec<_>>>()?;
+    Some((assign, remove))
+}
+
+async fn license_update(
+    State(state): State<Shared>,
+    Path((customer, user)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let latency = state
+        .lock()
+        .expect("sandbox lock")
+        .scenario
+        .faults
+        .latency_ms;
+    if let Some(ms) = latency {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let request_id = header("ms-requestid");
+    let body_json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let mut state = state.lock().expect("sandbox lock");
+    let mut record = RecordedRequest {
+        at: SystemTime::now(),
+        customer: customer.clone(),
+        user: user.clone(),
+        request_id: request_id.clone(),
+        correlation_id: header("ms-correlationid"),
+        body: body_json.clone(),
+        status: 0,
+        replay: false,
+        applied: false,
+    };
+    let (status, extra_headers, answer, definitive) = answer_license_update(
+        &mut state,
+        &customer,
+        &user,
+        &headers,
+        &body_json,
+        &mut record,
+    );
+    record.status = status;
+    if definitive
+        && let Some(id) = &request_id
+        && !record.replay
+    {
+        state.idempotency.insert(
+            id.clone(),
+            Stored {
+                fingerprint: fingerprint(&customer, &user, &body_json),
+                status,
+                body: answer.clone(),
+            },
+        );
+    }
+    state.requests.push(record);
+    let mut response = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(answer),
+    )
+        .into_response();
+    for (name, value) in extra_headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert("ms-requestid", id);
+    }
+    response
+}
+
+fn fingerprint(customer: &str, user: &str, body: &Value) -> String {
+    format!(
+        "{}|{}|{}",
+        customer.to_lowercase(),
+        user.to_lowercase(),
+        body
+    )
+}
+
+type Answer = (u16, Vec<(&'static str, String)>, Value, bool);
+
+fn answer_license_update(
+    state: &mut SandboxState,
+    customer_text: &str,
+    user: &str,
+    headers: &HeaderMap,
+    body: &Value,
+    record: &mut RecordedRequest,
+) -> Answer {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let token_valid = state
+        .tokens
+        .get(bearer)
+        .is_some_and(|until| Instant::now() < *until);
+    if !token_valid || state.scenario.auth.reject_all_tokens {
+        return (
+            401,
+            vec![("www-authenticate", "Bearer".into())],
+            json!({"code": 401, "description": "Unauthorized: the access token is missing, expired or revoked."}),
+            false,
+        );
+    }
+    if state.scenario.auth.partner_token {
+        return (
+            400,
+            vec![],
+            error_body(
+                900316,
+                "Partner token is not allowed in license management calls. Please call with Partner Access Token. To learn more, see https://learn.microsoft.com/partner-center/developer/enable-secure-app-model#get-access-token",
+                None,
+            ),
+            false,
+        );
+    }
+
+    state.calls += 1;
+    let call = state.calls;
+    let faults = state.scenario.faults.clone();
+    if faults
+        .throttle_every
+        .is_some_and(|n| n > 0 && call.is_multiple_of(n))
+    {
+        let wait = faults.retry_after_secs.unwrap_or(1);
+        return (
+            429,
+            vec![("retry-after", wait.to_string())],
+            json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {wait} seconds.")}),
+            false,
+        );
+    }
+    if faults
+        .transient_every
+        .is_some_and(|n| n > 0 && call.is_multiple_of(n))
+    {
+        let status = faults.transient_status.unwrap_or(503);
+        return (
+            status,
+            vec![],
+            json!({"code": status, "description": "The service is temporarily unavailable (sandbox fault)."}),
+            false,
+        );
+    }
+
+    let request_id = record.request_id.clone();
+    match request_id.as_deref().map(Uuid::try_parse) {
+        None => state.violations.missing_request_id += 1,
+        Some(Err(_)) => state.violations.malformed_request_id += 1,
+        Some(Ok(_)) => {}
+    }
+    if let Some(id) = &request_id
+        && let Some(stored) = state.idempotency.get(id)
+    {
+        if stored.fingerprint == fingerprint(customer_text, user, body) {
+            record.replay = true;
+            return (stored.status, vec![], stored.body.clone(), true);
+        }
+        state.violations.request_id_reused_with_other_body += 1;
+        return (
+            409,
+            vec![],
+            error_body(
+                409,
+                "MS-RequestId was already used for a different request (sandbox rule).",
+                None,
+            ),
+            false,
+        );
+    }
+
+    let Ok(customer_id) = Uuid::try_parse(customer_text) else {
+        return (
+            404,
+            vec![],
+            error_body(60003, "Tenant not found.", None),
+            true,
+        );
+    };
+    let permissive = state.permissive;
+    let Some(customer) = customer_entry(&mut state.customers, permissive, customer_id) else {
+        return (
+            404,
+            vec![],
+            error_body(60003, "Tenant not found.", None),
+            true,
+        );
+    };
+    if customer.conditional_access_blocked {
+        return (
+            403,
+            vec![],
+            error_body(
+                900309,
+                "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance. Learn more at https://learn.microsoft.com/azure/active-directory/conditional-access/concept-conditional-access-users-groups.",
+                None,
+            ),
+            true,
+        );
+    }
+    if customer.missing_gdap_role {
+        return (
+            403,
+            vec![],
+            json!({"description": "Forbidden: the caller does not have a role that permits license management for this customer.", "source": "PartnerFD"}),
+            true,
+        );
+    }
+    let user_key = user.to_lowercase();
+    if customer
+        .users
+        .as_ref()
+        .is_some_and(|users| !users.contains(&user_key))
+    {
+        return (
+            404,
+            vec![],
+            error_body(60002, "User object Id is not found.", None),
+            true,
+        );
+    }
+    let Some((assign, remove)) = requested_skus(body) else {
+        return (
+            400,
+            vec![],
+            error_body(
+                60000,
+                "The request body is not a LicenseUpdate (sandbox rule).",
+                None,
+            ),
+            true,
+        );
+    };
+    let mut groups = BTreeSet::new();
+    for sku in assign.iter().chain(&remove) {
+        match customer.skus.iter().find(|s| s.id == *sku) {
+            Some(s) => {
+                groups.insert(s.license_group);
+            }
+            None => {
+                return (
+                    400,
+                    vec![],
+                    error_body(
+                        60011,
+                        &format!(
+                            "The SKU {sku} is not subscribed by this customer (sandbox rule)."
+                        ),
+                        None,
+                    ),
+                    true,
+                );
+            }
+        }
+    }
+    if groups.len() > 1 {
+        state.violations.mixed_license_groups += 1;
+        return (
+            400,
+            vec![],
+            error_body(
+                60013,
+                "Licenses of more than one license group cannot be assigned in one request (sandbox rule).",
+                None,
+            ),
+            true,
+        );
+    }
+    let Some(customer) = customer_entry(&mut state.customers, permissive, customer_id) else {
+        unreachable!("customer looked up above");
+    };
+    let held = customer
+        .assigned
+        .get(&user_key)
+        .cloned()
+        .unwrap_or_default();
+    for sku in &assign {
+        let s = customer
+            .skus
+            .iter()
+            .find(|s| s.id == *sku)
+            .expect("checked above");
+        if !held.contains(sku) && s.consumed >= s.total {
+            let data = format!(
+                "LicenseQuotaExceededException : Subscription with Account {customer_id} and SKU {sku} does not have any available licenses left."
+            );
+            return (
+                400,
+                vec![],
+                error_body(
+                    60012,
+                    "We are sorry, it looks like you have run out of licenses. Buy more licenses, and then try again.",
+                    Some(vec![data]),
+                ),
+                true,
+            );
+        }
+    }
+    let mut warnings = Vec::new();
+    let held = customer.assigned.entry(user_key).or_default();
+    for sku in &assign {
+        let s = customer
+            .skus
+            .iter_mut()
+            .find(|s| s.id == *sku)
+            .expect("checked above");
+        if held.insert(*sku) {
+            s.consumed += 1;
+        }
+        if let Some((code, message)) = &s.warning {
+            warnings.push(json!({"code": code, "message": message, "servicePlans": []}));
+        }
+    }
+    for sku in &remove {
+        if held.remove(sku)
+            && let Some(s) = customer.skus.iter_mut().find(|s| s.id == *sku)
+        {
+            s.consumed = s.consumed.saturating_sub(1);
+        }
+    }
+    record.applied = true;
+    let assigned: Vec<Value> = assign.iter().map(|s| json!({"skuId": s})).collect();
+    (
+        201,
+        vec![],
+        json!({
+            "licensesToAssign": assigned,
+            "licensesToRemove": remove,
+            "licenseWarnings": warnings,
+            "attributes": {"objectType": "LicenseUpdate"}
+        }),
+        true,
+    )
+}

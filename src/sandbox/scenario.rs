@@ -1,0 +1,117 @@
+//! The sandbox scenario (JSON or TOML): customers, users, subscribed SKUs with seats, and faults.
+//! Without one, the sandbox is permissive: every customer and user exists and every catalog SKU
+//! has plenty of seats (SPEC §2).
+
+use std::path::Path;
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Whether customers not listed exist too (with every catalog SKU). Default: true when no
+    /// customers are listed, false otherwise.
+    pub permissive: Option<bool>,
+    #[serde(default)]
+    pub auth: AuthScenario,
+    #[serde(default)]
+    pub faults: Faults,
+    #[serde(default)]
+    pub customers: Vec<CustomerScenario>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthScenario {
+    /// Lifetime the token endpoint announces in `expires_in` (default 3600).
+    pub token_lifetime_secs: Option<u64>,
+    /// Tokens stop working this long after issue, whatever `expires_in` said (revocation).
+    pub revoke_tokens_after_secs: Option<u64>,
+    /// The first N access tokens issued are dead on arrival (401), as after a revocation.
+    #[serde(default)]
+    pub revoke_first_tokens: u64,
+    /// Every licenseupdates call answers 401.
+    #[serde(default)]
+    pub reject_all_tokens: bool,
+    /// Every licenseupdates call answers 400 code 900316 (a partner-only token).
+    #[serde(default)]
+    pub partner_token: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Every Nth licenseupdates call answers 429.
+    pub throttle_every: Option<u64>,
+    /// Retry-After of those 429s (default 1).
+    pub retry_after_secs: Option<u64>,
+    /// Every Nth licenseupdates call answers `transient_status` before applying anything.
+    pub transient_every: Option<u64>,
+    /// Default 503.
+    pub transient_status: Option<u16>,
+    /// Added to every licenseupdates answer.
+    pub latency_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerScenario {
+    pub id: Uuid,
+    pub name: Option<String>,
+    /// Answers 403 code 900309 (Conditional Access) to every call.
+    #[serde(default)]
+    pub conditional_access_blocked: bool,
+    /// Answers 403 as when the partner lacks the GDAP role for this customer.
+    #[serde(default)]
+    pub missing_gdap_role: bool,
+    /// Users (object IDs or UPNs) that exist; omitted = every user exists.
+    pub users: Option<Vec<String>>,
+    /// Subscribed SKUs; omitted = every catalog SKU with plenty of seats.
+    pub skus: Option<Vec<SkuScenario>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkuScenario {
+    /// SKU ID, part number or product name of the built-in catalog, or a new SKU ID.
+    pub sku: String,
+    pub name: Option<String>,
+    pub part_number: Option<String>,
+    pub license_group: Option<String>,
+    /// Seats bought (default 1000).
+    pub total: Option<u64>,
+    /// Seats already in use by users outside the sheet (default 0).
+    #[serde(default)]
+    pub consumed: u64,
+    /// A license warning returned when this SKU is assigned.
+    pub warning: Option<WarningScenario>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarningScenario {
+    pub code: String,
+    pub message: String,
+}
+
+impl Scenario {
+    /// Reads a scenario: `.json` as JSON, anything else as TOML.
+    pub fn load(path: &Path) -> Result<Scenario, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
+        let parsed = if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|e| format!("scenario {}: {}", path.display(), e.trim_end()))
+    }
+
+    pub fn is_permissive(&self) -> bool {
+        self.permissive.unwrap_or(self.customers.is_empty())
+    }
+}

@@ -1,0 +1,177 @@
+//! The end-of-run summary (SPEC §11): counts by status, top error codes, a per-customer table,
+//! elapsed time, achieved request rate, retries and 429s, and where the report is.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::StatsSnapshot;
+use crate::report::{ReportRow, RowStatus};
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// Every group got a definitive answer (or was invalid).
+    Finished,
+    /// Stopped early (fatal credential error, failure threshold, unwritable report).
+    Aborted(String),
+    /// Stopped by SIGINT/SIGTERM.
+    Interrupted,
+    /// `--dry-run`: planned, nothing sent.
+    Planned,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub completion: Completion,
+    pub counts: BTreeMap<RowStatus, u64>,
+    /// Error codes (or HTTP statuses) of failed rows, most frequent first.
+    pub top_errors: Vec<(String, u64)>,
+    /// Per customer ID (or "(no valid customer)"), counts by status.
+    pub per_customer: BTreeMap<String, BTreeMap<RowStatus, u64>>,
+    pub elapsed: Duration,
+    pub stats: StatsSnapshot,
+    pub report_path: Option<PathBuf>,
+    pub blank_lines: usize,
+    pub rows: Vec<ReportRow>,
+}
+
+impl RunSummary {
+    pub fn new(rows: Vec<ReportRow>, completion: Completion) -> Self {
+        let mut counts = BTreeMap::new();
+        let mut per_customer: BTreeMap<String, BTreeMap<RowStatus, u64>> = BTreeMap::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for row in &rows {
+            *counts.entry(row.status).or_default() += 1;
+            let customer = row
+                .customer_id
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "(no valid customer)".into());
+            *per_customer
+                .entry(customer)
+                .or_default()
+                .entry(row.status)
+                .or_default() += 1;
+            if row.status == RowStatus::Failed {
+                let key = row.error_code.clone().unwrap_or_else(|| {
+                    row.http_status
+                        .map_or("no response".into(), |s| format!("HTTP {s}"))
+                });
+                *errors.entry(key).or_default() += 1;
+            }
+        }
+        let mut top_errors: Vec<(String, u64)> = errors.into_iter().collect();
+        top_errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        RunSummary {
+            completion,
+            counts,
+            top_errors,
+            per_customer,
+            elapsed: Duration::ZERO,
+            stats: StatsSnapshot::default(),
+            report_path: None,
+            blank_lines: 0,
+            rows,
+        }
+    }
+
+    pub fn count(&self, status: RowStatus) -> u64 {
+        self.counts.get(&status).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Exit 0 requires every row `succeeded` (a dry run: every row valid).
+    pub fn all_succeeded(&self) -> bool {
+        match self.completion {
+            Completion::Planned => self.count(RowStatus::Invalid) == 0,
+            _ => self.count(RowStatus::Succeeded) == self.total(),
+        }
+    }
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        match &self.completion {
+            Completion::Finished => writeln!(f, "license-batch: run finished in {secs:.1}s")?,
+            Completion::Planned => writeln!(f, "license-batch: dry run, nothing sent")?,
+            Completion::Aborted(reason) => writeln!(
+                f,
+                "license-batch: run ABORTED after {secs:.1}s: {reason}\n  pending rows are finished by running the same command again"
+            )?,
+            Completion::Interrupted => writeln!(
+                f,
+                "license-batch: run INTERRUPTED after {secs:.1}s\n  pending rows are finished by running the same command again"
+            )?,
+        }
+        let counts: Vec<String> = RowStatus::ALL
+            .iter()
+            .map(|s| format!("{} {}", self.count(*s), s.as_str()))
+            .collect();
+        writeln!(
+            f,
+            "  rows:        {} total: {}",
+            self.total(),
+            counts.join(", ")
+        )?;
+        if self.blank_lines > 0 {
+            writeln!(
+                f,
+                "  blank lines: {} skipped (no values at all)",
+                self.blank_lines
+            )?;
+        }
+        if self.completion != Completion::Planned {
+            let rate = if secs > 0.0 {
+                self.stats.requests as f64 / secs
+            } else {
+                0.0
+            };
+            writeln!(
+                f,
+                "  requests:    {} ({:.1}/s, {:.0}/min), retries {}, throttled (429) {}",
+                self.stats.requests,
+                rate,
+                rate * 60.0,
+                self.stats.retries,
+                self.stats.throttled
+            )?;
+        }
+        if !self.top_errors.is_empty() {
+            let top: Vec<String> = self
+                .top_errors
+                .iter()
+                .take(5)
+                .map(|(code, n)| format!("{code} x{n}"))
+                .collect();
+            writeln!(f, "  top errors:  {}", top.join(", "))?;
+        }
+        writeln!(
+            f,
+            "  {:<38} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}",
+            "customer", "rows", "succeeded", "failed", "invalid", "skipped", "pending"
+        )?;
+        for (customer, counts) in &self.per_customer {
+            let n = |s| counts.get(&s).copied().unwrap_or(0);
+            writeln!(
+                f,
+                "  {:<38} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}",
+                customer,
+                counts.values().sum::<u64>(),
+                n(RowStatus::Succeeded),
+                n(RowStatus::Failed),
+                n(RowStatus::Invalid),
+                n(RowStatus::Skipped),
+                n(RowStatus::Pending)
+            )?;
+        }
+        if let Some(path) = &self.report_path {
+            writeln!(f, "  report:      {}", path.display())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! The real binary: exit codes (SPEC §10), help texts, the README's sample run, and the
+//! errors an operator sees before anything is sent.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn license_batch(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_license-batch"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .output()
+        .expect("binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn copy_samples(dir: &Path) {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    std::fs::create_dir_all(dir.join("samples")).unwrap();
+    for name in ["onboarding.csv", "sandbox-scenario.toml"] {
+        std::fs::copy(samples.join(name), dir.join("samples").join(name)).unwrap();
+    }
+}
+
+#[test]
+fn the_readme_sample_runs_on_the_sandbox_and_accounts_for_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let out = license_batch(
+        dir.path(),
+        &[
+            "run",
+            "samples/onboarding.csv",
+            "--sandbox",
+            "--requests-per-minute",
+            "6000",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    // The sample has deliberately bad rows: exit 1, never 0.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("run finished"), "{stdout}");
+    assert!(
+        stdout.contains("report:      samples/onboarding.report.csv"),
+        "{stdout}"
+    );
+
+    let input_rows = csv::Reader::from_path(dir.path().join("samples/onboarding.csv"))
+        .unwrap()
+        .records()
+        .count();
+    let mut report =
+        csv::Reader::from_path(dir.path().join("samples/onboarding.report.csv")).unwrap();
+    let headers = report.headers().unwrap().clone();
+    assert_eq!(&headers[0], "customer_id");
+    assert_eq!(&headers[headers.len() - 12], "result_row");
+    let rows: Vec<_> = report.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), input_rows);
+    let status_column = headers.iter().position(|h| h == "result_status").unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| ["succeeded", "invalid"].contains(&&r[status_column]))
+    );
+}
+
+#[test]
+fn the_sample_scenario_yields_the_realistic_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let out = license_batch(
+        dir.path(),
+        &[
+            "run",
+            "samples/onboarding.csv",
+            "--sandbox",
+            "--sandbox-scenario",
+            "samples/sandbox-scenario.toml",
+            "--requests-per-minute",
+            "6000",
+            "--log-format",
+            "json",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for code in ["900309", "60012", "60002"] {
+        assert!(
+            stdout.contains(code),
+            "{code} missing in summary:\n{stdout}"
+        );
+    }
+    // JSON logs: every stderr line is a JSON object.
+    for line in text(&out.stderr).lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_required_column_exits_2_with_the_line_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.csv"), "customer_id,sku\nx,y\n").unwrap();
+    let out = license_batch(dir.path(), &["run", "bad.csv", "--sandbox"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("bad.csv, line 1") && stderr.contains("user_id"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("bad.report.csv").exists());
+}
+
+#[test]
+fn missing_credentials_exit_2_naming_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.csv"),
+        "customer_id,user_id,sku\n0c39d6d5-c70d-4c55-bc02-f620844f3fd1,a@b.com,SPB\n",
+    )
+    .unwrap();
+    let out = license_batch(dir.path(), &["run", "in.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    for needed in [
+        "LICENSE_BATCH_REFRESH_TOKEN",
+        "LICENSE_BATCH_CLIENT_SECRET",
+        "auth.tenant_id",
+        "--sandbox",
+    ] {
+        assert!(stderr.contains(needed), "{needed} in {stderr}");
+    }
+}
+
+#[test]
+fn bad_config_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.csv"), "customer_id,user_id,sku\n").unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[api]\nbase_url = \"http://api.example.com\"\n",
+    )
+    .unwrap();
+    let out = license_batch(dir.path(), &["run", "in.csv", "--config", "c.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("plain http:// is refused"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = license_batch(dir.path(), &["run", "in.csv", "--concurrency", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_has_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(license_batch(dir.path(), &["run"]).status.code(), Some(2));
+    assert_eq!(
+        license_batch(dir.path(), &["run", "x.csv", "--bogus"])
+            .status
+            .code(),
+        Some(2)
+    );
+    for args in [&["--help"][..], &["run", "--help"], &["sandbox", "--help"]] {
+        let out = license_batch(dir.path(), args);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).contains("Example"), "{args:?}");
+    }
+}
+
+#[test]
+fn dry_run_prints_the_plan_sends_nothing_and_exits_1_on_invalid_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let out = license_batch(dir.path(), &["run", "samples/onboarding.csv", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("license updates to send") && stdout.contains("invalid line"),
+        "{stdout}"
+    );
+    assert!(!dir.path().join("samples/onboarding.report.csv").exists());
+}
+
+#[test]
+fn an_all_good_sheet_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("good.csv"),
+        "customer;user;product\n0c39d6d5-c70d-4c55-bc02-f620844f3fd1;a@b.com;Microsoft 365 E5\n",
+    )
+    .unwrap();
+    let out = license_batch(dir.path(), &["run", "good.csv", "--sandbox", "-q"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).is_empty(), "quiet: {}", text(&out.stderr));
+    // The report keeps the input's delimiter and is itself valid input.
+    let report = std::fs::read_to_string(dir.path().join("good.report.csv")).unwrap();
+    assert!(
+        report.starts_with("customer;user;product;result_row;result_status"),
+        "{report}"
+    );
+    let again = license_batch(
+        dir.path(),
+        &[
+            "run",
+            "good.report.csv",
+            "--sandbox",
+            "--report",
+            "again.csv",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(0));
+}

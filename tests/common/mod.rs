@@ -1,0 +1,101 @@
+//! Shared helpers for the integration tests: a sandbox per test, settings pointing at it, CSV
+//! files in a temp dir, and the report read back as maps.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use license_batch::config::{EnvSecrets, FileConfig, Overrides, Settings};
+use license_batch::sandbox::{self, Sandbox, Scenario};
+use license_batch::secret::Secret;
+use license_batch::{RunOptions, RunSummary};
+
+pub const CONTOSO: &str = "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90";
+pub const FABRIKAM: &str = "2b6d9e41-8a7c-4f3e-b1d2-3c4e5f6a7b81";
+pub const E3: &str = "05e9a617-0261-4cee-bb44-138d3ef5d965";
+pub const POWER_BI: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";
+pub const MEE_STUDENT: &str = "533b8f26-f74b-4e9c-9c59-50fc4b393b63";
+
+pub async fn start(scenario_toml: &str) -> Sandbox {
+    let scenario: Scenario = toml::from_str(scenario_toml).expect("test scenario parses");
+    Sandbox::start(scenario, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("sandbox starts")
+}
+
+/// Settings aimed at `sandbox`: a high ceiling and short backoffs so tests stay quick.
+pub fn settings_for(sandbox: &Sandbox) -> Settings {
+    let env = |name: &str| match name {
+        "LICENSE_BATCH_API_BASE_URL" | "LICENSE_BATCH_AUTH_AUTHORITY" => {
+            Some(sandbox.url.to_string())
+        }
+        "LICENSE_BATCH_TENANT_ID" => Some(sandbox::TENANT_ID.to_string()),
+        "LICENSE_BATCH_CLIENT_ID" => Some(sandbox::CLIENT_ID.to_string()),
+        _ => None,
+    };
+    let overrides = Overrides {
+        requests_per_minute: Some(60_000),
+        concurrency: Some(4),
+        state_file: None,
+    };
+    let mut settings = Settings::resolve(FileConfig::default(), &env, &overrides).unwrap();
+    settings.retry.min_delay = Duration::from_millis(20);
+    settings.api.timeout = Duration::from_secs(10);
+    settings
+}
+
+pub fn sandbox_secrets() -> EnvSecrets {
+    EnvSecrets {
+        client_secret: Some(Secret::new(sandbox::CLIENT_SECRET)),
+        refresh_token: Some(Secret::new(sandbox::REFRESH_TOKEN)),
+        access_token: None,
+    }
+}
+
+pub fn write_csv(dir: &Path, name: &str, header: &str, rows: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    let mut text = format!("{header}\n");
+    for row in rows {
+        text.push_str(row);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn options(sandbox: &Sandbox, input: &Path) -> RunOptions {
+    let mut opts = RunOptions::new(input, settings_for(sandbox));
+    opts.secrets = sandbox_secrets();
+    opts
+}
+
+pub async fn run(opts: RunOptions) -> RunSummary {
+    license_batch::run(opts).await.expect("run starts")
+}
+
+pub fn read_report(path: &Path) -> Vec<HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).expect("report exists");
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers
+                .iter()
+                .map(String::from)
+                .zip(r.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+pub fn report_path(input: &Path) -> PathBuf {
+    license_batch::report::default_path(input)
+}
+
+/// A valid random-looking user object ID for index `i`.
+pub fn user_guid(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}

@@ -1,0 +1,561 @@
+//! The engine against the in-process sandbox: every row of SPEC §5, checked against the
+//! sandbox's own record of what it received and applied.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use license_batch::report::RowStatus;
+use license_batch::{Completion, exit_code_for};
+use uuid::Uuid;
+
+const HEADER: &str = "customer_id,user_id,sku,action,ticket";
+
+/// For every report row, the tenant state must agree: succeeded assign → held; succeeded
+/// remove → not held; failed assign → not held.
+fn assert_report_matches_tenant(
+    sandbox: &license_batch::sandbox::Sandbox,
+    report: &[HashMap<String, String>],
+) {
+    for row in report {
+        let status = row["result_status"].as_str();
+        if !matches!(status, "succeeded" | "failed") {
+            continue;
+        }
+        let customer: Uuid = row["customer_id"].parse().unwrap();
+        let sku: Uuid = row["result_sku_id"].parse().unwrap();
+        let held = sandbox.licenses(customer, &row["user_id"]).contains(&sku);
+        let remove = row["action"] == "remove";
+        if remove && status == "failed" {
+            continue; // says nothing about whether the user held it before
+        }
+        let expected_held = (status == "succeeded") != remove;
+        assert_eq!(
+            held, expected_held,
+            "row {} says {status} but tenant has held={held}",
+            row["result_row"]
+        );
+    }
+}
+
+/// Requests sharing a request ID carry the same body, and at most one of them applied.
+fn assert_request_ids_are_idempotent(sandbox: &license_batch::sandbox::Sandbox) {
+    let mut by_id: HashMap<String, Vec<&license_batch::sandbox::RecordedRequest>> = HashMap::new();
+    let requests = sandbox.requests();
+    for r in &requests {
+        by_id
+            .entry(r.request_id.clone().expect("every request has an ID"))
+            .or_default()
+            .push(r);
+    }
+    for (id, same) in by_id {
+        assert!(
+            same.iter().all(|r| r.body == same[0].body),
+            "request ID {id} reused with another body"
+        );
+        assert!(
+            same.iter().filter(|r| r.applied).count() <= 1,
+            "request ID {id} applied twice"
+        );
+    }
+    assert_eq!(sandbox.violations(), Default::default());
+}
+
+#[tokio::test]
+async fn the_report_tells_the_truth_for_every_row() {
+    let sandbox = start(&format!(
+        r#"
+        [faults]
+        transient_every = 4
+        [[customers]]
+        id = "{CONTOSO}"
+        skus = [{{ sku = "SPE_E3", total = 100 }}, {{ sku = "POWER_BI_PRO", total = 3 }}, {{ sku = "MEE_STUDENT", total = 100 }}]
+        [[customers]]
+        id = "{FABRIKAM}"
+        users = ["{}", "{}"]
+        "#,
+        user_guid(100),
+        user_guid(101)
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    for i in 0..8 {
+        rows.push(format!("{CONTOSO},{},Microsoft 365 E3,,T{i}", user_guid(i)));
+        rows.push(format!("{CONTOSO},{},Power BI Pro,,T{i}", user_guid(i)));
+        rows.push(format!("{CONTOSO},{},MEE_STUDENT,,T{i}", user_guid(i)));
+    }
+    rows.push(format!("{FABRIKAM},{},SPB,,F1", user_guid(100)));
+    rows.push(format!("{FABRIKAM},{},SPB,,F2", user_guid(102)));
+    rows.push(format!("{CONTOSO},{},SPE_E3,remove,R1", user_guid(50)));
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.completion, Completion::Finished);
+    let report = read_report(&report_path(&input));
+    assert_eq!(report.len(), rows.len());
+    assert_report_matches_tenant(&sandbox, &report);
+    assert_request_ids_are_idempotent(&sandbox);
+
+    let count = |status: &str| {
+        report
+            .iter()
+            .filter(|r| r["result_status"] == status)
+            .count()
+    };
+    // 8 E3 + 3 Power BI + 8 Minecraft + 1 Fabrikam + 1 remove succeed; 5 Power BI and the
+    // unknown Fabrikam user fail.
+    assert_eq!(count("succeeded"), 21, "{report:#?}");
+    assert_eq!(count("failed"), 6);
+    assert!(summary.stats.retries > 0, "transient faults were injected");
+    assert_eq!(exit_code_for(&Ok(summary)), 1);
+
+    // One request per (customer, user, license group) and pass; Minecraft never shares a
+    // request with group1 SKUs.
+    for r in sandbox.requests() {
+        let body = r.body.to_string();
+        assert!(
+            !(body.contains(MEE_STUDENT) && body.contains(E3)),
+            "mixed license groups: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retries_reuse_the_request_id_and_each_group_is_one_request() {
+    let sandbox = start("[faults]\ntransient_every = 2\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..12)
+        .flat_map(|i| {
+            [
+                format!("{CONTOSO},{},SPE_E3,,T", user_guid(i)),
+                format!("{CONTOSO},{},POWER_BI_PRO,,T", user_guid(i)),
+            ]
+        })
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 24);
+
+    let requests = sandbox.requests();
+    let mut ids_per_user: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in &requests {
+        ids_per_user
+            .entry(r.user.clone())
+            .or_default()
+            .insert(r.request_id.clone().unwrap());
+    }
+    assert_eq!(ids_per_user.len(), 12, "one group per user");
+    for (user, ids) in &ids_per_user {
+        assert_eq!(ids.len(), 1, "{user} got several request IDs: {ids:?}");
+    }
+    assert!(
+        requests.len() > 12,
+        "some calls failed transiently and were retried"
+    );
+    assert_eq!(requests.iter().filter(|r| r.applied).count(), 12);
+    let report = read_report(&report_path(&input));
+    for row in &report {
+        assert!(row["result_request_id"].parse::<Uuid>().is_ok());
+        assert!(row["result_correlation_id"].parse::<Uuid>().is_ok());
+        assert!(row["result_finished_at"].ends_with('Z'));
+    }
+    assert_request_ids_are_idempotent(&sandbox);
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_whole_pool_for_retry_after() {
+    let sandbox = start("[faults]\nthrottle_every = 6\nretry_after_secs = 1\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..16)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 4;
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 16);
+    assert!(summary.stats.throttled >= 2);
+
+    let requests = sandbox.requests();
+    let throttled: Vec<_> = requests
+        .iter()
+        .filter(|r| r.status == 429)
+        .map(|r| r.at)
+        .collect();
+    assert!(!throttled.is_empty());
+    for t in &throttled {
+        // Requests already on the wire when the 429 left may still land just after it; none
+        // may start while the pool waits out the Retry-After.
+        let during_pause = requests.iter().filter(|r| {
+            r.at.duration_since(*t)
+                .is_ok_and(|d| d > Duration::from_millis(100) && d < Duration::from_millis(950))
+        });
+        assert_eq!(
+            during_pause.count(),
+            0,
+            "a request arrived during the Retry-After of {t:?}"
+        );
+    }
+    // The throttled group kept its request ID for the retry.
+    for r in requests.iter().filter(|r| r.status == 429) {
+        let same: Vec<_> = requests.iter().filter(|o| o.user == r.user).collect();
+        assert!(same.iter().all(|o| o.request_id == r.request_id));
+        assert!(same.iter().any(|o| o.status == 201));
+    }
+}
+
+#[tokio::test]
+async fn out_of_seats_fails_that_sku_and_resends_the_rest() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nskus = [{{ sku = \"SPE_E3\", total = 10 }}, {{ sku = \"POWER_BI_PRO\", total = 3 }}]\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..6)
+        .flat_map(|i| {
+            [
+                format!("{CONTOSO},user{i}@contoso.com,Microsoft 365 E3,,T"),
+                format!("{CONTOSO},user{i}@contoso.com,Power BI Pro,,T"),
+            ]
+        })
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    run(options(&sandbox, &input)).await;
+    let report = read_report(&report_path(&input));
+    let outcome = |sku: &str, status: &str| {
+        report
+            .iter()
+            .filter(|r| r["result_sku_id"] == sku && r["result_status"] == status)
+            .count()
+    };
+    assert_eq!(outcome(E3, "succeeded"), 6);
+    assert_eq!(outcome(POWER_BI, "succeeded"), 3);
+    assert_eq!(outcome(POWER_BI, "failed"), 3);
+    for row in report.iter().filter(|r| r["result_status"] == "failed") {
+        assert_eq!(row["result_error_code"], "60012");
+        assert_eq!(row["result_http_status"], "400");
+        assert!(
+            row["result_message"].contains(POWER_BI),
+            "{}",
+            row["result_message"]
+        );
+    }
+    // The re-sent remainder used a new request ID with a new payload.
+    let requests = sandbox.requests();
+    let quota_failures: Vec<_> = requests.iter().filter(|r| r.status == 400).collect();
+    assert_eq!(quota_failures.len(), 3);
+    for failed in quota_failures {
+        let resend = requests
+            .iter()
+            .find(|r| r.user == failed.user && r.status == 201)
+            .expect("the E3 part is re-sent");
+        assert_ne!(resend.request_id, failed.request_id);
+        assert!(!resend.body.to_string().contains(POWER_BI));
+    }
+    assert_report_matches_tenant(&sandbox, &report);
+    assert_request_ids_are_idempotent(&sandbox);
+}
+
+#[tokio::test]
+async fn a_partner_token_aborts_the_run_with_rows_pending() {
+    let sandbox = start("[auth]\npartner_token = true\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..40)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 2;
+    let summary = run(opts).await;
+    let Completion::Aborted(reason) = &summary.completion else {
+        panic!("{:?}", summary.completion)
+    };
+    assert!(reason.contains("App+User"), "{reason}");
+    assert!(
+        sandbox.requests().len() <= 2,
+        "abort within the requests in flight"
+    );
+    let report = read_report(&report_path(&input));
+    assert_eq!(report.len(), 40);
+    assert!(report.iter().all(|r| r["result_status"] == "pending"));
+    assert_eq!(exit_code_for(&Ok(summary)), 3);
+}
+
+#[tokio::test]
+async fn a_conditional_access_block_stops_traffic_to_that_customer_only() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nconditional_access_blocked = true\n[[customers]]\nid = \"{FABRIKAM}\"\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<String> = (0..5)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    rows.extend((0..5).map(|i| format!("{FABRIKAM},{},SPB,,T", user_guid(i))));
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 1;
+    run(opts).await;
+    let to_contoso = sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.customer == CONTOSO)
+        .count();
+    assert_eq!(to_contoso, 1, "nothing more after the first 900309");
+    let report = read_report(&report_path(&input));
+    for row in &report {
+        if row["customer_id"] == CONTOSO {
+            assert_eq!(row["result_status"], "failed");
+            assert_eq!(row["result_error_code"], "900309");
+            assert!(row["result_message"].contains("Conditional Access"));
+        } else {
+            assert_eq!(row["result_status"], "succeeded");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_gdap_role_fails_the_customer_with_the_role_hint() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nmissing_gdap_role = true\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..3)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 1;
+    run(opts).await;
+    assert_eq!(sandbox.requests().len(), 1);
+    for row in read_report(&report_path(&input)) {
+        assert_eq!(row["result_status"], "failed");
+        assert_eq!(row["result_http_status"], "403");
+        assert!(
+            row["result_message"].contains("License Administrator"),
+            "{}",
+            row["result_message"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_tenants_and_users_fail_their_rows() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nusers = [\"known@contoso.com\"]\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = vec![
+        format!("{CONTOSO},known@contoso.com,SPB,,T"),
+        format!("{CONTOSO},ghost@contoso.com,SPB,,T"),
+        format!("{FABRIKAM},a@fabrikam.com,SPB,,T"),
+        format!("{FABRIKAM},b@fabrikam.com,SPB,,T"),
+    ];
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 1;
+    run(opts).await;
+    let report = read_report(&report_path(&input));
+    let codes: Vec<(&str, &str)> = report
+        .iter()
+        .map(|r| (r["result_status"].as_str(), r["result_error_code"].as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("succeeded", ""),
+            ("failed", "60002"),
+            ("failed", "60003"),
+            ("failed", "60003")
+        ]
+    );
+    assert_eq!(
+        sandbox
+            .requests()
+            .iter()
+            .filter(|r| r.customer == FABRIKAM)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn other_client_errors_fail_with_code_and_description() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nskus = [{{ sku = \"SPB\" }}]\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = vec![format!("{CONTOSO},a@contoso.com,ENTERPRISEPACK,,T")];
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    run(options(&sandbox, &input)).await;
+    let row = &read_report(&report_path(&input))[0];
+    assert_eq!(row["result_status"], "failed");
+    assert_eq!(row["result_error_code"], "60011");
+    assert!(
+        row["result_message"].contains("not subscribed"),
+        "{}",
+        row["result_message"]
+    );
+    assert_eq!(row["result_attempts"], "1");
+}
+
+#[tokio::test]
+async fn transient_failures_give_up_after_max_attempts() {
+    let sandbox = start("[faults]\ntransient_every = 1\ntransient_status = 502\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = vec![format!("{CONTOSO},a@contoso.com,SPB,,T")];
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.retry.max_attempts = 3;
+    let summary = run(opts).await;
+    assert_eq!(summary.stats.requests, 3);
+    let row = &read_report(&report_path(&input))[0];
+    assert_eq!(row["result_status"], "failed");
+    assert_eq!(row["result_http_status"], "502");
+    assert_eq!(row["result_attempts"], "3");
+    assert!(
+        row["result_message"].starts_with("gave up after 3 attempts"),
+        "{}",
+        row["result_message"]
+    );
+    let ids: HashSet<_> = sandbox
+        .requests()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids.len(), 1, "every retry reused the request ID");
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_renewed_once_and_the_run_succeeds() {
+    let sandbox = start("[auth]\nrevoke_first_tokens = 1\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..6)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 6);
+    assert_eq!(
+        sandbox.tokens_issued(),
+        2,
+        "one renewal shared by every worker"
+    );
+    assert!(sandbox.requests().iter().any(|r| r.status == 401));
+}
+
+#[tokio::test]
+async fn a_second_401_aborts_the_run() {
+    let sandbox = start("[auth]\nreject_all_tokens = true\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..6)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 1;
+    let summary = run(opts).await;
+    let Completion::Aborted(reason) = &summary.completion else {
+        panic!("{:?}", summary.completion)
+    };
+    assert!(reason.contains("401 twice"), "{reason}");
+    assert_eq!(sandbox.requests().len(), 2);
+    assert_eq!(summary.count(RowStatus::Pending), 6);
+    assert_eq!(exit_code_for(&Ok(summary)), 3);
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_aborts_with_advice_and_no_secret() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(
+        dir.path(),
+        "sheet.csv",
+        HEADER,
+        &[format!("{CONTOSO},a@contoso.com,SPB,,T")],
+    );
+    let mut opts = options(&sandbox, &input);
+    opts.secrets.refresh_token = Some(license_batch::secret::Secret::new(
+        "stale-refresh-token-value",
+    ));
+    let summary = run(opts).await;
+    let Completion::Aborted(reason) = &summary.completion else {
+        panic!("{:?}", summary.completion)
+    };
+    assert!(
+        reason.contains("AADSTS700082") && reason.contains("consent again"),
+        "{reason}"
+    );
+    assert!(!reason.contains("stale-refresh-token-value"));
+    assert!(sandbox.requests().is_empty());
+}
+
+#[tokio::test]
+async fn the_failure_threshold_aborts_and_leaves_the_rest_pending() {
+    let sandbox = start(&format!("[[customers]]\nid = \"{CONTOSO}\"\nusers = []\n")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..30)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 1;
+    opts.settings.run.failure_ratio_min_groups = 5;
+    let summary = run(opts).await;
+    let Completion::Aborted(reason) = &summary.completion else {
+        panic!("{:?}", summary.completion)
+    };
+    assert!(
+        reason.contains("failure threshold") && reason.contains("60002"),
+        "{reason}"
+    );
+    // The threshold trips at the 5th failure; the one group already in flight may finish.
+    let failed = summary.count(RowStatus::Failed);
+    assert!((5..=6).contains(&failed), "{failed}");
+    assert_eq!(summary.count(RowStatus::Pending), 30 - failed);
+}
+
+#[tokio::test]
+async fn an_interrupted_run_sends_nothing_new_and_writes_the_report() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..5)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let opts = options(&sandbox, &input);
+    opts.stop.cancel();
+    let summary = run(opts).await;
+    assert_eq!(summary.completion, Completion::Interrupted);
+    assert!(sandbox.requests().is_empty());
+    assert_eq!(read_report(&report_path(&input)).len(), 5);
+    assert_eq!(exit_code_for(&Ok(summary)), 130);
+}
+
+#[tokio::test]
+async fn license_warnings_reach_the_report() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nskus = [{{ sku = \"STANDARDPACK\", warning = {{ code = \"UsageLocationNotSet\", message = \"set the usage location\" }} }}]\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(
+        dir.path(),
+        "sheet.csv",
+        HEADER,
+        &[format!("{CONTOSO},a@contoso.com,Office 365 E1,,T")],
+    );
+    run(options(&sandbox, &input)).await;
+    let row = &read_report(&report_path(&input))[0];
+    assert_eq!(row["result_status"], "succeeded");
+    assert_eq!(
+        row["result_warnings"],
+        "UsageLocationNotSet: set the usage location"
+    );
+}

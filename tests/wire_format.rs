@@ -1,0 +1,173 @@
+//! The exact request on the wire, checked against the documentation's example
+//! (../shared/reference/assign-licenses-to-a-user.md) with a scripted server.
+
+mod common;
+
+use license_batch::RunOptions;
+use license_batch::config::{FileConfig, Overrides, Settings};
+use license_batch::secret::Secret;
+use serde_json::json;
+use uuid::Uuid;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const DOC_CUSTOMER: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
+const DOC_USER: &str = "554526aa-cf5e-46fa-95df-98dbc55d8a1e";
+const DOC_SKU: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";
+
+fn settings(server: &MockServer, file: &str) -> Settings {
+    let env = |name: &str| (name == "LICENSE_BATCH_API_BASE_URL").then(|| server.uri());
+    let file: FileConfig = toml::from_str(file).unwrap();
+    Settings::resolve(file, &env, &Overrides::default()).unwrap()
+}
+
+async fn run_one_row(server: &MockServer, user: &str, file_config: &str) -> Vec<wiremock::Request> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write_csv(
+        dir.path(),
+        "doc.csv",
+        "customer_id,user_id,sku",
+        &[format!("{DOC_CUSTOMER},{user},{DOC_SKU}")],
+    );
+    let mut opts = RunOptions::new(&input, settings(server, file_config));
+    opts.secrets.access_token = Some(Secret::new("doc-access-token"));
+    let summary = license_batch::run(opts).await.unwrap();
+    assert_eq!(
+        summary.count(license_batch::report::RowStatus::Succeeded),
+        1,
+        "{summary}"
+    );
+    server.received_requests().await.unwrap()
+}
+
+fn doc_success() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({
+        "licensesToAssign": [{"skuId": DOC_SKU}],
+        "licenseWarnings": [],
+        "attributes": {"objectType": "LicenseUpdate"}
+    }))
+}
+
+#[tokio::test]
+async fn the_request_matches_the_documented_example() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/v1/customers/{DOC_CUSTOMER}/users/{DOC_USER}/licenseupdates"
+        )))
+        .respond_with(doc_success())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let requests = run_one_row(&server, DOC_USER, "").await;
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.url.query(), None);
+    let header = |name: &str| {
+        request
+            .headers
+            .get(name)
+            .unwrap_or_else(|| panic!("header {name} missing"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(header("authorization"), "Bearer doc-access-token");
+    assert_eq!(header("accept"), "application/json");
+    assert_eq!(header("content-type"), "application/json");
+    assert_eq!(header("x-locale"), "en-US");
+    assert_eq!(
+        header("ms-partnercenter-application"),
+        format!("license-batch/{}", env!("CARGO_PKG_VERSION"))
+    );
+    let request_id = Uuid::parse_str(&header("ms-requestid")).unwrap();
+    let correlation_id = Uuid::parse_str(&header("ms-correlationid")).unwrap();
+    assert_ne!(request_id, correlation_id);
+
+    // The body of the documentation's request example, field for field.
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "LicensesToAssign": [{"ExcludedPlans": null, "SkuId": DOC_SKU}],
+            "LicensesToRemove": null,
+            "LicenseWarnings": null,
+            "Attributes": {"ObjectType": "LicenseUpdate"}
+        })
+    );
+    // And in the documented key order.
+    let text = String::from_utf8(request.body.clone()).unwrap();
+    let order: Vec<usize> = [
+        "LicensesToAssign",
+        "LicensesToRemove",
+        "LicenseWarnings",
+        "Attributes",
+    ]
+    .iter()
+    .map(|k| text.find(k).unwrap())
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+}
+
+#[tokio::test]
+async fn user_principal_names_are_one_encoded_path_segment() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(doc_success())
+        .mount(&server)
+        .await;
+    let guest = "Ada_contoso.com#EXT#@fabrikam.onmicrosoft.com";
+    let requests = run_one_row(&server, guest, "").await;
+    let url = &requests[0].url;
+    assert_eq!(
+        url.path(),
+        format!(
+            "/v1/customers/{DOC_CUSTOMER}/users/Ada_contoso.com%23EXT%23@fabrikam.onmicrosoft.com/licenseupdates"
+        )
+    );
+    assert_eq!(url.fragment(), None);
+}
+
+#[tokio::test]
+async fn kick_instant_on_and_locale_come_from_the_config() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(doc_success())
+        .mount(&server)
+        .await;
+    let requests = run_one_row(
+        &server,
+        DOC_USER,
+        "[api]\nkick_instant_on = true\nlocale = \"de-DE\"\n",
+    )
+    .await;
+    assert_eq!(requests[0].url.query(), Some("isKickInstantOn=true"));
+    assert_eq!(requests[0].headers.get("x-locale").unwrap(), "de-DE");
+}
+
+#[tokio::test]
+async fn a_201_with_a_lenient_body_still_succeeds() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string(
+                "{\"LicenseWarnings\":[{\"Code\":12,\"Message\":\"m\"}],\"extra\":1}",
+            ),
+        )
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write_csv(
+        dir.path(),
+        "doc.csv",
+        "customer_id,user_id,sku",
+        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
+    );
+    let mut opts = RunOptions::new(&input, settings(&server, ""));
+    opts.secrets.access_token = Some(Secret::new("t"));
+    license_batch::run(opts).await.unwrap();
+    let report = common::read_report(&common::report_path(&input));
+    assert_eq!(report[0]["result_status"], "succeeded");
+    assert_eq!(report[0]["result_http_status"], "200");
+    assert_eq!(report[0]["result_warnings"], "12: m");
+}
