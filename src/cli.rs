@@ -4,13 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::io::Write as _;
+
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, EnvSecrets, FileConfig, Overrides, Settings};
 use crate::error::{self, Error, exit_code};
+use crate::journal::Journal;
 use crate::progress::{self, LogFormat};
-use crate::run::{RunOptions, Target, run};
+use crate::run::{RunOptions, Target, run, write_report_from_journal};
 use crate::sandbox::{self, Sandbox, Scenario};
 
 #[derive(Debug, Parser)]
@@ -32,6 +35,16 @@ pub enum Command {
         after_help = "Examples:\n  license-batch run samples/onboarding.csv --sandbox\n  license-batch run samples/onboarding.csv --sandbox --sandbox-scenario samples/sandbox-scenario.toml\n  LICENSE_BATCH_REFRESH_TOKEN=… LICENSE_BATCH_CLIENT_SECRET=… license-batch run onboarding.csv --config config.toml\n\nExit codes: 0 all rows succeeded; 1 some failed, invalid or skipped; 2 nothing sent (usage, config, input, credentials); 3 aborted, re-run to resume; 130 interrupted."
     )]
     Run(RunArgs),
+    /// Show the recent runs recorded in the journal and their row counts.
+    #[command(
+        after_help = "Example:\n  license-batch status --state /var/lib/license-batch/state.sqlite"
+    )]
+    Status(StatusArgs),
+    /// Rewrite a run's report from the journal.
+    #[command(
+        after_help = "Examples:\n  license-batch report            # the latest run, to its report path\n  license-batch report --run 12 --output run12.csv"
+    )]
+    Report(ReportArgs),
     /// Run the built-in Partner Center simulator as a server.
     #[command(
         after_help = "Example:\n  license-batch sandbox --listen 127.0.0.1:8080 --scenario samples/sandbox-scenario.toml"
@@ -61,6 +74,12 @@ pub struct RunArgs {
     /// Validate and plan, print the plan, send nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Start a new run even if an unfinished run of this input exists in the journal.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Send every row again, also those already done in earlier runs (starts a new run).
+    #[arg(long)]
+    pub resend: bool,
     /// Client-side ceiling of requests per minute across the pool.
     #[arg(long, env = "LICENSE_BATCH_REQUESTS_PER_MINUTE", value_name = "N")]
     pub requests_per_minute: Option<u32>,
@@ -79,6 +98,39 @@ pub struct RunArgs {
     /// More detail on stderr (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Journal file. Default: license-batch.state.sqlite in the working directory.
+    #[arg(
+        long,
+        env = "LICENSE_BATCH_STATE_FILE",
+        value_name = "FILE",
+        default_value = "license-batch.state.sqlite"
+    )]
+    pub state: PathBuf,
+    /// How many runs to list.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Journal file. Default: license-batch.state.sqlite in the working directory.
+    #[arg(
+        long,
+        env = "LICENSE_BATCH_STATE_FILE",
+        value_name = "FILE",
+        default_value = "license-batch.state.sqlite"
+    )]
+    pub state: PathBuf,
+    /// The run (see `status`). Default: the latest.
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Where to write it. Default: the run's own report path.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +185,8 @@ pub fn resolve_run(
     opts.secrets = EnvSecrets::from_env(env);
     opts.target = target;
     opts.dry_run = args.dry_run;
+    opts.fresh = args.fresh;
+    opts.resend = args.resend;
     opts.delimiter = args.delimiter;
     opts.progress = args.log_format == LogFormat::Text && !args.quiet;
     Ok(opts)
@@ -203,7 +257,85 @@ pub fn main() -> u8 {
             progress::init_logging(LogFormat::Text, 0);
             runtime.block_on(serve_sandbox(args))
         }
+        Command::Status(args) => finish(show_status(&args)),
+        Command::Report(args) => finish(rewrite_report(&args)),
     }
+}
+
+fn finish(result: Result<(), String>) -> u8 {
+    match result {
+        Ok(()) => exit_code::ALL_SUCCEEDED,
+        Err(error) => {
+            eprintln!("license-batch: error: {error}");
+            exit_code::NOTHING_SENT
+        }
+    }
+}
+
+fn show_status(args: &StatusArgs) -> Result<(), String> {
+    let journal = Journal::open_to_read(&args.state).map_err(|e| e.to_string())?;
+    let runs = journal.recent_runs(args.limit).map_err(|e| e.to_string())?;
+    if runs.is_empty() {
+        println!("no runs in {}", args.state.display());
+        return Ok(());
+    }
+    println!(
+        "{:>5}  {:<20}  {:<11}  {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}  input",
+        "run", "started", "outcome", "rows", "succeeded", "failed", "invalid", "skipped", "pending"
+    );
+    for run in runs {
+        let n = |status: &str| {
+            run.counts
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n)
+        };
+        let total: u64 = run.counts.iter().map(|(_, n)| n).sum();
+        println!(
+            "{:>5}  {:<20}  {:<11}  {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}  {}",
+            run.id,
+            run.started_at,
+            run.outcome,
+            total,
+            n("succeeded"),
+            n("failed"),
+            n("invalid"),
+            n("skipped"),
+            n("pending"),
+            run.input_path
+        );
+        if let Some(message) = &run.message {
+            println!("       {message}");
+        }
+    }
+    Ok(())
+}
+
+fn rewrite_report(args: &ReportArgs) -> Result<(), String> {
+    let journal = Journal::open_to_read(&args.state).map_err(|e| e.to_string())?;
+    let run_id = match args.run {
+        Some(id) => id,
+        None => journal
+            .latest_run()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no runs in {}", args.state.display()))?,
+    };
+    let path = match &args.output {
+        Some(path) => path.clone(),
+        None => {
+            journal
+                .load_run(run_id)
+                .map_err(|e| e.to_string())?
+                .report_path
+        }
+    };
+    let rows = write_report_from_journal(&journal, run_id, &path)?;
+    println!(
+        "report of run {run_id}: {} rows written to {}",
+        rows.len(),
+        path.display()
+    );
+    Ok(())
 }
 
 async fn serve_sandbox(args: SandboxArgs) -> u8 {
@@ -225,7 +357,10 @@ async fn serve_sandbox(args: SandboxArgs) -> u8 {
         }
     };
     let url = &server.url;
-    println!(
+    // A closed stdout (e.g. `| head -1`) must not take the server down with it.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
         "sandbox listening on {url}\n\
          point license-batch at it with (sandbox credentials are not secret):\n  \
          export LICENSE_BATCH_API_BASE_URL={url} LICENSE_BATCH_AUTH_AUTHORITY={url}\n  \

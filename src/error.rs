@@ -20,6 +20,9 @@ pub enum Error {
     #[error("missing credentials: {0}")]
     Credentials(String),
 
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+
     #[error("cannot start the sandbox: {0}")]
     Sandbox(String),
 

@@ -16,7 +16,7 @@ use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::engine::{Observer, OperationOutcome};
+use crate::engine::Observer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -100,7 +100,7 @@ impl ProgressBar {
 }
 
 impl Observer for ProgressBar {
-    fn group_finished(&self, rows: u64, _operations: &[OperationOutcome]) {
+    fn group_finished(&self, rows: u64) {
         self.span.pb_inc(rows);
     }
 

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use uuid::Uuid;
 
 use crate::engine::{OperationOutcome, OperationStatus};
-use crate::input::{InputFile, LicenseGroup, RESULT_COLUMNS};
+use crate::input::{LicenseGroup, RESULT_COLUMNS};
 use crate::plan::{Plan, RowPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -59,76 +59,80 @@ pub struct ReportRow {
     pub warnings: Vec<String>,
 }
 
-/// Joins input rows, plan and outcomes into one report row per input row.
-pub fn build(input: &InputFile, plan: &Plan, outcomes: &[Vec<OperationOutcome>]) -> Vec<ReportRow> {
-    input
-        .rows
+/// Joins the planned rows and the outcomes into one report row per input row.
+pub fn build(plan: &Plan, outcomes: &[Vec<OperationOutcome>]) -> Vec<ReportRow> {
+    plan.rows
         .iter()
-        .zip(&plan.rows)
         .enumerate()
-        .map(|(index, (row, row_plan))| {
-            let customer_id = row.request.as_ref().ok().map(|r| r.customer_id);
-            match row_plan {
-                RowPlan::Invalid {
-                    message,
-                    sku_id,
-                    license_group,
-                } => ReportRow {
+        .map(|(index, row)| match &row.plan {
+            RowPlan::Invalid {
+                message,
+                sku_id,
+                license_group,
+            } => ReportRow {
+                line: row.line,
+                customer_id: row.customer_id,
+                status: RowStatus::Invalid,
+                sku_id: *sku_id,
+                license_group: *license_group,
+                http_status: None,
+                error_code: None,
+                message: message.clone(),
+                attempts: 0,
+                request_id: None,
+                correlation_id: None,
+                finished_at: None,
+                warnings: Vec::new(),
+            },
+            RowPlan::Send { group, operation } => {
+                let g = &plan.groups[*group];
+                let op = &g.operations[*operation];
+                let outcome = &outcomes[*group][*operation];
+                let mut message = outcome.message.clone();
+                if let Some(&first) = op.rows.first()
+                    && first != index
+                {
+                    let note = format!(
+                        "same operation as line {}, sent once",
+                        plan.rows[first].line
+                    );
+                    message = if message.is_empty() {
+                        note
+                    } else {
+                        format!("{note}; {message}")
+                    };
+                }
+                ReportRow {
                     line: row.line,
-                    customer_id,
-                    status: RowStatus::Invalid,
-                    sku_id: *sku_id,
-                    license_group: *license_group,
-                    http_status: None,
-                    error_code: None,
-                    message: message.clone(),
-                    attempts: 0,
-                    request_id: None,
-                    correlation_id: None,
-                    finished_at: None,
-                    warnings: Vec::new(),
-                },
-                RowPlan::Send { group, operation } => {
-                    let g = &plan.groups[*group];
-                    let op = &g.operations[*operation];
-                    let outcome = &outcomes[*group][*operation];
-                    let mut message = outcome.message.clone();
-                    if let Some(&first) = op.rows.first()
-                        && first != index
-                    {
-                        let note = format!(
-                            "same operation as line {}, sent once",
-                            input.rows[first].line
-                        );
-                        message = if message.is_empty() {
-                            note
-                        } else {
-                            format!("{note}; {message}")
-                        };
-                    }
-                    ReportRow {
-                        line: row.line,
-                        customer_id: Some(g.customer_id),
-                        status: match outcome.status {
-                            OperationStatus::Succeeded => RowStatus::Succeeded,
-                            OperationStatus::Failed => RowStatus::Failed,
-                            OperationStatus::Pending => RowStatus::Pending,
-                        },
-                        sku_id: Some(op.sku_id),
-                        license_group: Some(g.license_group),
-                        http_status: outcome.http_status,
-                        error_code: outcome.error_code.clone(),
-                        message,
-                        attempts: outcome.attempts,
-                        request_id: outcome.request_id,
-                        correlation_id: outcome.correlation_id,
-                        finished_at: outcome.finished_at,
-                        warnings: outcome.warnings.clone(),
-                    }
+                    customer_id: Some(g.customer_id),
+                    status: match outcome.status {
+                        OperationStatus::Succeeded => RowStatus::Succeeded,
+                        OperationStatus::Failed => RowStatus::Failed,
+                        OperationStatus::Pending => RowStatus::Pending,
+                    },
+                    sku_id: Some(op.sku_id),
+                    license_group: Some(g.license_group),
+                    http_status: outcome.http_status,
+                    error_code: outcome.error_code.clone(),
+                    message,
+                    attempts: outcome.attempts,
+                    request_id: outcome.request_id,
+                    correlation_id: outcome.correlation_id,
+                    finished_at: outcome.finished_at,
+                    warnings: outcome.warnings.clone(),
                 }
             }
         })
         .collect()
+}
+
+/// The input side of the report: the carried header names and each row's carried cells.
+#[derive(Debug, Clone)]
+pub struct InputColumns<'a> {
+    pub delimiter: u8,
+    pub headers: &'a [String],
+    /// Parallel to the report rows.
+    pub cells: &'a [Vec<String>],
 }
 
 /// `<input stem>.report.csv` next to the input.
@@ -159,23 +163,27 @@ fn opt<T: ToString>(value: &Option<T>) -> String {
 }
 
 /// Writes the report atomically: a temporary file beside the target, then a rename.
-pub fn write(path: &Path, input: &InputFile, rows: &[ReportRow]) -> std::io::Result<()> {
+pub fn write(path: &Path, input: &InputColumns<'_>, rows: &[ReportRow]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".license-batch-report-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)?;
+    // A fixed temporary name beside the target: a run killed while writing leaves one stale
+    // file that the next write of the same report simply replaces.
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report.csv".into());
+    let temp_path = dir.join(format!(".{file_name}.tmp"));
+    let mut temp = std::fs::File::create(&temp_path)?;
     {
         let mut writer = csv::WriterBuilder::new()
             .delimiter(input.delimiter)
-            .from_writer(std::io::BufWriter::new(temp.as_file_mut()));
+            .from_writer(std::io::BufWriter::new(&mut temp));
         let header = input
-            .carried
+            .headers
             .iter()
-            .map(|&i| input.headers[i].as_str())
+            .map(String::as_str)
             .chain(RESULT_COLUMNS);
         writer.write_record(
             header
@@ -184,7 +192,7 @@ pub fn write(path: &Path, input: &InputFile, rows: &[ReportRow]) -> std::io::Res
                 .iter()
                 .map(|c| c.as_ref()),
         )?;
-        for (row, report) in input.rows.iter().zip(rows) {
+        for (cells, report) in input.cells.iter().zip(rows) {
             let results = [
                 report.line.to_string(),
                 report.status.as_str().to_string(),
@@ -205,20 +213,19 @@ pub fn write(path: &Path, input: &InputFile, rows: &[ReportRow]) -> std::io::Res
                     .unwrap_or_default(),
                 report.warnings.join("; "),
             ];
-            let cells = input
-                .carried
+            let cells = cells
                 .iter()
-                .map(|&i| row.cells[i].as_str())
+                .map(String::as_str)
                 .chain(results.iter().map(String::as_str))
                 .map(neutralise);
             writer.write_record(cells.collect::<Vec<_>>().iter().map(|c| c.as_ref()))?;
         }
         writer.flush()?;
     }
-    temp.as_file_mut().flush()?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    temp.flush()?;
+    temp.sync_all()?;
+    drop(temp);
+    std::fs::rename(&temp_path, path)
 }
 
 /// Fails early (before anything is sent) when the report's folder is not writable.

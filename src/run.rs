@@ -1,10 +1,10 @@
-//! `run(opts)`: the pipeline end to end — read and validate the CSV, plan, resolve
-//! credentials, drive the engine, write the report, summarise.
+//! `run(opts)`: the pipeline end to end — read and validate the CSV, plan, record the run in
+//! the journal (or resume it), drive the engine, and write the report from the journal.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::{Credentials, RefreshGrant, TokenProvider};
 use crate::api::{ApiClient, http_client};
 use crate::config::{EnvSecrets, Settings};
-use crate::engine::{self, EngineSettings, Observer, OperationOutcome};
+use crate::engine::{self, EngineSettings, GroupWork, Observer, OperationOutcome, OperationStatus};
 use crate::error::Error;
 use crate::input::{self, InputFile};
+use crate::journal::writer::JournalWriter;
+use crate::journal::{self, Journal, LoadedRun, NewRun};
 use crate::plan::{self, Plan, catalog::BuiltinCatalog};
 use crate::progress::ProgressBar;
-use crate::report;
+use crate::report::{self, InputColumns};
 use crate::sandbox::{Sandbox, Scenario};
 use crate::secret::Secret;
 use crate::summary::{Completion, RunSummary};
@@ -41,6 +43,10 @@ pub struct RunOptions {
     pub secrets: EnvSecrets,
     pub target: Target,
     pub dry_run: bool,
+    /// Start a new run even when an unfinished run of the same input exists.
+    pub fresh: bool,
+    /// Send operations already done in earlier runs too (implies `fresh`).
+    pub resend: bool,
     pub delimiter: Option<u8>,
     /// Show the progress bar (the CLI does on a terminal).
     pub progress: bool,
@@ -57,6 +63,8 @@ impl RunOptions {
             secrets: EnvSecrets::default(),
             target: Target::Configured,
             dry_run: false,
+            fresh: false,
+            resend: false,
             delimiter: None,
             progress: false,
             stop: CancellationToken::new(),
@@ -66,14 +74,14 @@ impl RunOptions {
 
 pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let started = Instant::now();
-    let input = input::read(&opts.input, opts.delimiter)?;
+    let bytes = input::read_bytes(&opts.input)?;
+    let input = input::parse(&opts.input, &bytes, opts.delimiter)?;
     let plan = plan::build(&input, &BuiltinCatalog);
 
     if opts.dry_run {
         print!("{}", describe_plan(&input, &plan, &opts.settings));
-        let pending = pending_outcomes(&plan, "dry run: would be sent");
-        let mut summary =
-            RunSummary::new(report::build(&input, &plan, &pending), Completion::Planned);
+        let outcomes = pending_outcomes(&plan, "dry run: would be sent");
+        let mut summary = RunSummary::new(report::build(&plan, &outcomes), Completion::Planned);
         summary.blank_lines = input.blank_lines.len();
         summary.elapsed = started.elapsed();
         return Ok(summary);
@@ -88,10 +96,14 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
         source,
     })?;
 
+    // Credentials and target before the journal: a run that cannot send records nothing.
     let mut settings = opts.settings.clone();
     let mut _sandbox = None;
-    let credentials = match &opts.target {
-        Target::Configured => credentials(&settings, &opts.secrets)?,
+    let (credentials, target) = match &opts.target {
+        Target::Configured => (
+            credentials(&settings, &opts.secrets)?,
+            target_key(&settings),
+        ),
         Target::Sandbox(scenario) => {
             let sandbox =
                 Sandbox::start(scenario.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
@@ -101,51 +113,192 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
             settings.api.base_url = sandbox.url.clone();
             let grant = sandbox.credentials();
             _sandbox = Some(sandbox);
-            Credentials::RefreshToken(grant)
+            // Its own target, so a rehearsal never marks anything done for a real API.
+            let target = format!("sandbox (built-in, scenario {})", scenario.fingerprint());
+            (Credentials::RefreshToken(grant), target)
         }
     };
+
+    let mut journal = Journal::open_for_run(&settings.run.state_file)?;
+    let input_hash = journal::content_hash(&bytes);
+    let resumable = if opts.fresh || opts.resend {
+        None
+    } else {
+        journal.resumable_run(&input_hash, &target)?
+    };
+    let run_id = match resumable {
+        Some(id) => {
+            tracing::info!("resuming run {id} of this input (--fresh starts a new one)");
+            id
+        }
+        None => journal.create_run(NewRun {
+            input: &input,
+            input_hash: &input_hash,
+            plan: &plan,
+            target: &target,
+            report_path: &report_path,
+            settings_json: settings_json(&settings),
+            resend: opts.resend,
+        })?,
+    };
+    let blank_lines = input.blank_lines.len();
+    drop(input);
+    let loaded = journal.load_run(run_id)?;
+    let work = open_work(&loaded);
+    let groups = Arc::new(loaded.plan.groups.clone());
 
     let http = http_client(settings.api.timeout);
     let tokens = Arc::new(TokenProvider::new(http.clone(), credentials));
     let client = Arc::new(ApiClient::new(http, &settings.api, tokens));
-    let total_rows = input.rows.len() as u64;
-    let invalid_rows = plan.invalid_rows() as u64;
+    let total_rows = loaded.plan.rows.len() as u64;
     let observer: Arc<dyn Observer> = if opts.progress {
-        Arc::new(ProgressBar::start(total_rows, invalid_rows))
+        Arc::new(ProgressBar::start(
+            total_rows,
+            total_rows - open_rows(&loaded),
+        ))
     } else {
         Arc::new(engine::Silent)
     };
     tracing::info!(
+        run = run_id,
         rows = total_rows,
-        invalid = invalid_rows,
-        requests = plan.groups.len(),
+        requests = work.len(),
         "sending {} license updates",
-        plan.groups.len()
+        work.len()
     );
 
+    let writer = Arc::new(
+        JournalWriter::start(journal.path(), run_id, &target, Arc::clone(&groups)).map_err(
+            |message| {
+                Error::Journal(journal::JournalError::Io {
+                    path: journal.path().display().to_string(),
+                    message,
+                })
+            },
+        )?,
+    );
     let result = engine::execute(
-        Arc::new(plan.groups.clone()),
+        groups,
+        work,
         client,
         EngineSettings::from(&settings),
         observer,
+        writer.clone(),
         opts.stop.clone(),
     )
     .await;
-
-    let rows = report::build(&input, &plan, &result.outcomes);
     let mut completion = result.completion;
-    if let Err(error) = report::write(&report_path, &input, &rows) {
-        completion = Completion::Aborted(format!(
-            "cannot write the report {}: {error}",
-            report_path.display()
-        ));
+    if let Err(error) = writer.finish() {
+        completion = Completion::Aborted(format!("cannot write the journal: {error}"));
     }
-    let mut summary = RunSummary::new(rows, completion);
+
+    // The report first: a run is marked finished only once its report exists, so a crash while
+    // writing it resumes this run (which then only writes the report).
+    let mut summary = match write_report_from_journal(&journal, run_id, &report_path) {
+        Ok(rows) => RunSummary::new(rows, completion),
+        Err(error) => RunSummary::new(Vec::new(), Completion::Aborted(error)),
+    };
+    let (outcome, message) = match &summary.completion {
+        Completion::Finished | Completion::Planned => ("finished", None),
+        Completion::Aborted(reason) => ("aborted", Some(reason.as_str())),
+        Completion::Interrupted => ("interrupted", None),
+    };
+    if let Err(error) = journal.finish_run(run_id, outcome, message) {
+        tracing::error!("{error}");
+    }
     summary.stats = result.stats;
     summary.elapsed = started.elapsed();
     summary.report_path = Some(report_path);
-    summary.blank_lines = input.blank_lines.len();
+    summary.blank_lines = blank_lines;
+    summary.run_id = Some(run_id);
     Ok(summary)
+}
+
+/// Rewrites a run's report from the journal (also `license-batch report`).
+pub fn write_report_from_journal(
+    journal: &Journal,
+    run_id: i64,
+    path: &Path,
+) -> Result<Vec<report::ReportRow>, String> {
+    let loaded = journal.load_run(run_id).map_err(|e| e.to_string())?;
+    let rows = report::build(&loaded.plan, &loaded.outcomes_for_report());
+    let columns = InputColumns {
+        delimiter: loaded.delimiter,
+        headers: &loaded.headers,
+        cells: &loaded.cells,
+    };
+    report::write(path, &columns, &rows)
+        .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
+    Ok(rows)
+}
+
+/// The groups of a loaded run that still have open operations, with their recorded IDs.
+fn open_work(run: &LoadedRun) -> Vec<GroupWork> {
+    run.outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(group, ops)| {
+            let open: Vec<usize> = ops
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| {
+                    o.as_ref()
+                        .is_none_or(|o| o.status == OperationStatus::Pending)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let previous_attempts = open
+                .iter()
+                .filter_map(|&i| ops[i].as_ref().map(|o| o.attempts))
+                .max()
+                .unwrap_or(0);
+            (!open.is_empty()).then(|| GroupWork {
+                group,
+                request_id: run.request_ids[group],
+                operations: open,
+                previous_attempts,
+            })
+        })
+        .collect()
+}
+
+/// Rows whose operation is still open.
+fn open_rows(run: &LoadedRun) -> u64 {
+    run.plan
+        .groups
+        .iter()
+        .zip(&run.outcomes)
+        .flat_map(|(g, ops)| g.operations.iter().zip(ops))
+        .filter(|(_, o)| {
+            o.as_ref()
+                .is_none_or(|o| o.status == OperationStatus::Pending)
+        })
+        .map(|(op, _)| op.rows.len() as u64)
+        .sum()
+}
+
+/// "Done" is keyed by the API target: base URL and partner tenant.
+fn target_key(settings: &Settings) -> String {
+    format!(
+        "{} tenant={}",
+        settings.api.base_url,
+        settings
+            .auth
+            .tenant_id
+            .as_deref()
+            .unwrap_or("(from access token)")
+    )
+}
+
+fn settings_json(settings: &Settings) -> String {
+    serde_json::json!({
+        "base_url": settings.api.base_url.as_str(),
+        "requests_per_minute": settings.limits.requests_per_minute,
+        "concurrency": settings.limits.concurrency,
+        "max_attempts": settings.retry.max_attempts,
+        "max_elapsed_secs": settings.retry.max_elapsed.as_secs(),
+    })
+    .to_string()
 }
 
 /// Credentials from the environment and settings; what is missing is named (exit 2).
@@ -232,8 +385,8 @@ pub fn describe_plan(input: &InputFile, plan: &Plan, settings: &Settings) -> Str
     for (customer, (requests, rows)) in &per_customer {
         let _ = writeln!(out, "  {customer:<38} {requests:>8} {rows:>6}");
     }
-    for (row, row_plan) in input.rows.iter().zip(&plan.rows) {
-        if let plan::RowPlan::Invalid { message, .. } = row_plan {
+    for row in &plan.rows {
+        if let plan::RowPlan::Invalid { message, .. } = &row.plan {
             let _ = writeln!(out, "  invalid line {}: {message}", row.line);
         }
     }

@@ -34,6 +34,8 @@ pub struct RunSummary {
     pub stats: StatsSnapshot,
     pub report_path: Option<PathBuf>,
     pub blank_lines: usize,
+    /// The journal's ID of this run.
+    pub run_id: Option<i64>,
     pub rows: Vec<ReportRow>,
 }
 
@@ -72,6 +74,7 @@ impl RunSummary {
             stats: StatsSnapshot::default(),
             report_path: None,
             blank_lines: 0,
+            run_id: None,
             rows,
         }
     }
@@ -97,7 +100,11 @@ impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64();
         match &self.completion {
-            Completion::Finished => writeln!(f, "license-batch: run finished in {secs:.1}s")?,
+            Completion::Finished => writeln!(
+                f,
+                "license-batch: run {}finished in {secs:.1}s",
+                self.run_id.map(|id| format!("{id} ")).unwrap_or_default()
+            )?,
             Completion::Planned => writeln!(f, "license-batch: dry run, nothing sent")?,
             Completion::Aborted(reason) => writeln!(
                 f,

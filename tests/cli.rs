@@ -47,7 +47,7 @@ fn the_readme_sample_runs_on_the_sandbox_and_accounts_for_every_row() {
         "{stdout}\n{}",
         text(&out.stderr)
     );
-    assert!(stdout.contains("run finished"), "{stdout}");
+    assert!(stdout.contains("finished in"), "{stdout}");
     assert!(
         stdout.contains("report:      samples/onboarding.report.csv"),
         "{stdout}"
@@ -220,4 +220,84 @@ fn an_all_good_sheet_exits_0() {
         ],
     );
     assert_eq!(again.status.code(), Some(0));
+}
+
+#[test]
+fn status_and_report_work_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let run = [
+        "run",
+        "samples/onboarding.csv",
+        "--sandbox",
+        "--requests-per-minute",
+        "6000",
+        "-q",
+    ];
+    assert_eq!(license_batch(dir.path(), &run).status.code(), Some(1));
+    let report = dir.path().join("samples/onboarding.report.csv");
+    let original = std::fs::read_to_string(&report).unwrap();
+
+    let status = license_batch(dir.path(), &["status"]);
+    assert_eq!(status.status.code(), Some(0));
+    let status = text(&status.stdout);
+    let line = status.lines().nth(1).unwrap_or_default();
+    assert!(
+        line.contains("finished") && line.contains("samples/onboarding.csv"),
+        "{status}"
+    );
+    assert!(
+        line.split_whitespace().any(|w| w == "57"),
+        "57 succeeded: {status}"
+    );
+
+    std::fs::remove_file(&report).unwrap();
+    let rewritten = license_batch(dir.path(), &["report"]);
+    assert_eq!(
+        rewritten.status.code(),
+        Some(0),
+        "{}",
+        text(&rewritten.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), original);
+
+    let missing = license_batch(dir.path(), &["status", "--state", "nope.sqlite"]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn the_readme_flow_quick_start_then_scenario_shows_the_mix_then_nothing_is_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let quick = [
+        "run",
+        "samples/onboarding.csv",
+        "--sandbox",
+        "--requests-per-minute",
+        "6000",
+        "-q",
+    ];
+    assert_eq!(license_batch(dir.path(), &quick).status.code(), Some(1));
+    // A different sandbox world is a different target: the scenario run sends everything.
+    let scenario = [
+        "run",
+        "samples/onboarding.csv",
+        "--sandbox",
+        "--sandbox-scenario",
+        "samples/sandbox-scenario.toml",
+        "--requests-per-minute",
+        "6000",
+        "-q",
+    ];
+    let out = license_batch(dir.path(), &scenario);
+    assert!(
+        text(&out.stdout).contains("900309"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The quick start again: all done already, nothing sent.
+    let again = license_batch(dir.path(), &quick);
+    let stdout = text(&again.stdout);
+    assert!(stdout.contains("requests:    0 "), "{stdout}");
+    assert!(stdout.contains("57 succeeded"), "{stdout}");
 }

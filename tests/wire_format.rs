@@ -29,7 +29,9 @@ async fn run_one_row(server: &MockServer, user: &str, file_config: &str) -> Vec<
         "customer_id,user_id,sku",
         &[format!("{DOC_CUSTOMER},{user},{DOC_SKU}")],
     );
-    let mut opts = RunOptions::new(&input, settings(server, file_config));
+    let mut settings = settings(server, file_config);
+    settings.run.state_file = dir.path().join("state.sqlite");
+    let mut opts = RunOptions::new(&input, settings);
     opts.secrets.access_token = Some(Secret::new("doc-access-token"));
     let summary = license_batch::run(opts).await.unwrap();
     assert_eq!(
@@ -163,7 +165,9 @@ async fn a_201_with_a_lenient_body_still_succeeds() {
         "customer_id,user_id,sku",
         &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
     );
-    let mut opts = RunOptions::new(&input, settings(&server, ""));
+    let mut settings = settings(&server, "");
+    settings.run.state_file = dir.path().join("state.sqlite");
+    let mut opts = RunOptions::new(&input, settings);
     opts.secrets.access_token = Some(Secret::new("t"));
     license_batch::run(opts).await.unwrap();
     let report = common::read_report(&common::report_path(&input));

@@ -1,23 +1,23 @@
-//! The worker pool: takes groups from the plan, sends each as one LicenseUpdate through the
-//! pacer, retries with the same request ID, and turns every answer into per-operation outcomes.
-//! Customer-level refusals stop traffic to that customer; credential failures abort the run.
+//! The worker pool: takes the open groups of a run, sends each as one LicenseUpdate through the
+//! pacer (see [`worker`]), and hands every outcome to the [`Recorder`] (the journal).
+//! Customer-level refusals stop traffic to that customer; credential failures and the failure
+//! threshold abort the run, leaving what is not finished pending for a resume.
 
 pub mod pacing;
+mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::mpsc;
+use backon::ExponentialBuilder;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api::classify::Verdict;
-use crate::api::models::LicenseUpdateRequest;
-use crate::api::{ApiClient, Exchange};
+use crate::api::ApiClient;
 use crate::config::Settings;
 use crate::plan::Group;
 use crate::summary::Completion;
@@ -39,7 +39,7 @@ pub struct OperationOutcome {
     pub http_status: Option<u16>,
     pub error_code: Option<String>,
     pub message: String,
-    /// HTTP attempts made for the group in this run.
+    /// HTTP attempts made for the group in this run (resumes included).
     pub attempts: u32,
     pub request_id: Option<Uuid>,
     pub correlation_id: Option<Uuid>,
@@ -91,7 +91,8 @@ impl From<&Settings> for EngineSettings {
 
 /// Live notifications for the progress display.
 pub trait Observer: Send + Sync {
-    fn group_finished(&self, _rows: u64, _operations: &[OperationOutcome]) {}
+    /// `rows`: input rows that got a definitive outcome with this group.
+    fn group_finished(&self, _rows: u64) {}
     fn retrying(&self) {}
     fn throttled(&self, _wait: Duration) {}
 }
@@ -99,6 +100,29 @@ pub trait Observer: Send + Sync {
 /// An observer that ignores everything.
 pub struct Silent;
 impl Observer for Silent {}
+
+/// Where outcomes go (the journal). `record` may batch; `begin_pass` resolves only once the
+/// new request ID, and the outcomes that made it necessary, are durable: the request must not
+/// leave before its ID is recorded.
+pub trait Recorder: Send + Sync {
+    fn record(&self, group: usize, outcomes: Vec<(usize, OperationOutcome)>);
+    fn begin_pass(
+        &self,
+        group: usize,
+        request_id: Uuid,
+        settled: Vec<(usize, OperationOutcome)>,
+    ) -> oneshot::Receiver<Result<(), String>>;
+}
+
+/// One group to send: its recorded request ID and the operations still open.
+#[derive(Debug, Clone)]
+pub struct GroupWork {
+    pub group: usize,
+    pub request_id: Uuid,
+    pub operations: Vec<usize>,
+    /// Attempts made for this group before a resume; counting continues from here.
+    pub previous_attempts: u32,
+}
 
 /// Counters of the whole run.
 #[derive(Debug, Default)]
@@ -128,11 +152,9 @@ impl Stats {
     }
 }
 
-/// The engine's result: an outcome for every operation of every group.
+/// How the engine's part of the run ended; the outcomes went to the [`Recorder`].
 #[derive(Debug)]
 pub struct EngineReport {
-    /// `outcomes[group][operation]`, parallel to the plan.
-    pub outcomes: Vec<Vec<OperationOutcome>>,
     pub stats: StatsSnapshot,
     pub completion: Completion,
 }
@@ -147,19 +169,21 @@ struct CustomerBlock {
 
 struct Shared {
     groups: Arc<Vec<Group>>,
+    work: Vec<GroupWork>,
     client: Arc<ApiClient>,
+    recorder: Arc<dyn Recorder>,
+    observer: Arc<dyn Observer>,
     settings: EngineSettings,
     pacer: Pacer,
-    observer: Arc<dyn Observer>,
     stop: CancellationToken,
     abort_reason: Mutex<Option<String>>,
     blocked: Mutex<HashMap<Uuid, CustomerBlock>>,
-    next_group: AtomicUsize,
+    next_work: AtomicUsize,
     stats: Stats,
 }
 
 impl Shared {
-    /// Stops the run: no new group starts, waits end, remaining operations stay pending.
+    /// Stops the run: no new group starts, waits end, open operations stay pending.
     fn abort(&self, reason: String) {
         let mut current = self.abort_reason.lock().expect("abort lock");
         if current.is_none() {
@@ -177,6 +201,13 @@ impl Shared {
             .cloned()
     }
 
+    fn block_customer(&self, customer: Uuid, block: CustomerBlock) {
+        self.blocked
+            .lock()
+            .expect("block lock")
+            .insert(customer, block);
+    }
+
     fn retry_policy(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_jitter()
@@ -187,45 +218,99 @@ impl Shared {
     }
 }
 
-/// Runs every group through the pool. `stop` is the interrupt: once cancelled, no new group
+/// Counts definitive group outcomes and trips the failure threshold (SPEC §7).
+#[derive(Default)]
+struct FailureRatio {
+    definitive: u64,
+    failed: u64,
+    codes: HashMap<String, u64>,
+}
+
+impl FailureRatio {
+    /// Returns the abort reason once the threshold is passed.
+    fn observe(
+        &mut self,
+        outcomes: &[(usize, OperationOutcome)],
+        settings: &EngineSettings,
+    ) -> Option<String> {
+        if outcomes
+            .iter()
+            .any(|(_, o)| o.status == OperationStatus::Pending)
+        {
+            return None;
+        }
+        self.definitive += 1;
+        if let Some((_, bad)) = outcomes
+            .iter()
+            .find(|(_, o)| o.status == OperationStatus::Failed)
+        {
+            self.failed += 1;
+            let key = bad.error_code.clone().unwrap_or_else(|| {
+                bad.http_status
+                    .map_or("no response".into(), |s| format!("HTTP {s}"))
+            });
+            *self.codes.entry(key).or_default() += 1;
+        }
+        let over = self.definitive >= settings.failure_ratio_min_groups.max(1)
+            && self.failed as f64 / self.definitive as f64 > settings.max_failure_ratio;
+        over.then(|| {
+            let (top, count) = self
+                .codes
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(k, n)| (k.clone(), *n))
+                .unwrap_or_default();
+            format!(
+                "failure threshold reached: {} of {} groups failed (more than {:.0}%); most common: {top} ({count}). \
+                 Fix the cause and run the same command again to finish the pending rows",
+                self.failed,
+                self.definitive,
+                settings.max_failure_ratio * 100.0
+            )
+        })
+    }
+}
+
+/// Runs the work through the pool. `stop` is the interrupt: once cancelled, no new group
 /// starts and requests already sent are allowed to finish.
 pub async fn execute(
     groups: Arc<Vec<Group>>,
+    work: Vec<GroupWork>,
     client: Arc<ApiClient>,
     settings: EngineSettings,
     observer: Arc<dyn Observer>,
+    recorder: Arc<dyn Recorder>,
     stop: CancellationToken,
 ) -> EngineReport {
-    let group_count = groups.len();
+    let workers = settings.concurrency.min(work.len()).max(1);
     let shared = Arc::new(Shared {
         pacer: Pacer::new(settings.requests_per_minute),
         groups,
+        work,
         client,
+        recorder,
         observer,
+        settings,
         stop,
         abort_reason: Mutex::new(None),
         blocked: Mutex::new(HashMap::new()),
-        next_group: AtomicUsize::new(0),
+        next_work: AtomicUsize::new(0),
         stats: Stats::default(),
-        settings,
     });
 
     let (results_tx, mut results) = mpsc::unbounded_channel();
-    let mut workers = Vec::new();
-    for _ in 0..shared.settings.concurrency.min(group_count.max(1)) {
+    let mut handles = Vec::new();
+    for _ in 0..workers {
         let shared = Arc::clone(&shared);
         let results_tx = results_tx.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                if shared.stop.is_cancelled() {
+        handles.push(tokio::spawn(async move {
+            while !shared.stop.is_cancelled() {
+                let index = shared.next_work.fetch_add(1, Ordering::Relaxed);
+                let Some(work) = shared.work.get(index) else {
                     break;
-                }
-                let index = shared.next_group.fetch_add(1, Ordering::Relaxed);
-                if index >= shared.groups.len() {
-                    break;
-                }
-                let outcomes = run_group(&shared, index).await;
-                if results_tx.send((index, outcomes)).is_err() {
+                };
+                let outcomes = worker::run_group(&shared, work).await;
+                if results_tx.send((work.group, outcomes)).is_err() {
                     break;
                 }
             }
@@ -233,50 +318,22 @@ pub async fn execute(
     }
     drop(results_tx);
 
-    let mut outcomes: Vec<Option<Vec<OperationOutcome>>> = vec![None; group_count];
-    let (mut definitive, mut failed) = (0u64, 0u64);
-    let mut failure_codes: HashMap<String, u64> = HashMap::new();
-    while let Some((index, group_outcomes)) = results.recv().await {
-        let rows = shared.groups[index]
-            .operations
+    let mut ratio = FailureRatio::default();
+    while let Some((group, outcomes)) = results.recv().await {
+        let operations = &shared.groups[group].operations;
+        let settled_rows = outcomes
             .iter()
-            .map(|op| op.rows.len() as u64)
+            .filter(|(_, o)| o.status != OperationStatus::Pending)
+            .map(|(op, _)| operations[*op].rows.len() as u64)
             .sum();
-        shared.observer.group_finished(rows, &group_outcomes);
-        let statuses: Vec<_> = group_outcomes.iter().map(|o| o.status).collect();
-        if !statuses.contains(&OperationStatus::Pending) {
-            definitive += 1;
-            if let Some(bad) = group_outcomes
-                .iter()
-                .find(|o| o.status == OperationStatus::Failed)
-            {
-                failed += 1;
-                let key = bad.error_code.clone().unwrap_or_else(|| {
-                    bad.http_status
-                        .map_or("no response".into(), |s| format!("HTTP {s}"))
-                });
-                *failure_codes.entry(key).or_default() += 1;
-            }
+        shared.observer.group_finished(settled_rows);
+        if let Some(reason) = ratio.observe(&outcomes, &shared.settings) {
+            shared.abort(reason);
         }
-        if definitive >= shared.settings.failure_ratio_min_groups
-            && definitive > 0
-            && failed as f64 / definitive as f64 > shared.settings.max_failure_ratio
-        {
-            let (top, count) = failure_codes
-                .iter()
-                .max_by_key(|(_, n)| **n)
-                .map(|(k, n)| (k.clone(), *n))
-                .unwrap_or_default();
-            shared.abort(format!(
-                "failure threshold reached: {failed} of {definitive} groups failed (more than {:.0}%); \
-                 most common: {top} ({count}). Fix the cause and run again to finish the pending rows",
-                shared.settings.max_failure_ratio * 100.0
-            ));
-        }
-        outcomes[index] = Some(group_outcomes);
+        shared.recorder.record(group, outcomes);
     }
-    for worker in workers {
-        let _ = worker.await;
+    for handle in handles {
+        let _ = handle.await;
     }
 
     let reason = shared.abort_reason.lock().expect("abort lock").clone();
@@ -285,267 +342,8 @@ pub async fn execute(
         None if shared.stop.is_cancelled() => Completion::Interrupted,
         None => Completion::Finished,
     };
-    let not_started = match &completion {
-        Completion::Finished => "not sent",
-        _ => "not sent: the run stopped first; run the same command again to finish it",
-    };
-    let outcomes = outcomes
-        .into_iter()
-        .zip(shared.groups.iter())
-        .map(|(o, g)| {
-            o.unwrap_or_else(|| vec![OperationOutcome::pending(not_started); g.operations.len()])
-        })
-        .collect();
     EngineReport {
-        outcomes,
         stats: shared.stats.snapshot(),
         completion,
     }
-}
-
-/// What the group's last request looked like, for the report.
-#[derive(Default)]
-struct LastExchange {
-    http_status: Option<u16>,
-    error_code: Option<String>,
-    message: String,
-    request_id: Option<Uuid>,
-    correlation_id: Option<Uuid>,
-}
-
-impl LastExchange {
-    fn record(&mut self, request_id: Uuid, exchange: &Exchange) {
-        self.http_status = exchange.http_status;
-        self.error_code = exchange.classified.error_code.clone();
-        self.message = exchange.classified.message.clone();
-        self.request_id = Some(request_id);
-        self.correlation_id = Some(exchange.correlation_id);
-    }
-
-    fn outcome(&self, status: OperationStatus, attempts: u32, message: String) -> OperationOutcome {
-        OperationOutcome {
-            status,
-            http_status: self.http_status,
-            error_code: self.error_code.clone(),
-            message,
-            attempts,
-            request_id: self.request_id,
-            correlation_id: self.correlation_id,
-            finished_at: (status != OperationStatus::Pending).then(SystemTime::now),
-            warnings: Vec::new(),
-        }
-    }
-}
-
-/// Sleeps unless the run stops first; `false` when stopped.
-async fn sleep_unless_stopped(wait: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => true,
-        _ = stop.cancelled() => false,
-    }
-}
-
-async fn run_group(shared: &Shared, index: usize) -> Vec<OperationOutcome> {
-    let group = &shared.groups[index];
-    let operations = &group.operations;
-    let mut outcomes: Vec<Option<OperationOutcome>> = vec![None; operations.len()];
-    let mut remaining: Vec<usize> = (0..operations.len()).collect();
-    let mut attempts = 0u32;
-    let mut last = LastExchange::default();
-    let fill = |outcomes: &mut Vec<Option<OperationOutcome>>,
-                which: &[usize],
-                outcome: OperationOutcome| {
-        for &i in which {
-            outcomes[i] = Some(outcome.clone());
-        }
-    };
-
-    // Each pass sends the operations still open under one request ID. A new pass (new ID, new
-    // payload) starts only after a definitive answer, as the API's idempotency rules require.
-    'request: while !remaining.is_empty() {
-        let request_id = Uuid::new_v4();
-        let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
-        let started = Instant::now();
-        let mut backoff = shared.retry_policy().build();
-        let mut renewed_after_401 = false;
-        loop {
-            if let Some(block) = shared.customer_block(group.customer_id) {
-                let outcome = OperationOutcome {
-                    status: OperationStatus::Failed,
-                    http_status: block.http_status,
-                    error_code: block.error_code,
-                    message: format!("not sent: {}", block.message),
-                    attempts,
-                    request_id: last.request_id,
-                    correlation_id: last.correlation_id,
-                    finished_at: Some(SystemTime::now()),
-                    warnings: Vec::new(),
-                };
-                fill(&mut outcomes, &remaining, outcome);
-                break 'request;
-            }
-            if !shared.pacer.admit(&shared.stop).await {
-                break 'request;
-            }
-            let token = match shared.client.tokens.token().await {
-                Ok(token) => token,
-                Err(error) => {
-                    shared.abort(error.to_string());
-                    break 'request;
-                }
-            };
-            let exchange = shared
-                .client
-                .send_license_update(group.customer_id, &group.user, &body, request_id, &token)
-                .await;
-            attempts += 1;
-            shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-            last.record(request_id, &exchange);
-            let message = exchange.classified.message.clone();
-            tracing::debug!(
-                customer = %group.customer_id, user = %group.user, %request_id,
-                status = ?exchange.http_status, "{}", if message.is_empty() { "ok" } else { &message }
-            );
-            let verdict = exchange.classified.verdict;
-            if verdict != Verdict::Unauthorized {
-                renewed_after_401 = false;
-            }
-            match verdict {
-                Verdict::Succeeded { warnings } => {
-                    let mut outcome =
-                        last.outcome(OperationStatus::Succeeded, attempts, String::new());
-                    outcome.warnings = warnings;
-                    fill(&mut outcomes, &remaining, outcome);
-                    break 'request;
-                }
-                Verdict::Throttled { retry_after } => {
-                    shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    shared.observer.throttled(retry_after);
-                    tracing::info!("throttled (429): the whole pool waits {retry_after:?}");
-                    shared.pacer.pause_for(retry_after);
-                    if started.elapsed() + retry_after > shared.settings.max_elapsed {
-                        let text = format!(
-                            "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
-                            started.elapsed().as_secs()
-                        );
-                        fill(
-                            &mut outcomes,
-                            &remaining,
-                            last.outcome(OperationStatus::Failed, attempts, text),
-                        );
-                        break 'request;
-                    }
-                }
-                Verdict::Transient => match backoff.next() {
-                    Some(wait) if started.elapsed() + wait <= shared.settings.max_elapsed => {
-                        shared.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        shared.observer.retrying();
-                        if !sleep_unless_stopped(wait, &shared.stop).await {
-                            break 'request;
-                        }
-                    }
-                    _ => {
-                        let text = format!("gave up after {attempts} attempts: {message}");
-                        fill(
-                            &mut outcomes,
-                            &remaining,
-                            last.outcome(OperationStatus::Failed, attempts, text),
-                        );
-                        break 'request;
-                    }
-                },
-                Verdict::Unauthorized if !renewed_after_401 => {
-                    renewed_after_401 = true;
-                    shared
-                        .stats
-                        .token_renewals_after_401
-                        .fetch_add(1, Ordering::Relaxed);
-                    if let Err(error) = shared.client.tokens.renew_after_rejection(&token).await {
-                        shared.abort(error.to_string());
-                        break 'request;
-                    }
-                }
-                Verdict::Unauthorized => {
-                    shared.abort(
-                        "the API refused a freshly renewed access token (HTTP 401 twice); check that \
-                         the app registration has Partner Center API permission and the consent is valid"
-                            .into(),
-                    );
-                    break 'request;
-                }
-                Verdict::WrongCredential => {
-                    shared.abort(message);
-                    break 'request;
-                }
-                Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
-                    shared.blocked.lock().expect("block lock").insert(
-                        group.customer_id,
-                        CustomerBlock {
-                            http_status: exchange.http_status,
-                            error_code: exchange.classified.error_code.clone(),
-                            message: message.clone(),
-                        },
-                    );
-                    fill(
-                        &mut outcomes,
-                        &remaining,
-                        last.outcome(OperationStatus::Failed, attempts, message),
-                    );
-                    break 'request;
-                }
-                Verdict::UserNotFound | Verdict::Rejected => {
-                    fill(
-                        &mut outcomes,
-                        &remaining,
-                        last.outcome(OperationStatus::Failed, attempts, message),
-                    );
-                    break 'request;
-                }
-                Verdict::SeatsExhausted { sku } => {
-                    let named = sku.and_then(|sku| {
-                        remaining.iter().position(|&i| operations[i].sku_id == sku)
-                    });
-                    match named {
-                        // Only the named SKU is short: fail it, re-send the rest as a new request.
-                        Some(position) if remaining.len() > 1 => {
-                            let op = remaining.remove(position);
-                            let text = format!("{message} (SKU {})", operations[op].sku_id);
-                            outcomes[op] =
-                                Some(last.outcome(OperationStatus::Failed, attempts, text));
-                            continue 'request;
-                        }
-                        _ => {
-                            fill(
-                                &mut outcomes,
-                                &remaining,
-                                last.outcome(OperationStatus::Failed, attempts, message),
-                            );
-                            break 'request;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    let pending_message = if last.request_id.is_some() {
-        format!(
-            "no definitive answer before the run stopped (last: {})",
-            if last.message.is_empty() {
-                "none"
-            } else {
-                &last.message
-            }
-        )
-    } else {
-        "not sent: the run stopped first; run the same command again to finish it".into()
-    };
-    outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| {
-                last.outcome(OperationStatus::Pending, attempts, pending_message.clone())
-            })
-        })
-        .collect()
 }

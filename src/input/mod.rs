@@ -114,15 +114,14 @@ fn normalize_header(name: &str) -> String {
         .collect()
 }
 
-/// Reads and validates an input file. `delimiter` forces one; otherwise `,` or `;` is detected.
-pub fn read(path: &Path, delimiter: Option<u8>) -> Result<InputFile, InputError> {
-    let bytes = std::fs::read(path).map_err(|e| InputError {
+/// Reads an input file's bytes (hashed by the journal, then [`parse`]d).
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, InputError> {
+    std::fs::read(path).map_err(|e| InputError {
         path: path.display().to_string(),
         line: None,
         reason: format!("cannot read the file: {e}"),
         advice: "check the path and permissions".into(),
-    })?;
-    parse(path, &bytes, delimiter)
+    })
 }
 
 /// Parses input bytes; see [`read`].

@@ -56,10 +56,19 @@ pub enum RowPlan {
     },
 }
 
+/// An input row as the plan (and the journal) knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRow {
+    /// Line of the row in the input file.
+    pub line: u64,
+    pub customer_id: Option<Uuid>,
+    pub plan: RowPlan,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     /// Parallel to [`InputFile::rows`].
-    pub rows: Vec<RowPlan>,
+    pub rows: Vec<PlannedRow>,
     pub groups: Vec<Group>,
 }
 
@@ -67,7 +76,7 @@ impl Plan {
     pub fn invalid_rows(&self) -> usize {
         self.rows
             .iter()
-            .filter(|r| matches!(r, RowPlan::Invalid { .. }))
+            .filter(|r| matches!(r.plan, RowPlan::Invalid { .. }))
             .count()
     }
 }
@@ -219,7 +228,12 @@ pub fn build(input: &InputFile, resolver: &dyn SkuResolver) -> Plan {
     Plan {
         rows: rows
             .into_iter()
-            .map(|r| r.expect("every row is planned exactly once"))
+            .zip(&input.rows)
+            .map(|(plan, row)| PlannedRow {
+                line: row.line,
+                customer_id: row.request.as_ref().ok().map(|r| r.customer_id),
+                plan: plan.expect("every row is planned exactly once"),
+            })
             .collect(),
         groups,
     }
@@ -256,7 +270,7 @@ mod tests {
         assert_eq!(plan.groups[1].license_group, LicenseGroup::Group2);
         assert_eq!(plan.groups[3].operations[0].action, Action::Remove);
         assert_eq!(
-            plan.rows[1],
+            plan.rows[1].plan,
             RowPlan::Send {
                 group: 0,
                 operation: 1
@@ -279,7 +293,7 @@ mod tests {
             "{C},ada@x.com,SPB,,,\n{C},ada@x.com,Microsoft 365 Business Premium,,remove,\n{C},ada@x.com,POWER_BI_PRO,,,\n"
         ));
         for row in &plan.rows[..2] {
-            let RowPlan::Invalid { message, .. } = row else {
+            let RowPlan::Invalid { message, .. } = &row.plan else {
                 panic!("{row:?}")
             };
             assert!(
@@ -300,13 +314,13 @@ mod tests {
             message,
             license_group,
             ..
-        } = &plan.rows[0]
+        } = &plan.rows[0].plan
         else {
             panic!()
         };
         assert!(message.contains("group2"), "{message}");
         assert_eq!(*license_group, Some(LicenseGroup::Group2));
-        let RowPlan::Invalid { message, .. } = &plan.rows[1] else {
+        let RowPlan::Invalid { message, .. } = &plan.rows[1].plan else {
             panic!()
         };
         assert!(message.starts_with("column sku: unknown SKU"), "{message}");

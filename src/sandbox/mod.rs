@@ -22,6 +22,7 @@ use axum::{Form, Json, Router};
 use reqwest::Url;
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -191,6 +192,17 @@ struct SandboxState {
     requests: Vec<RecordedRequest>,
     idempotency: HashMap<String, Stored>,
     violations: Violations,
+    /// Counters that tests and `/sandbox/wait` can await.
+    progress: watch::Sender<Progress>,
+}
+
+/// How far the clients have got; awaitable through [`Sandbox::wait_for`] and `/sandbox/wait`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// licenseupdates calls answered (or being answered) so far.
+    pub requests: u64,
+    /// Token endpoint calls received so far.
+    pub token_requests: u64,
 }
 
 /// A running sandbox. Dropping it stops the server.
@@ -224,6 +236,7 @@ impl Sandbox {
             requests: Vec::new(),
             idempotency: HashMap::new(),
             violations: Violations::default(),
+            progress: watch::Sender::new(Progress::default()),
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/token", post(token_v1))
@@ -233,6 +246,7 @@ impl Sandbox {
                 post(license_update),
             )
             .route("/sandbox/record", get(dump))
+            .route("/sandbox/wait", get(wait))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -250,6 +264,44 @@ impl Sandbox {
             state,
             shutdown,
         })
+    }
+
+    /// Resolves once at least `requests` licenseupdates calls and `token_requests` token calls
+    /// have arrived.
+    pub async fn wait_for(&self, requests: u64, token_requests: u64) -> Progress {
+        let mut progress = self
+            .state
+            .lock()
+            .expect("sandbox lock")
+            .progress
+            .subscribe();
+        let reached = progress
+            .wait_for(|p| p.requests >= requests && p.token_requests >= token_requests)
+            .await
+            .map(|p| *p);
+        reached.unwrap_or_default()
+    }
+
+    /// Buys seats: sets a subscribed SKU's total.
+    pub fn set_seats(&self, customer: Uuid, sku: Uuid, total: u64) {
+        let mut state = self.state.lock().expect("sandbox lock");
+        if let Some(s) = state
+            .customers
+            .get_mut(&customer)
+            .and_then(|c| c.skus.iter_mut().find(|s| s.id == sku))
+        {
+            s.total = total;
+        }
+    }
+
+    /// Turns the "partner token" fault (400 900316 on every call) on or off.
+    pub fn set_partner_token(&self, on: bool) {
+        self.state
+            .lock()
+            .expect("sandbox lock")
+            .scenario
+            .auth
+            .partner_token = on;
     }
 
     /// The refresh-token grant that the sandbox's token endpoint accepts.
@@ -362,12 +414,64 @@ async fn dump(State(state): State<Shared>) -> Json<Value> {
     Json(dump_state(&state.lock().expect("sandbox lock")))
 }
 
-async fn token_v1(state: State<Shared>, form: Form<HashMap<String, String>>) -> Response {
-    issue_token(state, form, TokenEndpoint::V1)
+#[derive(serde::Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    requests: u64,
+    #[serde(default)]
+    tokens: u64,
+    #[serde(default = "default_wait_secs")]
+    timeout_secs: u64,
 }
 
-async fn token_v2(state: State<Shared>, form: Form<HashMap<String, String>>) -> Response {
-    issue_token(state, form, TokenEndpoint::V2)
+fn default_wait_secs() -> u64 {
+    60
+}
+
+/// `GET /sandbox/wait?requests=N&tokens=M`: answers once the counts are reached (for tests that
+/// drive a separate process), 408 after `timeout_secs`.
+async fn wait(
+    State(state): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<WaitQuery>,
+) -> Response {
+    let mut progress = state.lock().expect("sandbox lock").progress.subscribe();
+    let reached = tokio::time::timeout(
+        Duration::from_secs(q.timeout_secs),
+        progress.wait_for(|p| p.requests >= q.requests && p.token_requests >= q.tokens),
+    )
+    .await
+    .map(|r| r.map(|p| *p));
+    match reached {
+        Ok(Ok(p)) => Json(p).into_response(),
+        _ => (StatusCode::REQUEST_TIMEOUT, Json(*progress.borrow())).into_response(),
+    }
+}
+
+/// Counts the token call, applies the scenario's token delay, then answers.
+async fn token(state: Shared, form: HashMap<String, String>, endpoint: TokenEndpoint) -> Response {
+    let delay = {
+        let s = state.lock().expect("sandbox lock");
+        s.progress.send_modify(|p| p.token_requests += 1);
+        s.scenario.auth.token_delay_ms
+    };
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    issue_token(State(state), Form(form), endpoint)
+}
+
+async fn token_v1(
+    State(state): State<Shared>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    token(state, form, TokenEndpoint::V1).await
+}
+
+async fn token_v2(
+    State(state): State<Shared>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    token(state, form, TokenEndpoint::V2).await
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
@@ -513,41 +617,19 @@ async fn license_update(
     };
     let request_id = header("ms-requestid");
     let body_json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let mut state = state.lock().expect("sandbox lock");
-    let mut record = RecordedRequest {
-        at: SystemTime::now(),
-        customer: customer.clone(),
-        user: user.clone(),
-        request_id: request_id.clone(),
-        correlation_id: header("ms-correlationid"),
-        body: body_json.clone(),
-        status: 0,
-        replay: false,
-        applied: false,
-    };
-    let (status, extra_headers, answer, definitive) = answer_license_update(
-        &mut state,
+    let (status, extra_headers, answer, hold) = record_and_answer(
+        &state,
         &customer,
         &user,
         &headers,
-        &body_json,
-        &mut record,
+        request_id.clone(),
+        body_json,
     );
-    record.status = status;
-    if definitive
-        && let Some(id) = &request_id
-        && !record.replay
-    {
-        state.idempotency.insert(
-            id.clone(),
-            Stored {
-                fingerprint: fingerprint(&customer, &user, &body_json),
-                status,
-                body: answer.clone(),
-            },
-        );
+    // Applied already: a client that gives up or dies now has changed the tenant without
+    // hearing of it, and must resend under the same request ID.
+    if let Some(ms) = hold {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    state.requests.push(record);
     let mut response = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         Json(answer),
@@ -562,6 +644,60 @@ async fn license_update(
         response.headers_mut().insert("ms-requestid", id);
     }
     response
+}
+
+/// Answers a licenseupdates call under the lock and records it; returns the answer and how
+/// long to hold it back.
+fn record_and_answer(
+    state: &Shared,
+    customer: &str,
+    user: &str,
+    headers: &HeaderMap,
+    request_id: Option<String>,
+    body_json: Value,
+) -> (u16, Vec<(&'static str, String)>, Value, Option<u64>) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let mut state = state.lock().expect("sandbox lock");
+    let mut record = RecordedRequest {
+        at: SystemTime::now(),
+        customer: customer.to_string(),
+        user: user.to_string(),
+        request_id: request_id.clone(),
+        correlation_id: header("ms-correlationid"),
+        body: body_json.clone(),
+        status: 0,
+        replay: false,
+        applied: false,
+    };
+    let (status, extra_headers, answer, definitive) =
+        answer_license_update(&mut state, customer, user, headers, &body_json, &mut record);
+    record.status = status;
+    if definitive
+        && let Some(id) = &request_id
+        && !record.replay
+    {
+        state.idempotency.insert(
+            id.clone(),
+            Stored {
+                fingerprint: fingerprint(customer, user, &body_json),
+                status,
+                body: answer.clone(),
+            },
+        );
+    }
+    state.requests.push(record);
+    state.progress.send_modify(|p| p.requests += 1);
+    (
+        status,
+        extra_headers,
+        answer,
+        state.scenario.faults.answer_delay_ms,
+    )
 }
 
 fn fingerprint(customer: &str, user: &str, body: &Value) -> String {

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Whether customers not listed exist too (with every catalog SKU). Default: true when no
@@ -21,7 +21,7 @@ pub struct Scenario {
     pub customers: Vec<CustomerScenario>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthScenario {
     /// Lifetime the token endpoint announces in `expires_in` (default 3600).
@@ -31,6 +31,8 @@ pub struct AuthScenario {
     /// The first N access tokens issued are dead on arrival (401), as after a revocation.
     #[serde(default)]
     pub revoke_first_tokens: u64,
+    /// The token endpoint answers only after this long.
+    pub token_delay_ms: Option<u64>,
     /// Every licenseupdates call answers 401.
     #[serde(default)]
     pub reject_all_tokens: bool,
@@ -39,7 +41,7 @@ pub struct AuthScenario {
     pub partner_token: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
     /// Every Nth licenseupdates call answers 429.
@@ -50,11 +52,13 @@ pub struct Faults {
     pub transient_every: Option<u64>,
     /// Default 503.
     pub transient_status: Option<u16>,
-    /// Added to every licenseupdates answer.
+    /// Added before every licenseupdates call is processed.
     pub latency_ms: Option<u64>,
+    /// Added after a licenseupdates call was processed (applied), before the answer leaves.
+    pub answer_delay_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerScenario {
     pub id: Uuid,
@@ -71,7 +75,7 @@ pub struct CustomerScenario {
     pub skus: Option<Vec<SkuScenario>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SkuScenario {
     /// SKU ID, part number or product name of the built-in catalog, or a new SKU ID.
@@ -88,7 +92,7 @@ pub struct SkuScenario {
     pub warning: Option<WarningScenario>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WarningScenario {
     pub code: String,
@@ -109,6 +113,13 @@ impl Scenario {
             toml::from_str(&text).map_err(|e| e.to_string())
         };
         parsed.map_err(|e| format!("scenario {}: {}", path.display(), e.trim_end()))
+    }
+
+    /// A short fingerprint of the scenario: each sandbox world is its own API target, so a
+    /// rehearsal with one scenario never makes rows look done for another.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_string(self).expect("scenarios serialise");
+        crate::journal::content_hash(json.as_bytes())[..12].to_string()
     }
 
     pub fn is_permissive(&self) -> bool {

@@ -65,8 +65,11 @@ pub fn write_csv(dir: &Path, name: &str, header: &str, rows: &[String]) -> PathB
     path
 }
 
+/// Options for a run of `input` against `sandbox`, journal beside the input.
 pub fn options(sandbox: &Sandbox, input: &Path) -> RunOptions {
-    let mut opts = RunOptions::new(input, settings_for(sandbox));
+    let mut settings = settings_for(sandbox);
+    settings.run.state_file = input.with_file_name("state.sqlite");
+    let mut opts = RunOptions::new(input, settings);
     opts.secrets = sandbox_secrets();
     opts
 }

@@ -1,0 +1,274 @@
+//! One group's life: send its open operations under the recorded request ID, retry with the
+//! same ID, and map each answer (SPEC §5) to outcomes, customer blocks or a run abort.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::BackoffBuilder;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{CustomerBlock, GroupWork, OperationOutcome, OperationStatus, Shared};
+use crate::api::Exchange;
+use crate::api::classify::Verdict;
+use crate::api::models::LicenseUpdateRequest;
+
+/// What the group's last request looked like, for the report.
+#[derive(Default)]
+struct LastExchange {
+    http_status: Option<u16>,
+    error_code: Option<String>,
+    message: String,
+    request_id: Option<Uuid>,
+    correlation_id: Option<Uuid>,
+}
+
+impl LastExchange {
+    fn record(&mut self, request_id: Uuid, exchange: &Exchange) {
+        self.http_status = exchange.http_status;
+        self.error_code = exchange.classified.error_code.clone();
+        self.message = exchange.classified.message.clone();
+        self.request_id = Some(request_id);
+        self.correlation_id = Some(exchange.correlation_id);
+    }
+
+    fn outcome(&self, status: OperationStatus, attempts: u32, message: String) -> OperationOutcome {
+        OperationOutcome {
+            status,
+            http_status: self.http_status,
+            error_code: self.error_code.clone(),
+            message,
+            attempts,
+            request_id: self.request_id,
+            correlation_id: self.correlation_id,
+            finished_at: (status != OperationStatus::Pending).then(SystemTime::now),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Sleeps unless the run stops first; `false` when stopped.
+async fn sleep_unless_stopped(wait: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+/// After a definitive answer that applied nothing but stops the run (wrong credential, 401
+/// twice), the request ID is spent: the docs reset it after any response, so the resumed run
+/// gets a new one, recorded before it could be used.
+async fn reset_request_id(shared: &Shared, group: usize) {
+    if let Ok(Err(error)) = shared
+        .recorder
+        .begin_pass(group, Uuid::new_v4(), Vec::new())
+        .await
+    {
+        tracing::error!("cannot write the journal: {error}");
+    }
+}
+
+/// Sends one group; returns an outcome for each of `work.operations`.
+pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, OperationOutcome)> {
+    let group = &shared.groups[work.group];
+    let operations = &group.operations;
+    let mut outcomes: Vec<Option<OperationOutcome>> = vec![None; operations.len()];
+    let mut remaining = work.operations.clone();
+    let mut attempts = work.previous_attempts;
+    let mut request_id = work.request_id;
+    let mut last = LastExchange::default();
+    let settle = |outcomes: &mut Vec<Option<OperationOutcome>>,
+                  which: &[usize],
+                  outcome: OperationOutcome| {
+        for &i in which {
+            outcomes[i] = Some(outcome.clone());
+        }
+    };
+
+    // Each pass sends the operations still open under one request ID. A new pass (new ID, new
+    // payload) starts only after a definitive answer, as the API's idempotency rules require.
+    'pass: while !remaining.is_empty() {
+        let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
+        let started = Instant::now();
+        let mut backoff = shared.retry_policy().build();
+        let mut renewed_after_401 = false;
+        loop {
+            if let Some(block) = shared.customer_block(group.customer_id) {
+                let outcome = OperationOutcome {
+                    status: OperationStatus::Failed,
+                    http_status: block.http_status,
+                    error_code: block.error_code,
+                    message: format!("not sent: {}", block.message),
+                    attempts,
+                    request_id: last.request_id,
+                    correlation_id: last.correlation_id,
+                    finished_at: Some(SystemTime::now()),
+                    warnings: Vec::new(),
+                };
+                settle(&mut outcomes, &remaining, outcome);
+                break 'pass;
+            }
+            if !shared.pacer.admit(&shared.stop).await {
+                break 'pass;
+            }
+            let token = match shared.client.tokens.token().await {
+                Ok(token) => token,
+                Err(error) => {
+                    shared.abort(error.to_string());
+                    break 'pass;
+                }
+            };
+            let exchange = shared
+                .client
+                .send_license_update(group.customer_id, &group.user, &body, request_id, &token)
+                .await;
+            attempts += 1;
+            shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+            last.record(request_id, &exchange);
+            let message = exchange.classified.message.clone();
+            tracing::debug!(
+                customer = %group.customer_id, user = %group.user, %request_id,
+                status = ?exchange.http_status, "{}", if message.is_empty() { "ok" } else { &message }
+            );
+            let failed = |last: &LastExchange, text: String| {
+                last.outcome(OperationStatus::Failed, attempts, text)
+            };
+            let verdict = exchange.classified.verdict;
+            if verdict != Verdict::Unauthorized {
+                renewed_after_401 = false;
+            }
+            match verdict {
+                Verdict::Succeeded { warnings } => {
+                    let mut outcome =
+                        last.outcome(OperationStatus::Succeeded, attempts, String::new());
+                    outcome.warnings = warnings;
+                    settle(&mut outcomes, &remaining, outcome);
+                    break 'pass;
+                }
+                Verdict::Throttled { retry_after } => {
+                    shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    shared.observer.throttled(retry_after);
+                    tracing::info!("throttled (429): the whole pool waits {retry_after:?}");
+                    shared.pacer.pause_for(retry_after);
+                    if started.elapsed() + retry_after > shared.settings.max_elapsed {
+                        let text = format!(
+                            "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
+                            started.elapsed().as_secs()
+                        );
+                        settle(&mut outcomes, &remaining, failed(&last, text));
+                        break 'pass;
+                    }
+                }
+                Verdict::Transient => match backoff.next() {
+                    Some(wait) if started.elapsed() + wait <= shared.settings.max_elapsed => {
+                        shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        shared.observer.retrying();
+                        if !sleep_unless_stopped(wait, &shared.stop).await {
+                            break 'pass;
+                        }
+                    }
+                    _ => {
+                        let text = format!("gave up after {attempts} attempts: {message}");
+                        settle(&mut outcomes, &remaining, failed(&last, text));
+                        break 'pass;
+                    }
+                },
+                Verdict::Unauthorized if !renewed_after_401 => {
+                    renewed_after_401 = true;
+                    shared
+                        .stats
+                        .token_renewals_after_401
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Err(error) = shared.client.tokens.renew_after_rejection(&token).await {
+                        shared.abort(error.to_string());
+                        break 'pass;
+                    }
+                }
+                Verdict::Unauthorized => {
+                    reset_request_id(shared, work.group).await;
+                    shared.abort(
+                        "the API refused a freshly renewed access token (HTTP 401 twice); check that \
+                         the app registration has Partner Center API permission and the consent is valid"
+                            .into(),
+                    );
+                    break 'pass;
+                }
+                Verdict::WrongCredential => {
+                    reset_request_id(shared, work.group).await;
+                    shared.abort(message);
+                    break 'pass;
+                }
+                Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
+                    shared.block_customer(
+                        group.customer_id,
+                        CustomerBlock {
+                            http_status: exchange.http_status,
+                            error_code: exchange.classified.error_code.clone(),
+                            message: message.clone(),
+                        },
+                    );
+                    settle(&mut outcomes, &remaining, failed(&last, message));
+                    break 'pass;
+                }
+                Verdict::UserNotFound | Verdict::Rejected => {
+                    settle(&mut outcomes, &remaining, failed(&last, message));
+                    break 'pass;
+                }
+                Verdict::SeatsExhausted { sku } => {
+                    let named = sku.and_then(|sku| {
+                        remaining.iter().position(|&i| operations[i].sku_id == sku)
+                    });
+                    match named {
+                        // Only the named SKU is short: fail it, re-send the rest as a new request
+                        // whose ID, with this outcome, is durable before it leaves.
+                        Some(position) if remaining.len() > 1 => {
+                            let op = remaining.remove(position);
+                            let outcome =
+                                failed(&last, format!("{message} (SKU {})", operations[op].sku_id));
+                            outcomes[op] = Some(outcome.clone());
+                            request_id = Uuid::new_v4();
+                            match shared
+                                .recorder
+                                .begin_pass(work.group, request_id, vec![(op, outcome)])
+                                .await
+                            {
+                                Ok(Ok(())) => continue 'pass,
+                                Ok(Err(error)) => {
+                                    shared.abort(format!("cannot write the journal: {error}"))
+                                }
+                                Err(_) => shared.abort("the journal writer stopped".into()),
+                            }
+                            break 'pass;
+                        }
+                        _ => {
+                            settle(&mut outcomes, &remaining, failed(&last, message));
+                            break 'pass;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let pending_message = if last.request_id.is_some() {
+        let last_answer = if last.message.is_empty() {
+            "none"
+        } else {
+            &last.message
+        };
+        format!(
+            "no definitive answer before the run stopped (last: {last_answer}); run the same command again to resume"
+        )
+    } else {
+        "not sent: the run stopped first; run the same command again to resume".into()
+    };
+    work.operations
+        .iter()
+        .map(|&op| {
+            let outcome = outcomes[op].take().unwrap_or_else(|| {
+                last.outcome(OperationStatus::Pending, attempts, pending_message.clone())
+            });
+            (op, outcome)
+        })
+        .collect()
+}

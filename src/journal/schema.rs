@@ -1,0 +1,107 @@
+//! The journal's tables and connection settings.
+
+use rusqlite::Connection;
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// WAL (readers never block the writer; a crash never leaves half a transaction), a busy
+/// timeout for the `status` reader, and the tables, created if missing.
+pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS runs (
+             id           INTEGER PRIMARY KEY,
+             input_path   TEXT NOT NULL,
+             input_hash   TEXT NOT NULL,
+             target       TEXT NOT NULL,
+             started_at   TEXT NOT NULL,
+             finished_at  TEXT,
+             outcome      TEXT NOT NULL,          -- running | finished | aborted | interrupted
+             message      TEXT,
+             settings     TEXT NOT NULL,
+             report_path  TEXT NOT NULL,
+             delimiter    INTEGER NOT NULL,
+             headers      TEXT NOT NULL           -- JSON array of the carried header names
+         );
+         CREATE INDEX IF NOT EXISTS runs_resume ON runs (input_hash, target, outcome);
+         CREATE TABLE IF NOT EXISTS rows (
+             run_id          INTEGER NOT NULL REFERENCES runs(id),
+             idx             INTEGER NOT NULL,    -- position among the data rows
+             line            INTEGER NOT NULL,    -- line in the input file
+             cells           TEXT NOT NULL,       -- JSON array of the carried cells
+             customer_id     TEXT,
+             group_idx       INTEGER,             -- NULL for invalid rows
+             op_idx          INTEGER,
+             invalid_message TEXT,
+             sku_id          TEXT,
+             license_group   TEXT,
+             PRIMARY KEY (run_id, idx)
+         );
+         CREATE TABLE IF NOT EXISTS groups (
+             run_id        INTEGER NOT NULL REFERENCES runs(id),
+             idx           INTEGER NOT NULL,
+             customer_id   TEXT NOT NULL,
+             user          TEXT NOT NULL,
+             user_key      TEXT NOT NULL,
+             license_group TEXT NOT NULL,
+             request_id    TEXT NOT NULL,         -- MS-RequestId of the current pass
+             PRIMARY KEY (run_id, idx)
+         );
+         CREATE TABLE IF NOT EXISTS operations (
+             run_id         INTEGER NOT NULL,
+             group_idx      INTEGER NOT NULL,
+             op_idx         INTEGER NOT NULL,
+             sku_id         TEXT NOT NULL,
+             action         TEXT NOT NULL,
+             excluded_plans TEXT NOT NULL,
+             status         TEXT,                 -- NULL (not sent) | succeeded | failed | pending
+             http_status    INTEGER,
+             error_code     TEXT,
+             message        TEXT,
+             attempts       INTEGER NOT NULL DEFAULT 0,
+             request_id     TEXT,
+             correlation_id TEXT,
+             finished_at    TEXT,
+             warnings       TEXT,
+             PRIMARY KEY (run_id, group_idx, op_idx),
+             FOREIGN KEY (run_id, group_idx) REFERENCES groups(run_id, idx)
+         );
+         CREATE TABLE IF NOT EXISTS done (
+             target      TEXT NOT NULL,
+             customer_id TEXT NOT NULL,
+             user_key    TEXT NOT NULL,
+             sku_id      TEXT NOT NULL,
+             action      TEXT NOT NULL,
+             run_id      INTEGER NOT NULL,
+             finished_at TEXT NOT NULL,
+             PRIMARY KEY (target, customer_id, user_key, sku_id, action)
+         );",
+    )?;
+    let version: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .and_then(|v| v.parse().ok());
+    match version {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION.to_string()],
+            )?;
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "schema version {v} is newer than this license-batch understands ({SCHEMA_VERSION}); upgrade license-batch"
+            )));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}

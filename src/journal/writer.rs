@@ -1,0 +1,235 @@
+//! The journal's writer thread: outcomes arrive from the engine and are committed in batches
+//! (up to [`BATCH`] messages or [`LINGER`]), so durability costs one fsync per batch rather than
+//! per request. A message that someone waits for (a new request ID, a flush) ends the batch at
+//! once and is acknowledged only after its commit.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, Transaction, params};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{schema, status_text, user_key};
+use crate::engine::{OperationOutcome, OperationStatus, Recorder};
+use crate::input::Action;
+use crate::plan::Group;
+
+const BATCH: usize = 512;
+const LINGER: Duration = Duration::from_millis(25);
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+enum Message {
+    Record {
+        group: usize,
+        outcomes: Vec<(usize, OperationOutcome)>,
+    },
+    BeginPass {
+        group: usize,
+        request_id: Uuid,
+        settled: Vec<(usize, OperationOutcome)>,
+        ack: Ack,
+    },
+}
+
+/// Hands outcomes to the writer thread; dropping the last sender lets the thread finish.
+pub struct JournalWriter {
+    sender: Mutex<Option<mpsc::Sender<Message>>>,
+    thread: Mutex<Option<JoinHandle<Result<(), String>>>>,
+}
+
+struct Context {
+    run_id: i64,
+    target: String,
+    groups: Arc<Vec<Group>>,
+}
+
+impl JournalWriter {
+    /// Starts the writer on its own connection to `path`.
+    pub fn start(
+        path: &Path,
+        run_id: i64,
+        target: &str,
+        groups: Arc<Vec<Group>>,
+    ) -> Result<JournalWriter, String> {
+        let conn = Connection::open(path).map_err(|e| e.to_string())?;
+        schema::prepare(&conn).map_err(|e| e.to_string())?;
+        let (sender, receiver) = mpsc::channel();
+        let context = Context {
+            run_id,
+            target: target.to_string(),
+            groups,
+        };
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || write_loop(conn, receiver, context))
+            .map_err(|e| e.to_string())?;
+        Ok(JournalWriter {
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn send(&self, message: Message) {
+        if let Some(sender) = self.sender.lock().expect("writer lock").as_ref() {
+            // A send error means the thread stopped on a write error; finish() reports it.
+            let _ = sender.send(message);
+        }
+    }
+
+    /// Commits everything sent so far and stops the thread; the first write error, if any.
+    pub fn finish(&self) -> Result<(), String> {
+        drop(self.sender.lock().expect("writer lock").take());
+        match self.thread.lock().expect("writer lock").take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| "the journal writer panicked".to_string())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Recorder for JournalWriter {
+    fn record(&self, group: usize, outcomes: Vec<(usize, OperationOutcome)>) {
+        self.send(Message::Record { group, outcomes });
+    }
+
+    fn begin_pass(
+        &self,
+        group: usize,
+        request_id: Uuid,
+        settled: Vec<(usize, OperationOutcome)>,
+    ) -> oneshot::Receiver<Result<(), String>> {
+        let (ack, done) = oneshot::channel();
+        self.send(Message::BeginPass {
+            group,
+            request_id,
+            settled,
+            ack,
+        });
+        done
+    }
+}
+
+fn write_loop(
+    mut conn: Connection,
+    receiver: mpsc::Receiver<Message>,
+    context: Context,
+) -> Result<(), String> {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + LINGER;
+        while batch.len() < BATCH && !matches!(batch.last(), Some(Message::BeginPass { .. })) {
+            match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut conn, &context, &mut batch).map_err(|e| e.to_string());
+        for message in batch {
+            if let Message::BeginPass { ack, .. } = message {
+                let _ = ack.send(result.clone());
+            }
+        }
+        if let Err(error) = result {
+            tracing::error!("cannot write the journal: {error}");
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+fn commit(conn: &mut Connection, context: &Context, batch: &mut [Message]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for message in batch.iter() {
+        match message {
+            Message::Record { group, outcomes } => write_outcomes(&tx, context, *group, outcomes)?,
+            Message::BeginPass {
+                group,
+                request_id,
+                settled,
+                ..
+            } => {
+                write_outcomes(&tx, context, *group, settled)?;
+                tx.execute(
+                    "UPDATE groups SET request_id = ?3 WHERE run_id = ?1 AND idx = ?2",
+                    params![context.run_id, *group as i64, request_id.to_string()],
+                )?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+fn write_outcomes(
+    tx: &Transaction<'_>,
+    context: &Context,
+    group_index: usize,
+    outcomes: &[(usize, OperationOutcome)],
+) -> rusqlite::Result<()> {
+    let group = &context.groups[group_index];
+    let mut update = tx.prepare_cached(
+        "UPDATE operations SET status = ?4, http_status = ?5, error_code = ?6, message = ?7, attempts = ?8,
+                request_id = ?9, correlation_id = ?10, finished_at = ?11, warnings = ?12
+         WHERE run_id = ?1 AND group_idx = ?2 AND op_idx = ?3",
+    )?;
+    let mut mark_done = tx.prepare_cached(
+        "INSERT OR REPLACE INTO done (target, customer_id, user_key, sku_id, action, run_id, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut undo_opposite = tx.prepare_cached(
+        "DELETE FROM done WHERE target = ?1 AND customer_id = ?2 AND user_key = ?3 AND sku_id = ?4 AND action = ?5",
+    )?;
+    for (op_index, outcome) in outcomes {
+        let finished_at = outcome
+            .finished_at
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        update.execute(params![
+            context.run_id,
+            group_index as i64,
+            *op_index as i64,
+            status_text(outcome.status),
+            outcome.http_status.map(i64::from),
+            outcome.error_code,
+            outcome.message,
+            outcome.attempts as i64,
+            outcome.request_id.map(|id| id.to_string()),
+            outcome.correlation_id.map(|id| id.to_string()),
+            finished_at,
+            (!outcome.warnings.is_empty())
+                .then(|| serde_json::to_string(&outcome.warnings).expect("strings serialise")),
+        ])?;
+        if outcome.status == OperationStatus::Succeeded {
+            let op = &group.operations[*op_index];
+            let customer = group.customer_id.to_string();
+            let user = user_key(&group.user);
+            let sku = op.sku_id.to_string();
+            mark_done.execute(params![
+                context.target,
+                customer,
+                user,
+                sku,
+                op.action.as_str(),
+                context.run_id,
+                finished_at.unwrap_or_default()
+            ])?;
+            // A remove undoes an earlier assign (and the other way round): the next sheet that
+            // asks for it again must send it.
+            let opposite = match op.action {
+                Action::Assign => Action::Remove,
+                Action::Remove => Action::Assign,
+            };
+            undo_opposite.execute(params![
+                context.target,
+                customer,
+                user,
+                sku,
+                opposite.as_str()
+            ])?;
+        }
+    }
+    Ok(())
+}
