@@ -100,8 +100,9 @@ pub struct RunArgs {
     pub verbose: u8,
 }
 
+/// The journal that `status` and `report` read.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub struct JournalArg {
     /// Journal file. Default: license-batch.state.sqlite in the working directory.
     #[arg(
         long,
@@ -110,6 +111,12 @@ pub struct StatusArgs {
         default_value = "license-batch.state.sqlite"
     )]
     pub state: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub journal: JournalArg,
     /// How many runs to list.
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
@@ -117,14 +124,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Journal file. Default: license-batch.state.sqlite in the working directory.
-    #[arg(
-        long,
-        env = "LICENSE_BATCH_STATE_FILE",
-        value_name = "FILE",
-        default_value = "license-batch.state.sqlite"
-    )]
-    pub state: PathBuf,
+    #[command(flatten)]
+    pub journal: JournalArg,
     /// The run (see `status`). Default: the latest.
     #[arg(long)]
     pub run: Option<i64>,
@@ -273,10 +274,10 @@ fn finish(result: Result<(), String>) -> u8 {
 }
 
 fn show_status(args: &StatusArgs) -> Result<(), String> {
-    let journal = Journal::open_to_read(&args.state).map_err(|e| e.to_string())?;
+    let journal = Journal::open_to_read(&args.journal.state).map_err(|e| e.to_string())?;
     let runs = journal.recent_runs(args.limit).map_err(|e| e.to_string())?;
     if runs.is_empty() {
-        println!("no runs in {}", args.state.display());
+        println!("no runs in {}", args.journal.state.display());
         return Ok(());
     }
     println!(
@@ -312,13 +313,13 @@ fn show_status(args: &StatusArgs) -> Result<(), String> {
 }
 
 fn rewrite_report(args: &ReportArgs) -> Result<(), String> {
-    let journal = Journal::open_to_read(&args.state).map_err(|e| e.to_string())?;
+    let journal = Journal::open_to_read(&args.journal.state).map_err(|e| e.to_string())?;
     let run_id = match args.run {
         Some(id) => id,
         None => journal
             .latest_run()
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no runs in {}", args.state.display()))?,
+            .ok_or_else(|| format!("no runs in {}", args.journal.state.display()))?,
     };
     let path = match &args.output {
         Some(path) => path.clone(),

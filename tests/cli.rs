@@ -17,6 +17,19 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `run samples/onboarding.csv --sandbox` at a fast ceiling, plus `extra`.
+fn run_sample(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "samples/onboarding.csv",
+        "--sandbox",
+        "--requests-per-minute",
+        "6000",
+    ];
+    args.extend_from_slice(extra);
+    license_batch(dir, &args)
+}
+
 fn copy_samples(dir: &Path) {
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
     std::fs::create_dir_all(dir.join("samples")).unwrap();
@@ -29,16 +42,7 @@ fn copy_samples(dir: &Path) {
 fn the_readme_sample_runs_on_the_sandbox_and_accounts_for_every_row() {
     let dir = tempfile::tempdir().unwrap();
     copy_samples(dir.path());
-    let out = license_batch(
-        dir.path(),
-        &[
-            "run",
-            "samples/onboarding.csv",
-            "--sandbox",
-            "--requests-per-minute",
-            "6000",
-        ],
-    );
+    let out = run_sample(dir.path(), &[]);
     let stdout = text(&out.stdout);
     // The sample has deliberately bad rows: exit 1, never 0.
     assert_eq!(
@@ -75,16 +79,11 @@ fn the_readme_sample_runs_on_the_sandbox_and_accounts_for_every_row() {
 fn the_sample_scenario_yields_the_realistic_mix() {
     let dir = tempfile::tempdir().unwrap();
     copy_samples(dir.path());
-    let out = license_batch(
+    let out = run_sample(
         dir.path(),
         &[
-            "run",
-            "samples/onboarding.csv",
-            "--sandbox",
             "--sandbox-scenario",
             "samples/sandbox-scenario.toml",
-            "--requests-per-minute",
-            "6000",
             "--log-format",
             "json",
         ],
@@ -226,15 +225,8 @@ fn an_all_good_sheet_exits_0() {
 fn status_and_report_work_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     copy_samples(dir.path());
-    let run = [
-        "run",
-        "samples/onboarding.csv",
-        "--sandbox",
-        "--requests-per-minute",
-        "6000",
-        "-q",
-    ];
-    assert_eq!(license_batch(dir.path(), &run).status.code(), Some(1));
+    let run: &[&str] = &["-q"];
+    assert_eq!(run_sample(dir.path(), run).status.code(), Some(1));
     let report = dir.path().join("samples/onboarding.report.csv");
     let original = std::fs::read_to_string(&report).unwrap();
 
@@ -269,34 +261,18 @@ fn status_and_report_work_from_the_journal() {
 fn the_readme_flow_quick_start_then_scenario_shows_the_mix_then_nothing_is_resent() {
     let dir = tempfile::tempdir().unwrap();
     copy_samples(dir.path());
-    let quick = [
-        "run",
-        "samples/onboarding.csv",
-        "--sandbox",
-        "--requests-per-minute",
-        "6000",
-        "-q",
-    ];
-    assert_eq!(license_batch(dir.path(), &quick).status.code(), Some(1));
+    let quick: &[&str] = &["-q"];
+    assert_eq!(run_sample(dir.path(), quick).status.code(), Some(1));
     // A different sandbox world is a different target: the scenario run sends everything.
-    let scenario = [
-        "run",
-        "samples/onboarding.csv",
-        "--sandbox",
-        "--sandbox-scenario",
-        "samples/sandbox-scenario.toml",
-        "--requests-per-minute",
-        "6000",
-        "-q",
-    ];
-    let out = license_batch(dir.path(), &scenario);
+    let scenario: &[&str] = &["--sandbox-scenario", "samples/sandbox-scenario.toml", "-q"];
+    let out = run_sample(dir.path(), scenario);
     assert!(
         text(&out.stdout).contains("900309"),
         "{}",
         text(&out.stdout)
     );
     // The quick start again: all done already, nothing sent.
-    let again = license_batch(dir.path(), &quick);
+    let again = run_sample(dir.path(), quick);
     let stdout = text(&again.stdout);
     assert!(stdout.contains("requests:    0 "), "{stdout}");
     assert!(stdout.contains("57 succeeded"), "{stdout}");

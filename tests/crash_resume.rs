@@ -133,6 +133,13 @@ fn write_sheet(dir: &Path, users: usize, note_bytes: usize) -> PathBuf {
     path
 }
 
+/// The same command, left to finish: it must exit 0.
+fn run_to_completion(dir: &Path, url: &str) {
+    let output = run_command(dir, url).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
 fn sigkill(mut child: Child) {
     child.kill().unwrap();
     child.wait().unwrap();
@@ -259,13 +266,7 @@ async fn sigkill_at_any_moment_loses_nothing_and_repeats_nothing() {
     assert!(hit_the_write, "never killed inside the report write");
 
     // 4. The same command once more finishes the job.
-    let output = run_command(dir.path(), &sandbox.url).output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_to_completion(dir.path(), &sandbox.url);
     assert_eq!(
         report_statuses(&report),
         HashMap::from([("succeeded".to_string(), users)])
@@ -322,8 +323,7 @@ async fn sigterm_finishes_in_flight_writes_the_report_and_exits_130() {
     );
     assert_eq!(statuses.values().sum::<usize>(), users);
 
-    let output = run_command(dir.path(), &sandbox.url).output().unwrap();
-    assert_eq!(output.status.code(), Some(0));
+    run_to_completion(dir.path(), &sandbox.url);
     assert_eq!(
         report_statuses(&report),
         HashMap::from([("succeeded".to_string(), users)])
@@ -349,12 +349,6 @@ async fn a_second_signal_exits_at_once_and_the_journal_stays_consistent() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130));
 
-    let output = run_command(dir.path(), &sandbox.url).output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_to_completion(dir.path(), &sandbox.url);
     assert_ground_truth(&sandbox.record().await, users);
 }
