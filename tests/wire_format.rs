@@ -175,3 +175,57 @@ async fn a_201_with_a_lenient_body_still_succeeds() {
     assert_eq!(report[0]["result_http_status"], "200");
     assert_eq!(report[0]["result_warnings"], "12: m");
 }
+
+#[tokio::test]
+async fn a_timeout_is_retried_with_the_same_request_id() {
+    let server = MockServer::start().await;
+    // The first answer comes after the client's timeout; the retry is answered at once.
+    Mock::given(method("POST"))
+        .respond_with(doc_success().set_delay(std::time::Duration::from_secs(3)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(doc_success())
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write_csv(
+        dir.path(),
+        "doc.csv",
+        "customer_id,user_id,sku",
+        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
+    );
+    let mut settings = settings(
+        &server,
+        "[api]\ntimeout_secs = 1\n[retry]\nmin_delay_ms = 10\n",
+    );
+    settings.run.state_file = dir.path().join("state.sqlite");
+    let mut opts = RunOptions::new(&input, settings);
+    opts.secrets.access_token = Some(Secret::new("t"));
+    let summary = license_batch::run(opts).await.unwrap();
+    assert_eq!(summary.stats.retries, 1);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let ids: Vec<_> = requests
+        .iter()
+        .map(|r| r.headers.get("ms-requestid").unwrap().clone())
+        .collect();
+    assert_eq!(
+        ids[0], ids[1],
+        "the retry after a timeout reuses the request ID"
+    );
+    let correlations: Vec<_> = requests
+        .iter()
+        .map(|r| r.headers.get("ms-correlationid").unwrap().clone())
+        .collect();
+    assert_ne!(
+        correlations[0], correlations[1],
+        "a new correlation ID for every call"
+    );
+    let report = common::read_report(&common::report_path(&input));
+    assert_eq!(report[0]["result_status"], "succeeded");
+    assert_eq!(report[0]["result_attempts"], "2");
+}
