@@ -108,6 +108,7 @@ pub fn build(plan: &Plan, outcomes: &[Vec<OperationOutcome>]) -> Vec<ReportRow> 
                     status: match outcome.status {
                         OperationStatus::Succeeded => RowStatus::Succeeded,
                         OperationStatus::Failed => RowStatus::Failed,
+                        OperationStatus::Skipped => RowStatus::Skipped,
                         OperationStatus::Pending => RowStatus::Pending,
                     },
                     sku_id: Some(op.sku_id),

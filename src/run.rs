@@ -1,7 +1,7 @@
 //! `run(opts)`: the pipeline end to end — read and validate the CSV, plan, record the run in
 //! the journal (or resume it), drive the engine, and write the report from the journal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::{Credentials, RefreshGrant, TokenProvider};
 use crate::api::{ApiClient, http_client};
 use crate::config::{EnvSecrets, Settings};
-use crate::engine::{self, EngineSettings, GroupWork, Observer, OperationOutcome, OperationStatus};
+use crate::engine::{
+    self, EngineSettings, GroupWork, Observer, OperationOutcome, OperationStatus, Pass,
+};
 use crate::error::Error;
 use crate::input::{self, InputFile};
 use crate::journal::writer::JournalWriter;
@@ -138,7 +140,11 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
             target: &target,
             report_path: &report_path,
             settings_json: settings_json(&settings),
-            resend: opts.resend,
+            presettled: &if opts.resend {
+                HashMap::new()
+            } else {
+                done_before(&journal, &plan, &target)?
+            },
         })?,
     };
     let blank_lines = input.blank_lines.len();
@@ -232,30 +238,61 @@ pub fn write_report_from_journal(
     Ok(rows)
 }
 
-/// The groups of a loaded run that still have open operations, with their recorded IDs.
+/// Operations that already succeeded on this target in an earlier run: not sent again.
+fn done_before(
+    journal: &Journal,
+    plan: &Plan,
+    target: &str,
+) -> Result<HashMap<(usize, usize), OperationOutcome>, Error> {
+    let mut settled = HashMap::new();
+    for (g, group) in plan.groups.iter().enumerate() {
+        for (o, op) in group.operations.iter().enumerate() {
+            if let Some(done) =
+                journal.done_before(target, group.customer_id, &group.user, op.sku_id, op.action)?
+            {
+                let mut outcome = OperationOutcome::pending(format!(
+                    "already done in run {} on {}; not sent again (--resend sends it)",
+                    done.run_id, done.finished_at
+                ));
+                outcome.status = OperationStatus::Succeeded;
+                outcome.finished_at = humantime::parse_rfc3339(&done.finished_at).ok();
+                settled.insert((g, o), outcome);
+            }
+        }
+    }
+    Ok(settled)
+}
+
+/// The groups of a loaded run that still have open operations, as the passes (operations
+/// sharing a recorded request ID) they were being sent in.
 fn open_work(run: &LoadedRun) -> Vec<GroupWork> {
     run.outcomes
         .iter()
         .enumerate()
         .filter_map(|(group, ops)| {
-            let open: Vec<usize> = ops
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| {
-                    o.as_ref()
-                        .is_none_or(|o| o.status == OperationStatus::Pending)
-                })
-                .map(|(i, _)| i)
-                .collect();
-            let previous_attempts = open
-                .iter()
-                .filter_map(|&i| ops[i].as_ref().map(|o| o.attempts))
-                .max()
-                .unwrap_or(0);
-            (!open.is_empty()).then(|| GroupWork {
+            let mut passes: Vec<Pass> = Vec::new();
+            let mut previous_attempts = 0;
+            for (op, outcome) in ops.iter().enumerate() {
+                if outcome
+                    .as_ref()
+                    .is_some_and(|o| o.status != OperationStatus::Pending)
+                {
+                    continue;
+                }
+                previous_attempts =
+                    previous_attempts.max(outcome.as_ref().map_or(0, |o| o.attempts));
+                let request_id = run.send_ids[group][op];
+                match passes.iter_mut().find(|p| p.request_id == request_id) {
+                    Some(pass) => pass.operations.push(op),
+                    None => passes.push(Pass {
+                        request_id,
+                        operations: vec![op],
+                    }),
+                }
+            }
+            (!passes.is_empty()).then_some(GroupWork {
                 group,
-                request_id: run.request_ids[group],
-                operations: open,
+                passes,
                 previous_attempts,
             })
         })

@@ -28,6 +28,8 @@ use pacing::Pacer;
 pub enum OperationStatus {
     Succeeded,
     Failed,
+    /// Deliberately not sent (e.g. the seat preflight in strict mode).
+    Skipped,
     /// No definitive answer: the run was aborted or interrupted first.
     Pending,
 }
@@ -101,27 +103,41 @@ pub trait Observer: Send + Sync {
 pub struct Silent;
 impl Observer for Silent {}
 
-/// Where outcomes go (the journal). `record` may batch; `begin_pass` resolves only once the
-/// new request ID, and the outcomes that made it necessary, are durable: the request must not
+/// Where outcomes go (the journal). `record` may batch; `begin_passes` resolves only once the
+/// new request IDs, and the outcomes that made them necessary, are durable: a request must not
 /// leave before its ID is recorded.
 pub trait Recorder: Send + Sync {
     fn record(&self, group: usize, outcomes: Vec<(usize, OperationOutcome)>);
-    fn begin_pass(
+    fn begin_passes(
         &self,
         group: usize,
-        request_id: Uuid,
+        passes: Vec<Pass>,
         settled: Vec<(usize, OperationOutcome)>,
     ) -> oneshot::Receiver<Result<(), String>>;
 }
 
-/// One group to send: its recorded request ID and the operations still open.
+/// One request of a group: the operations sent together under one MS-RequestId.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pass {
+    pub request_id: Uuid,
+    pub operations: Vec<usize>,
+}
+
+/// One group to send: its open operations, as the requests (passes) the journal recorded.
 #[derive(Debug, Clone)]
 pub struct GroupWork {
     pub group: usize,
-    pub request_id: Uuid,
-    pub operations: Vec<usize>,
+    pub passes: Vec<Pass>,
     /// Attempts made for this group before a resume; counting continues from here.
     pub previous_attempts: u32,
+}
+
+impl GroupWork {
+    pub fn operations(&self) -> impl Iterator<Item = usize> + '_ {
+        self.passes
+            .iter()
+            .flat_map(|p| p.operations.iter().copied())
+    }
 }
 
 /// Counters of the whole run.

@@ -1,6 +1,8 @@
-//! One group's life: send its open operations under the recorded request ID, retry with the
-//! same ID, and map each answer (SPEC §5) to outcomes, customer blocks or a run abort.
+//! One group's life: send its open operations pass by pass (a pass = the operations that share
+//! one request ID), retry a pass with the same ID, and map each answer (SPEC §5) to outcomes,
+//! new passes, customer blocks or a run abort.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -8,7 +10,7 @@ use backon::BackoffBuilder;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CustomerBlock, GroupWork, OperationOutcome, OperationStatus, Shared};
+use super::{CustomerBlock, GroupWork, OperationOutcome, OperationStatus, Pass, Shared};
 use crate::api::Exchange;
 use crate::api::classify::Verdict;
 use crate::api::models::LicenseUpdateRequest;
@@ -55,27 +57,41 @@ async fn sleep_unless_stopped(wait: Duration, stop: &CancellationToken) -> bool 
     }
 }
 
-/// After a definitive answer that applied nothing but stops the run (wrong credential, 401
-/// twice), the request ID is spent: the docs reset it after any response, so the resumed run
-/// gets a new one, recorded before it could be used.
-async fn reset_request_id(shared: &Shared, group: usize) {
-    if let Ok(Err(error)) = shared
-        .recorder
-        .begin_pass(group, Uuid::new_v4(), Vec::new())
-        .await
-    {
-        tracing::error!("cannot write the journal: {error}");
+/// Records new passes (and the outcomes that made them necessary) before any of them is sent;
+/// `false` (and the run aborts) when the journal cannot be written.
+async fn begin_passes(
+    shared: &Shared,
+    group: usize,
+    passes: Vec<Pass>,
+    settled: Vec<(usize, OperationOutcome)>,
+) -> bool {
+    match shared.recorder.begin_passes(group, passes, settled).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            shared.abort(format!("cannot write the journal: {error}"));
+            false
+        }
+        Err(_) => {
+            shared.abort("the journal writer stopped".into());
+            false
+        }
     }
 }
 
-/// Sends one group; returns an outcome for each of `work.operations`.
+fn new_pass(operations: Vec<usize>) -> Pass {
+    Pass {
+        request_id: Uuid::new_v4(),
+        operations,
+    }
+}
+
+/// Sends one group; returns an outcome for each of its open operations.
 pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, OperationOutcome)> {
     let group = &shared.groups[work.group];
     let operations = &group.operations;
     let mut outcomes: Vec<Option<OperationOutcome>> = vec![None; operations.len()];
-    let mut remaining = work.operations.clone();
+    let mut passes: VecDeque<Pass> = work.passes.iter().cloned().collect();
     let mut attempts = work.previous_attempts;
-    let mut request_id = work.request_id;
     let mut last = LastExchange::default();
     let settle = |outcomes: &mut Vec<Option<OperationOutcome>>,
                   which: &[usize],
@@ -85,9 +101,13 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
         }
     };
 
-    // Each pass sends the operations still open under one request ID. A new pass (new ID, new
-    // payload) starts only after a definitive answer, as the API's idempotency rules require.
-    'pass: while !remaining.is_empty() {
+    // `continue 'pass`: this pass has its answer, go on with the next one.
+    // `break 'pass`: the run stops; what is open stays pending.
+    'pass: while let Some(Pass {
+        request_id,
+        operations: mut remaining,
+    }) = passes.pop_front()
+    {
         let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
         let started = Instant::now();
         let mut backoff = shared.retry_policy().build();
@@ -106,7 +126,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     warnings: Vec::new(),
                 };
                 settle(&mut outcomes, &remaining, outcome);
-                break 'pass;
+                continue 'pass;
             }
             if !shared.pacer.admit(&shared.stop).await {
                 break 'pass;
@@ -143,7 +163,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                         last.outcome(OperationStatus::Succeeded, attempts, String::new());
                     outcome.warnings = warnings;
                     settle(&mut outcomes, &remaining, outcome);
-                    break 'pass;
+                    continue 'pass;
                 }
                 Verdict::Throttled { retry_after } => {
                     shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +176,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                             started.elapsed().as_secs()
                         );
                         settle(&mut outcomes, &remaining, failed(&last, text));
-                        break 'pass;
+                        continue 'pass;
                     }
                 }
                 Verdict::Transient => match backoff.next() {
@@ -170,7 +190,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     _ => {
                         let text = format!("gave up after {attempts} attempts: {message}");
                         settle(&mut outcomes, &remaining, failed(&last, text));
-                        break 'pass;
+                        continue 'pass;
                     }
                 },
                 Verdict::Unauthorized if !renewed_after_401 => {
@@ -184,18 +204,23 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                         break 'pass;
                     }
                 }
-                Verdict::Unauthorized => {
-                    reset_request_id(shared, work.group).await;
-                    shared.abort(
+                Verdict::Unauthorized | Verdict::WrongCredential => {
+                    // The answer spent this request ID (the docs reset it after any response):
+                    // a resumed run gets a new one, recorded before it could be used.
+                    begin_passes(
+                        shared,
+                        work.group,
+                        vec![new_pass(remaining.clone())],
+                        Vec::new(),
+                    )
+                    .await;
+                    shared.abort(if verdict == Verdict::Unauthorized {
                         "the API refused a freshly renewed access token (HTTP 401 twice); check that \
                          the app registration has Partner Center API permission and the consent is valid"
-                            .into(),
-                    );
-                    break 'pass;
-                }
-                Verdict::WrongCredential => {
-                    reset_request_id(shared, work.group).await;
-                    shared.abort(message);
+                            .into()
+                    } else {
+                        message
+                    });
                     break 'pass;
                 }
                 Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
@@ -208,43 +233,56 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                         },
                     );
                     settle(&mut outcomes, &remaining, failed(&last, message));
-                    break 'pass;
-                }
-                Verdict::UserNotFound | Verdict::Rejected => {
-                    settle(&mut outcomes, &remaining, failed(&last, message));
-                    break 'pass;
+                    continue 'pass;
                 }
                 Verdict::SeatsExhausted { sku } => {
                     let named = sku.and_then(|sku| {
                         remaining.iter().position(|&i| operations[i].sku_id == sku)
                     });
                     match named {
-                        // Only the named SKU is short: fail it, re-send the rest as a new request
-                        // whose ID, with this outcome, is durable before it leaves.
+                        // Only the named SKU is short: fail it, re-send the rest as a new request.
                         Some(position) if remaining.len() > 1 => {
                             let op = remaining.remove(position);
                             let outcome =
                                 failed(&last, format!("{message} (SKU {})", operations[op].sku_id));
                             outcomes[op] = Some(outcome.clone());
-                            request_id = Uuid::new_v4();
-                            match shared
-                                .recorder
-                                .begin_pass(work.group, request_id, vec![(op, outcome)])
-                                .await
+                            let rest = new_pass(remaining);
+                            if !begin_passes(
+                                shared,
+                                work.group,
+                                vec![rest.clone()],
+                                vec![(op, outcome)],
+                            )
+                            .await
                             {
-                                Ok(Ok(())) => continue 'pass,
-                                Ok(Err(error)) => {
-                                    shared.abort(format!("cannot write the journal: {error}"))
-                                }
-                                Err(_) => shared.abort("the journal writer stopped".into()),
+                                break 'pass;
                             }
-                            break 'pass;
+                            passes.push_front(rest);
                         }
-                        _ => {
-                            settle(&mut outcomes, &remaining, failed(&last, message));
-                            break 'pass;
-                        }
+                        _ => settle(&mut outcomes, &remaining, failed(&last, message)),
                     }
+                    continue 'pass;
+                }
+                // A 400 the API does not attribute to one SKU: send each SKU on its own, so every
+                // row gets its own true outcome.
+                Verdict::Rejected if exchange.http_status == Some(400) && remaining.len() > 1 => {
+                    let singles: Vec<Pass> =
+                        remaining.iter().map(|&op| new_pass(vec![op])).collect();
+                    if !begin_passes(shared, work.group, singles.clone(), Vec::new()).await {
+                        break 'pass;
+                    }
+                    tracing::info!(
+                        customer = %group.customer_id, user = %group.user,
+                        "HTTP 400 for {} SKUs together; sending them one by one", remaining.len()
+                    );
+                    for single in singles.into_iter().rev() {
+                        passes.push_front(single);
+                    }
+                    continue 'pass;
+                }
+                Verdict::UserNotFound | Verdict::Rejected => {
+                    settle(&mut outcomes, &remaining, failed(&last, message));
+                    continue 'pass;
                 }
             }
         }
@@ -262,9 +300,8 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
     } else {
         "not sent: the run stopped first; run the same command again to resume".into()
     };
-    work.operations
-        .iter()
-        .map(|&op| {
+    work.operations()
+        .map(|op| {
             let outcome = outcomes[op].take().unwrap_or_else(|| {
                 last.outcome(OperationStatus::Pending, attempts, pending_message.clone())
             });

@@ -10,6 +10,7 @@
 mod schema;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -66,8 +67,9 @@ pub struct LoadedRun {
     /// Carried cells per row, parallel to `plan.rows`.
     pub cells: Vec<Vec<String>>,
     pub plan: Plan,
-    /// The request ID of each group's current pass.
-    pub request_ids: Vec<Uuid>,
+    /// Per group and operation: the request ID it is sent under. Open operations sharing an
+    /// ID form one request (a pass).
+    pub send_ids: Vec<Vec<Uuid>>,
     /// `None`: no definitive outcome yet (never sent, or pending).
     pub outcomes: Vec<Vec<Option<OperationOutcome>>>,
 }
@@ -100,8 +102,16 @@ pub struct NewRun<'a> {
     pub target: &'a str,
     pub report_path: &'a Path,
     pub settings_json: String,
-    /// Send even operations already done in earlier runs.
-    pub resend: bool,
+    /// Outcomes decided before sending (done in an earlier run, skipped by the preflight,
+    /// refused customer), by (group, operation).
+    pub presettled: &'a HashMap<(usize, usize), OperationOutcome>,
+}
+
+/// An earlier success of the same operation on the same target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoneBefore {
+    pub run_id: i64,
+    pub finished_at: String,
 }
 
 pub struct Journal {
@@ -134,6 +144,7 @@ pub(crate) fn status_text(status: OperationStatus) -> &'static str {
     match status {
         OperationStatus::Succeeded => "succeeded",
         OperationStatus::Failed => "failed",
+        OperationStatus::Skipped => "skipped",
         OperationStatus::Pending => "pending",
     }
 }
@@ -312,21 +323,16 @@ impl Journal {
             }
             let mut insert_group = tx
                 .prepare(
-                    "INSERT INTO groups (run_id, idx, customer_id, user, user_key, license_group, request_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO groups (run_id, idx, customer_id, user, user_key, license_group)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(err)?;
             let mut insert_op = tx
                 .prepare(
                     "INSERT INTO operations (run_id, group_idx, op_idx, sku_id, action, excluded_plans,
-                                             status, message, attempts, finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
-                )
-                .map_err(err)?;
-            let mut done_before = tx
-                .prepare(
-                    "SELECT run_id, finished_at FROM done
-                     WHERE target = ?1 AND customer_id = ?2 AND user_key = ?3 AND sku_id = ?4 AND action = ?5",
+                                             send_id, status, http_status, error_code, message,
+                                             attempts, finished_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12)",
                 )
                 .map_err(err)?;
             for (g, group) in new.plan.groups.iter().enumerate() {
@@ -338,37 +344,12 @@ impl Journal {
                         group.user,
                         user_key(&group.user),
                         group.license_group.as_str(),
-                        Uuid::new_v4().to_string(),
                     ])
                     .map_err(err)?;
+                // One request ID per group, committed before anything is sent.
+                let send_id = Uuid::new_v4().to_string();
                 for (o, op) in group.operations.iter().enumerate() {
-                    let earlier: Option<(i64, String)> = if new.resend {
-                        None
-                    } else {
-                        done_before
-                            .query_row(
-                                params![
-                                    new.target,
-                                    group.customer_id.to_string(),
-                                    user_key(&group.user),
-                                    op.sku_id.to_string(),
-                                    op.action.as_str()
-                                ],
-                                |r| Ok((r.get(0)?, r.get(1)?)),
-                            )
-                            .optional()
-                            .map_err(err)?
-                    };
-                    let (status, message, finished_at) = match earlier {
-                        Some((earlier_run, at)) => (
-                            Some("succeeded"),
-                            Some(format!(
-                                "already done in run {earlier_run} on {at}; not sent again (--resend sends it)"
-                            )),
-                            Some(at),
-                        ),
-                        None => (None, None, None),
-                    };
+                    let settled = new.presettled.get(&(g, o));
                     insert_op
                         .execute(params![
                             run_id,
@@ -377,9 +358,14 @@ impl Journal {
                             op.sku_id.to_string(),
                             op.action.as_str(),
                             serde_json::to_string(&op.excluded_plans).expect("uuids serialise"),
-                            status,
-                            message,
-                            finished_at,
+                            send_id,
+                            settled.map(|o| status_text(o.status)),
+                            settled.and_then(|o| o.http_status).map(i64::from),
+                            settled.and_then(|o| o.error_code.clone()),
+                            settled.map(|o| o.message.clone()),
+                            settled
+                                .and_then(|o| o.finished_at)
+                                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                         ])
                         .map_err(err)?;
                 }
@@ -387,6 +373,30 @@ impl Journal {
         }
         tx.commit().map_err(err)?;
         Ok(run_id)
+    }
+
+    /// The earlier success of this operation on `target`, if any.
+    pub fn done_before(
+        &self,
+        target: &str,
+        customer: Uuid,
+        user: &str,
+        sku: Uuid,
+        action: Action,
+    ) -> Result<Option<DoneBefore>, JournalError> {
+        self.conn
+            .prepare_cached(
+                "SELECT run_id, finished_at FROM done
+                 WHERE target = ?1 AND customer_id = ?2 AND user_key = ?3 AND sku_id = ?4 AND action = ?5",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![target, customer.to_string(), user_key(user), sku.to_string(), action.as_str()],
+                    |r| Ok(DoneBefore { run_id: r.get(0)?, finished_at: r.get(1)? }),
+                )
+                .optional()
+            })
+            .map_err(|e| self.sqlite(e))
     }
 
     /// Loads a run's plan, request IDs and outcomes.
@@ -411,16 +421,14 @@ impl Journal {
         };
 
         let mut groups: Vec<Group> = Vec::new();
-        let mut request_ids = Vec::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT customer_id, user, license_group, request_id FROM groups WHERE run_id = ?1 ORDER BY idx")
+            .prepare("SELECT customer_id, user, license_group FROM groups WHERE run_id = ?1 ORDER BY idx")
             .map_err(e)?;
         let mut rows = stmt.query([run_id]).map_err(e)?;
         while let Some(r) = rows.next().map_err(e)? {
             let customer: String = r.get(0).map_err(e)?;
             let license_group: String = r.get(2).map_err(e)?;
-            let request_id: String = r.get(3).map_err(e)?;
             groups.push(Group {
                 customer_id: customer.parse().map_err(|_| corrupt("customer ID"))?,
                 user: r.get(1).map_err(e)?,
@@ -428,17 +436,17 @@ impl Journal {
                     .ok_or_else(|| corrupt("license group"))?,
                 operations: Vec::new(),
             });
-            request_ids.push(request_id.parse().map_err(|_| corrupt("request ID"))?);
         }
         drop(rows);
         drop(stmt);
 
         let mut outcomes: Vec<Vec<Option<OperationOutcome>>> = vec![Vec::new(); groups.len()];
+        let mut send_ids: Vec<Vec<Uuid>> = vec![Vec::new(); groups.len()];
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT group_idx, sku_id, action, excluded_plans, status, http_status, error_code, message,
-                        attempts, request_id, correlation_id, finished_at, warnings
+                        attempts, request_id, correlation_id, finished_at, warnings, send_id
                  FROM operations WHERE run_id = ?1 ORDER BY group_idx, op_idx",
             )
             .map_err(e)?;
@@ -472,6 +480,7 @@ impl Journal {
                         status: match status {
                             "succeeded" => OperationStatus::Succeeded,
                             "failed" => OperationStatus::Failed,
+                            "skipped" => OperationStatus::Skipped,
                             _ => OperationStatus::Pending,
                         },
                         http_status: r.get::<_, Option<i64>>(5).map_err(e)?.map(|s| s as u16),
@@ -491,6 +500,8 @@ impl Journal {
                 }
             };
             outcomes[g as usize].push(outcome);
+            let send_id: String = r.get(13).map_err(e)?;
+            send_ids[g as usize].push(send_id.parse().map_err(|_| corrupt("request ID"))?);
         }
         drop(rows);
         drop(stmt);
@@ -556,7 +567,7 @@ impl Journal {
                 rows: plan_rows,
                 groups,
             },
-            request_ids,
+            send_ids,
             outcomes,
         })
     }

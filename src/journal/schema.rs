@@ -48,7 +48,6 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              user          TEXT NOT NULL,
              user_key      TEXT NOT NULL,
              license_group TEXT NOT NULL,
-             request_id    TEXT NOT NULL,         -- MS-RequestId of the current pass
              PRIMARY KEY (run_id, idx)
          );
          CREATE TABLE IF NOT EXISTS operations (
@@ -58,12 +57,13 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              sku_id         TEXT NOT NULL,
              action         TEXT NOT NULL,
              excluded_plans TEXT NOT NULL,
-             status         TEXT,                 -- NULL (not sent) | succeeded | failed | pending
+             send_id        TEXT NOT NULL,        -- MS-RequestId it is sent under; shared = one request
+             status         TEXT,                 -- NULL (not sent) | succeeded | failed | skipped | pending
              http_status    INTEGER,
              error_code     TEXT,
              message        TEXT,
              attempts       INTEGER NOT NULL DEFAULT 0,
-             request_id     TEXT,
+             request_id     TEXT,                 -- of the last request made
              correlation_id TEXT,
              finished_at    TEXT,
              warnings       TEXT,

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use super::{schema, status_text, user_key};
-use crate::engine::{OperationOutcome, OperationStatus, Recorder};
+use crate::engine::{OperationOutcome, OperationStatus, Pass, Recorder};
 use crate::input::Action;
 use crate::plan::Group;
 
@@ -27,9 +26,9 @@ enum Message {
         group: usize,
         outcomes: Vec<(usize, OperationOutcome)>,
     },
-    BeginPass {
+    BeginPasses {
         group: usize,
-        request_id: Uuid,
+        passes: Vec<Pass>,
         settled: Vec<(usize, OperationOutcome)>,
         ack: Ack,
     },
@@ -97,16 +96,16 @@ impl Recorder for JournalWriter {
         self.send(Message::Record { group, outcomes });
     }
 
-    fn begin_pass(
+    fn begin_passes(
         &self,
         group: usize,
-        request_id: Uuid,
+        passes: Vec<Pass>,
         settled: Vec<(usize, OperationOutcome)>,
     ) -> oneshot::Receiver<Result<(), String>> {
         let (ack, done) = oneshot::channel();
-        self.send(Message::BeginPass {
+        self.send(Message::BeginPasses {
             group,
-            request_id,
+            passes,
             settled,
             ack,
         });
@@ -122,7 +121,7 @@ fn write_loop(
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         let deadline = Instant::now() + LINGER;
-        while batch.len() < BATCH && !matches!(batch.last(), Some(Message::BeginPass { .. })) {
+        while batch.len() < BATCH && !matches!(batch.last(), Some(Message::BeginPasses { .. })) {
             match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(message) => batch.push(message),
                 Err(_) => break,
@@ -130,7 +129,7 @@ fn write_loop(
         }
         let result = commit(&mut conn, &context, &mut batch).map_err(|e| e.to_string());
         for message in batch {
-            if let Message::BeginPass { ack, .. } = message {
+            if let Message::BeginPasses { ack, .. } = message {
                 let _ = ack.send(result.clone());
             }
         }
@@ -147,17 +146,26 @@ fn commit(conn: &mut Connection, context: &Context, batch: &mut [Message]) -> ru
     for message in batch.iter() {
         match message {
             Message::Record { group, outcomes } => write_outcomes(&tx, context, *group, outcomes)?,
-            Message::BeginPass {
+            Message::BeginPasses {
                 group,
-                request_id,
+                passes,
                 settled,
                 ..
             } => {
                 write_outcomes(&tx, context, *group, settled)?;
-                tx.execute(
-                    "UPDATE groups SET request_id = ?3 WHERE run_id = ?1 AND idx = ?2",
-                    params![context.run_id, *group as i64, request_id.to_string()],
+                let mut assign = tx.prepare_cached(
+                    "UPDATE operations SET send_id = ?4 WHERE run_id = ?1 AND group_idx = ?2 AND op_idx = ?3",
                 )?;
+                for pass in passes {
+                    for op in &pass.operations {
+                        assign.execute(params![
+                            context.run_id,
+                            *group as i64,
+                            *op as i64,
+                            pass.request_id.to_string()
+                        ])?;
+                    }
+                }
             }
         }
     }
