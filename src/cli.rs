@@ -15,6 +15,7 @@ use crate::journal::Journal;
 use crate::progress::{self, LogFormat};
 use crate::run::{RunOptions, Target, run, write_report_from_journal};
 use crate::sandbox::{self, Sandbox, Scenario};
+use crate::tenant::preflight::PreflightMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +81,12 @@ pub struct RunArgs {
     /// Send every row again, also those already done in earlier runs (starts a new run).
     #[arg(long)]
     pub resend: bool,
+    /// On a seat shortage: `warn` sends anyway (the API decides), `strict` skips the excess rows.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub preflight: Option<PreflightMode>,
+    /// Do not fetch deployment insights for the summary.
+    #[arg(long)]
+    pub no_insights: bool,
     /// Client-side ceiling of requests per minute across the pool.
     #[arg(long, env = "LICENSE_BATCH_REQUESTS_PER_MINUTE", value_name = "N")]
     pub requests_per_minute: Option<u32>,
@@ -170,6 +177,8 @@ pub fn resolve_run(
         requests_per_minute: args.requests_per_minute,
         concurrency: args.concurrency,
         state_file: args.state.clone(),
+        preflight: args.preflight,
+        insights: args.no_insights.then_some(false),
     };
     let settings = Settings::resolve(file, env, &overrides)?;
     let target = if args.sandbox {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::secret::Secret;
+use crate::tenant::preflight::PreflightMode;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.partnercenter.microsoft.com";
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -70,6 +71,8 @@ pub struct RetrySection {
 #[serde(deny_unknown_fields)]
 pub struct RunSection {
     pub state_file: Option<PathBuf>,
+    pub preflight: Option<PreflightMode>,
+    pub insights: Option<bool>,
     pub max_failure_ratio: Option<f64>,
     pub failure_ratio_min_groups: Option<u64>,
 }
@@ -88,6 +91,9 @@ pub struct Overrides {
     pub requests_per_minute: Option<u32>,
     pub concurrency: Option<usize>,
     pub state_file: Option<PathBuf>,
+    pub preflight: Option<PreflightMode>,
+    /// `Some(false)` for `--no-insights`.
+    pub insights: Option<bool>,
 }
 
 /// The resolved configuration every lower layer works from.
@@ -134,6 +140,10 @@ pub struct RetrySettings {
 #[derive(Debug, Clone)]
 pub struct RunSettings {
     pub state_file: PathBuf,
+    /// What a seat shortage found before sending does.
+    pub preflight: PreflightMode,
+    /// Fetch deployment insights of the customers a run touched, for the summary.
+    pub insights: bool,
     pub max_failure_ratio: f64,
     pub failure_ratio_min_groups: u64,
 }
@@ -248,6 +258,11 @@ impl Settings {
                     .clone()
                     .or(file.run.state_file)
                     .unwrap_or_else(|| PathBuf::from("license-batch.state.sqlite")),
+                preflight: overrides
+                    .preflight
+                    .or(file.run.preflight)
+                    .unwrap_or_default(),
+                insights: overrides.insights.or(file.run.insights).unwrap_or(true),
                 max_failure_ratio,
                 failure_ratio_min_groups: file.run.failure_ratio_min_groups.unwrap_or(100),
             },

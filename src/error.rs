@@ -20,6 +20,14 @@ pub enum Error {
     #[error("missing credentials: {0}")]
     Credentials(String),
 
+    /// The credentials were refused before anything was sent.
+    #[error("the credentials do not work: {0}")]
+    Auth(String),
+
+    /// A signal arrived before anything was sent.
+    #[error("interrupted before anything was sent")]
+    Interrupted,
+
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
 
@@ -46,6 +54,7 @@ pub mod exit_code {
 /// The single mapping from a run's result to its exit code.
 pub fn exit_code_for(result: &Result<RunSummary, Error>) -> u8 {
     match result {
+        Err(Error::Interrupted) => exit_code::INTERRUPTED,
         Err(_) => exit_code::NOTHING_SENT,
         Ok(summary) => match &summary.completion {
             Completion::Aborted(_) => exit_code::ABORTED,

@@ -19,6 +19,7 @@ pub mod run;
 pub mod sandbox;
 pub mod secret;
 pub mod summary;
+pub mod tenant;
 
 pub use error::{Error, exit_code_for};
 pub use run::{RunOptions, Target, run};

@@ -1,7 +1,8 @@
-//! `run(opts)`: the pipeline end to end — read and validate the CSV, plan, record the run in
-//! the journal (or resume it), drive the engine, and write the report from the journal.
+//! `run(opts)`: the pipeline end to end — read and validate the CSV, read the tenants, plan and
+//! preflight, record the run in the journal (or resume it), drive the engine, write the report
+//! from the journal, and summarise with deployment insights.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,23 +10,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::api::auth::{Credentials, RefreshGrant, TokenProvider};
+use crate::api::models;
 use crate::api::{ApiClient, http_client};
 use crate::config::{EnvSecrets, Settings};
 use crate::engine::{
-    self, EngineSettings, GroupWork, Observer, OperationOutcome, OperationStatus, Pass,
+    self, Dispatcher, EngineSettings, GroupWork, Observer, OperationOutcome, OperationStatus, Pass,
+    ReadFailure, ReadFailureKind,
 };
 use crate::error::Error;
 use crate::input::{self, InputFile};
 use crate::journal::writer::JournalWriter;
 use crate::journal::{self, Journal, LoadedRun, NewRun};
-use crate::plan::{self, Plan, catalog::BuiltinCatalog};
+use crate::plan::{self, Plan, RowPlan};
 use crate::progress::ProgressBar;
 use crate::report::{self, InputColumns};
 use crate::sandbox::{Sandbox, Scenario};
 use crate::secret::Secret;
-use crate::summary::{Completion, RunSummary};
+use crate::summary::{Completion, CustomerInsights, RunSummary};
+use crate::tenant::preflight::{self, SeatCheck};
+use crate::tenant::{CustomerCatalog, TenantCatalog};
 
 /// Which API the run talks to.
 #[derive(Debug, Clone)]
@@ -44,6 +50,7 @@ pub struct RunOptions {
     pub settings: Settings,
     pub secrets: EnvSecrets,
     pub target: Target,
+    /// Plan only: read the tenants, print the plan, send nothing, write nothing.
     pub dry_run: bool,
     /// Start a new run even when an unfinished run of the same input exists.
     pub fresh: bool,
@@ -74,19 +81,66 @@ impl RunOptions {
     }
 }
 
+/// A live connection to an API target: the dispatcher every call goes through, and the key
+/// under which "done" is remembered.
+pub struct Connection {
+    pub calls: Arc<Dispatcher>,
+    pub target: String,
+    /// Keeps the in-process sandbox alive while connected.
+    _sandbox: Option<Sandbox>,
+}
+
+/// Resolves credentials (or starts the in-process sandbox) and builds the dispatcher.
+pub async fn connect(
+    settings: &Settings,
+    secrets: &EnvSecrets,
+    target: &Target,
+    stop: CancellationToken,
+) -> Result<Connection, Error> {
+    let mut settings = settings.clone();
+    let (credentials, target, sandbox) = match target {
+        Target::Configured => (
+            credentials(&settings, secrets)?,
+            target_key(&settings),
+            None,
+        ),
+        Target::Sandbox(scenario) => {
+            let sandbox =
+                Sandbox::start(scenario.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                    .await
+                    .map_err(Error::Sandbox)?;
+            tracing::info!("sandbox listening on {}", sandbox.url);
+            settings.api.base_url = sandbox.url.clone();
+            // Each sandbox world is its own target: a rehearsal never marks anything done for
+            // a real API, nor for another scenario.
+            let target = format!("sandbox (built-in, scenario {})", scenario.fingerprint());
+            (
+                Credentials::RefreshToken(sandbox.credentials()),
+                target,
+                Some(sandbox),
+            )
+        }
+    };
+    let http = http_client(settings.api.timeout);
+    let tokens = Arc::new(TokenProvider::new(http.clone(), credentials));
+    let client = Arc::new(ApiClient::new(http, &settings.api, tokens));
+    Ok(Connection {
+        calls: Arc::new(Dispatcher::new(
+            client,
+            EngineSettings::from(&settings),
+            stop,
+        )),
+        target,
+        _sandbox: sandbox,
+    })
+}
+
 pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let started = Instant::now();
     let bytes = input::read_bytes(&opts.input)?;
     let input = input::parse(&opts.input, &bytes, opts.delimiter)?;
-    let plan = plan::build(&input, &BuiltinCatalog);
-
     if opts.dry_run {
-        print!("{}", describe_plan(&input, &plan, &opts.settings));
-        let outcomes = pending_outcomes(&plan, "dry run: would be sent");
-        let mut summary = RunSummary::new(report::build(&plan, &outcomes), Completion::Planned);
-        summary.blank_lines = input.blank_lines.len();
-        summary.elapsed = started.elapsed();
-        return Ok(summary);
+        return plan_only(&opts, &input, started).await;
     }
 
     let report_path = opts
@@ -97,65 +151,51 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
         path: report_path.clone(),
         source,
     })?;
+    let connection = connect(
+        &opts.settings,
+        &opts.secrets,
+        &opts.target,
+        opts.stop.clone(),
+    )
+    .await?;
+    let calls = Arc::clone(&connection.calls);
 
-    // Credentials and target before the journal: a run that cannot send records nothing.
-    let mut settings = opts.settings.clone();
-    let mut _sandbox = None;
-    let (credentials, target) = match &opts.target {
-        Target::Configured => (
-            credentials(&settings, &opts.secrets)?,
-            target_key(&settings),
-        ),
-        Target::Sandbox(scenario) => {
-            let sandbox =
-                Sandbox::start(scenario.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-                    .await
-                    .map_err(Error::Sandbox)?;
-            tracing::info!("sandbox listening on {}", sandbox.url);
-            settings.api.base_url = sandbox.url.clone();
-            let grant = sandbox.credentials();
-            _sandbox = Some(sandbox);
-            // Its own target, so a rehearsal never marks anything done for a real API.
-            let target = format!("sandbox (built-in, scenario {})", scenario.fingerprint());
-            (Credentials::RefreshToken(grant), target)
-        }
-    };
-
-    let mut journal = Journal::open_for_run(&settings.run.state_file)?;
+    let mut journal = Journal::open_for_run(&opts.settings.run.state_file)?;
     let input_hash = journal::content_hash(&bytes);
     let resumable = if opts.fresh || opts.resend {
         None
     } else {
-        journal.resumable_run(&input_hash, &target)?
+        journal.resumable_run(&input_hash, &connection.target)?
     };
-    let run_id = match resumable {
+    let (run_id, seats) = match resumable {
         Some(id) => {
             tracing::info!("resuming run {id} of this input (--fresh starts a new one)");
-            id
+            (id, SeatCheck::default())
         }
-        None => journal.create_run(NewRun {
-            input: &input,
-            input_hash: &input_hash,
-            plan: &plan,
-            target: &target,
-            report_path: &report_path,
-            settings_json: settings_json(&settings),
-            presettled: &if opts.resend {
-                HashMap::new()
-            } else {
-                done_before(&journal, &plan, &target)?
-            },
-        })?,
+        None => {
+            let tenants = TenantCatalog::fetch(&connection.calls, customers_of(&input))
+                .await
+                .map_err(read_failure_error)?;
+            let prepared = prepare(tenants, &connection.target, &input, Some(&journal), &opts)?;
+            let id = journal.create_run(NewRun {
+                input: &input,
+                input_hash: &input_hash,
+                plan: &prepared.plan,
+                target: &connection.target,
+                report_path: &report_path,
+                settings_json: settings_json(&opts.settings),
+                presettled: &prepared.presettled,
+            })?;
+            (id, prepared.seats)
+        }
     };
     let blank_lines = input.blank_lines.len();
     drop(input);
     let loaded = journal.load_run(run_id)?;
     let work = open_work(&loaded);
     let groups = Arc::new(loaded.plan.groups.clone());
+    let touched: BTreeSet<Uuid> = work.iter().map(|w| groups[w.group].customer_id).collect();
 
-    let http = http_client(settings.api.timeout);
-    let tokens = Arc::new(TokenProvider::new(http.clone(), credentials));
-    let client = Arc::new(ApiClient::new(http, &settings.api, tokens));
     let total_rows = loaded.plan.rows.len() as u64;
     let observer: Arc<dyn Observer> = if opts.progress {
         Arc::new(ProgressBar::start(
@@ -174,25 +214,20 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     );
 
     let writer = Arc::new(
-        JournalWriter::start(journal.path(), run_id, &target, Arc::clone(&groups)).map_err(
-            |message| {
-                Error::Journal(journal::JournalError::Io {
-                    path: journal.path().display().to_string(),
-                    message,
-                })
-            },
-        )?,
+        JournalWriter::start(
+            journal.path(),
+            run_id,
+            &connection.target,
+            Arc::clone(&groups),
+        )
+        .map_err(|message| {
+            Error::Journal(journal::JournalError::Io {
+                path: journal.path().display().to_string(),
+                message,
+            })
+        })?,
     );
-    let result = engine::execute(
-        groups,
-        work,
-        client,
-        EngineSettings::from(&settings),
-        observer,
-        writer.clone(),
-        opts.stop.clone(),
-    )
-    .await;
+    let result = engine::execute(Arc::clone(&calls), groups, work, observer, writer.clone()).await;
     let mut completion = result.completion;
     if let Err(error) = writer.finish() {
         completion = Completion::Aborted(format!("cannot write the journal: {error}"));
@@ -212,12 +247,184 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     if let Err(error) = journal.finish_run(run_id, outcome, message) {
         tracing::error!("{error}");
     }
-    summary.stats = result.stats;
+    if opts.settings.run.insights && summary.completion == Completion::Finished {
+        summary.insights = deployment_insights(&calls, touched).await;
+    }
+    summary.stats = calls.stats();
+    summary.seat_shortages = seats.shortages().cloned().collect();
     summary.elapsed = started.elapsed();
     summary.report_path = Some(report_path);
     summary.blank_lines = blank_lines;
     summary.run_id = Some(run_id);
     Ok(summary)
+}
+
+/// A plan ready to be recorded: resolved against the tenants, with the outcomes decided before
+/// anything is sent.
+struct Prepared {
+    plan: Plan,
+    presettled: HashMap<(usize, usize), OperationOutcome>,
+    seats: SeatCheck,
+}
+
+fn customers_of(input: &InputFile) -> BTreeSet<Uuid> {
+    input
+        .rows
+        .iter()
+        .filter_map(|r| r.request.as_ref().ok().map(|r| r.customer_id))
+        .collect()
+}
+
+fn read_failure_error(failure: ReadFailure) -> Error {
+    match failure.kind {
+        ReadFailureKind::Stopped => Error::Interrupted,
+        _ => Error::Auth(failure.message),
+    }
+}
+
+/// Plans against the tenants and decides what is not sent: done before (unless `--resend`),
+/// refused customers, and the strict preflight's excess.
+fn prepare(
+    tenants: TenantCatalog,
+    target: &str,
+    input: &InputFile,
+    journal: Option<&Journal>,
+    opts: &RunOptions,
+) -> Result<Prepared, Error> {
+    let plan = plan::build(input, &tenants);
+    let mut presettled = match journal {
+        Some(journal) if !opts.resend => done_before(journal, &plan, target)?,
+        _ => HashMap::new(),
+    };
+    for (g, group) in plan.groups.iter().enumerate() {
+        if let Some(CustomerCatalog::Refused(failure)) = tenants.customer(group.customer_id) {
+            for o in 0..group.operations.len() {
+                presettled
+                    .entry((g, o))
+                    .or_insert_with(|| OperationOutcome {
+                        status: OperationStatus::Failed,
+                        http_status: failure.http_status,
+                        error_code: failure.error_code.clone(),
+                        message: format!(
+                            "not sent: reading the customer's subscriptions was refused: {}",
+                            failure.message
+                        ),
+                        attempts: 0,
+                        request_id: None,
+                        correlation_id: None,
+                        finished_at: Some(std::time::SystemTime::now()),
+                        warnings: Vec::new(),
+                    });
+            }
+        }
+    }
+    let seats = preflight::check(&plan, &tenants, &presettled, opts.settings.run.preflight);
+    for line in seats.shortages() {
+        tracing::warn!(
+            customer = %line.customer,
+            "seat shortage: {} has {} free seats, this sheet needs {}",
+            line.label,
+            line.available.unwrap_or(0),
+            line.needed
+        );
+    }
+    presettled.extend(seats.skipped.clone());
+    Ok(Prepared {
+        plan,
+        presettled,
+        seats,
+    })
+}
+
+/// `run --dry-run` / `plan`: everything up to the first write, then the plan on stdout.
+async fn plan_only(
+    opts: &RunOptions,
+    input: &InputFile,
+    started: Instant,
+) -> Result<RunSummary, Error> {
+    let connection = match connect(
+        &opts.settings,
+        &opts.secrets,
+        &opts.target,
+        opts.stop.clone(),
+    )
+    .await
+    {
+        Ok(connection) => Some(connection),
+        Err(Error::Credentials(missing)) => {
+            tracing::warn!("no credentials ({missing}): planning offline");
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    let (tenants, target, note) = match &connection {
+        Some(c) => (
+            TenantCatalog::fetch(&c.calls, customers_of(input))
+                .await
+                .map_err(read_failure_error)?,
+            c.target.clone(),
+            None,
+        ),
+        None => (
+            TenantCatalog::offline("offline", customers_of(input)),
+            String::new(),
+            Some(
+                "offline (no credentials): names resolved from the built-in catalog, seats not checked",
+            ),
+        ),
+    };
+    let journal = match &opts.settings.run.state_file {
+        path if path.exists() => Some(Journal::open_to_read(path)?),
+        _ => None,
+    };
+    let prepared = prepare(tenants, &target, input, journal.as_ref(), opts)?;
+    print!("{}", describe_plan(input, &prepared, &opts.settings, note));
+    let outcomes: Vec<Vec<OperationOutcome>> = prepared
+        .plan
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            (0..group.operations.len())
+                .map(|o| {
+                    prepared
+                        .presettled
+                        .get(&(g, o))
+                        .cloned()
+                        .unwrap_or_else(|| OperationOutcome::pending("would be sent"))
+                })
+                .collect()
+        })
+        .collect();
+    let mut summary = RunSummary::new(
+        report::build(&prepared.plan, &outcomes),
+        Completion::Planned,
+    );
+    summary.seat_shortages = prepared.seats.shortages().cloned().collect();
+    summary.blank_lines = input.blank_lines.len();
+    summary.elapsed = started.elapsed();
+    if let Some(c) = &connection {
+        summary.stats = c.calls.stats();
+    }
+    Ok(summary)
+}
+
+/// Deployment insights (licenses deployed vs sold) of the customers a run touched.
+pub async fn deployment_insights(
+    calls: &Arc<Dispatcher>,
+    customers: impl IntoIterator<Item = Uuid>,
+) -> Vec<CustomerInsights> {
+    let mut all = Vec::new();
+    for customer in customers {
+        let url = calls.client.deployment_insights_url(customer);
+        let products = calls
+            .read(url)
+            .await
+            .map(|body| models::deployment_insights(&body))
+            .map_err(|failure| failure.message);
+        all.push(CustomerInsights { customer, products });
+    }
+    all
 }
 
 /// Rewrites a run's report from the journal (also `license-batch report`).
@@ -393,41 +600,74 @@ pub fn credentials(settings: &Settings, secrets: &EnvSecrets) -> Result<Credenti
     }
 }
 
-fn pending_outcomes(plan: &Plan, message: &str) -> Vec<Vec<OperationOutcome>> {
-    plan.groups
-        .iter()
-        .map(|g| vec![OperationOutcome::pending(message); g.operations.len()])
-        .collect()
-}
-
-/// The `--dry-run` plan: requests per customer, invalid rows, and the time at the ceiling.
-pub fn describe_plan(input: &InputFile, plan: &Plan, settings: &Settings) -> String {
+/// The plan as `plan` / `--dry-run` prints it: requests per customer, the seat table, what is
+/// not sent and why, invalid rows, and the time at the configured ceiling.
+fn describe_plan(
+    input: &InputFile,
+    prepared: &Prepared,
+    settings: &Settings,
+    note: Option<&str>,
+) -> String {
+    let plan = &prepared.plan;
     let mut out = String::new();
-    let mut per_customer: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for group in &plan.groups {
-        let entry = per_customer
-            .entry(group.customer_id.to_string())
-            .or_default();
-        entry.0 += 1;
+    let mut per_customer: BTreeMap<Uuid, (usize, usize)> = BTreeMap::new();
+    let mut to_send = 0;
+    for (g, group) in plan.groups.iter().enumerate() {
+        let open = (0..group.operations.len()).any(|o| !prepared.presettled.contains_key(&(g, o)));
+        let entry = per_customer.entry(group.customer_id).or_default();
+        if open {
+            entry.0 += 1;
+            to_send += 1;
+        }
         entry.1 += group.operations.iter().map(|o| o.rows.len()).sum::<usize>();
     }
     let _ = writeln!(
         out,
         "plan: {} rows, {} license updates to send, {} invalid rows",
         input.rows.len(),
-        plan.groups.len(),
+        to_send,
         plan.invalid_rows()
     );
+    if let Some(note) = note {
+        let _ = writeln!(out, "  {note}");
+    }
     let _ = writeln!(out, "  {:<38} {:>8} {:>6}", "customer", "requests", "rows");
     for (customer, (requests, rows)) in &per_customer {
         let _ = writeln!(out, "  {customer:<38} {requests:>8} {rows:>6}");
     }
+    if !prepared.seats.lines.is_empty() {
+        let _ = writeln!(out, "  seats:");
+        let _ = writeln!(
+            out,
+            "  {:<38} {:<34} {:>9} {:>6} {:>8}",
+            "customer", "product", "available", "needed", "shortage"
+        );
+        for line in &prepared.seats.lines {
+            let available = line.available.map_or("?".to_string(), |a| a.to_string());
+            let shortage = match line.shortage() {
+                0 => String::new(),
+                n => n.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<38} {:<34} {:>9} {:>6} {:>8}",
+                line.customer, line.label, available, line.needed, shortage
+            );
+        }
+    }
+    let mut settled: Vec<_> = prepared.presettled.iter().collect();
+    settled.sort_by_key(|(k, _)| **k);
+    for ((g, o), outcome) in settled {
+        let group = &plan.groups[*g];
+        let line = plan.rows[group.operations[*o].rows[0]].line;
+        let _ = writeln!(out, "  not sent, line {line}: {}", outcome.message);
+    }
     for row in &plan.rows {
-        if let plan::RowPlan::Invalid { message, .. } = &row.plan {
+        if let RowPlan::Invalid { message, .. } = &row.plan {
             let _ = writeln!(out, "  invalid line {}: {message}", row.line);
         }
     }
-    let minutes = plan.groups.len() as f64 / settings.limits.requests_per_minute as f64;
+    let minutes = to_send as f64 / settings.limits.requests_per_minute as f64;
     let _ = writeln!(
         out,
         "  at {} requests/minute the run takes at least {}",

@@ -6,8 +6,19 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use uuid::Uuid;
+
+use crate::api::models::DeploymentInsight;
 use crate::engine::StatsSnapshot;
 use crate::report::{ReportRow, RowStatus};
+use crate::tenant::preflight::SeatLine;
+
+/// Deployment insights of one customer, or why they could not be read.
+#[derive(Debug, Clone)]
+pub struct CustomerInsights {
+    pub customer: Uuid,
+    pub products: Result<Vec<DeploymentInsight>, String>,
+}
 
 /// How the run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +47,10 @@ pub struct RunSummary {
     pub blank_lines: usize,
     /// The journal's ID of this run.
     pub run_id: Option<i64>,
+    /// (Customer, SKU) pairs the sheet needs more seats of than are free.
+    pub seat_shortages: Vec<SeatLine>,
+    /// Licenses deployed vs sold of the customers the run touched.
+    pub insights: Vec<CustomerInsights>,
     pub rows: Vec<ReportRow>,
 }
 
@@ -75,6 +90,8 @@ impl RunSummary {
             report_path: None,
             blank_lines: 0,
             run_id: None,
+            seat_shortages: Vec::new(),
+            insights: Vec::new(),
             rows,
         }
     }
@@ -87,10 +104,16 @@ impl RunSummary {
         self.counts.values().sum()
     }
 
-    /// Exit 0 requires every row `succeeded` (a dry run: every row valid).
+    /// Exit 0 requires every row `succeeded`; for a plan: nothing invalid, refused, skipped
+    /// or short of seats (nothing that would not succeed).
     pub fn all_succeeded(&self) -> bool {
         match self.completion {
-            Completion::Planned => self.count(RowStatus::Invalid) == 0,
+            Completion::Planned => {
+                [RowStatus::Invalid, RowStatus::Failed, RowStatus::Skipped]
+                    .iter()
+                    .all(|s| self.count(*s) == 0)
+                    && self.seat_shortages.is_empty()
+            }
             _ => self.count(RowStatus::Succeeded) == self.total(),
         }
     }
@@ -133,15 +156,13 @@ impl fmt::Display for RunSummary {
             )?;
         }
         if self.completion != Completion::Planned {
-            let rate = if secs > 0.0 {
-                self.stats.requests as f64 / secs
-            } else {
-                0.0
-            };
+            let calls = self.stats.requests + self.stats.reads;
+            let rate = if secs > 0.0 { calls as f64 / secs } else { 0.0 };
             writeln!(
                 f,
-                "  requests:    {} ({:.1}/s, {:.0}/min), retries {}, throttled (429) {}",
+                "  requests:    {} license updates + {} reads ({:.1}/s, {:.0}/min), retries {}, throttled (429) {}",
                 self.stats.requests,
+                self.stats.reads,
                 rate,
                 rate * 60.0,
                 self.stats.retries,
@@ -175,6 +196,48 @@ impl fmt::Display for RunSummary {
                 n(RowStatus::Skipped),
                 n(RowStatus::Pending)
             )?;
+        }
+        for line in &self.seat_shortages {
+            writeln!(
+                f,
+                "  seats short: {} {}: {} free, the sheet needs {}",
+                line.customer,
+                line.label,
+                line.available.unwrap_or(0),
+                line.needed
+            )?;
+        }
+        if !self.insights.is_empty() {
+            writeln!(
+                f,
+                "  licenses deployed / sold (deployment insights, refreshed daily by Partner Center):"
+            )?;
+        }
+        for customer in &self.insights {
+            match &customer.products {
+                Ok(products) if products.is_empty() => {
+                    writeln!(f, "    {}: no data yet", customer.customer)?
+                }
+                Ok(products) => {
+                    let name = products
+                        .first()
+                        .map(|p| p.customer_name.clone())
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or_else(|| customer.customer.to_string());
+                    writeln!(f, "    {name}")?;
+                    for p in products {
+                        writeln!(
+                            f,
+                            "      {:<40} {:>7} / {:<7} ({:.0}%)",
+                            p.product_name,
+                            p.licenses_deployed,
+                            p.licenses_sold,
+                            p.deployment_percent
+                        )?;
+                    }
+                }
+                Err(error) => writeln!(f, "    {}: not available ({error})", customer.customer)?,
+            }
         }
         if let Some(path) = &self.report_path {
             writeln!(f, "  report:      {}", path.display())?;

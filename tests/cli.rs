@@ -274,6 +274,9 @@ fn the_readme_flow_quick_start_then_scenario_shows_the_mix_then_nothing_is_resen
     // The quick start again: all done already, nothing sent.
     let again = run_sample(dir.path(), quick);
     let stdout = text(&again.stdout);
-    assert!(stdout.contains("requests:    0 "), "{stdout}");
+    assert!(
+        stdout.contains("requests:    0 license updates"),
+        "{stdout}"
+    );
     assert!(stdout.contains("57 succeeded"), "{stdout}");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use license_batch::report::RowStatus;
-use license_batch::{Completion, exit_code_for};
+use license_batch::{Completion, Error, exit_code_for};
 use uuid::Uuid;
 
 const HEADER: &str = "customer_id,user_id,sku,action,ticket";
@@ -260,152 +260,6 @@ async fn out_of_seats_fails_that_sku_and_resends_the_rest() {
 }
 
 #[tokio::test]
-async fn a_partner_token_aborts_the_run_with_rows_pending() {
-    let sandbox = start("[auth]\npartner_token = true\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..40)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 2;
-    let summary = run(opts).await;
-    let Completion::Aborted(reason) = &summary.completion else {
-        panic!("{:?}", summary.completion)
-    };
-    assert!(reason.contains("App+User"), "{reason}");
-    assert!(
-        sandbox.requests().len() <= 2,
-        "abort within the requests in flight"
-    );
-    let report = read_report(&report_path(&input));
-    assert_eq!(report.len(), 40);
-    assert!(report.iter().all(|r| r["result_status"] == "pending"));
-    assert_eq!(exit_code_for(&Ok(summary)), 3);
-}
-
-#[tokio::test]
-async fn a_conditional_access_block_stops_traffic_to_that_customer_only() {
-    let sandbox = start(&format!(
-        "[[customers]]\nid = \"{CONTOSO}\"\nconditional_access_blocked = true\n[[customers]]\nid = \"{FABRIKAM}\"\n"
-    ))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut rows: Vec<String> = (0..5)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    rows.extend((0..5).map(|i| format!("{FABRIKAM},{},SPB,,T", user_guid(i))));
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
-    run(opts).await;
-    let to_contoso = sandbox
-        .requests()
-        .iter()
-        .filter(|r| r.customer == CONTOSO)
-        .count();
-    assert_eq!(to_contoso, 1, "nothing more after the first 900309");
-    let report = read_report(&report_path(&input));
-    for row in &report {
-        if row["customer_id"] == CONTOSO {
-            assert_eq!(row["result_status"], "failed");
-            assert_eq!(row["result_error_code"], "900309");
-            assert!(row["result_message"].contains("Conditional Access"));
-        } else {
-            assert_eq!(row["result_status"], "succeeded");
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_missing_gdap_role_fails_the_customer_with_the_role_hint() {
-    let sandbox = start(&format!(
-        "[[customers]]\nid = \"{CONTOSO}\"\nmissing_gdap_role = true\n"
-    ))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..3)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
-    run(opts).await;
-    assert_eq!(sandbox.requests().len(), 1);
-    for row in read_report(&report_path(&input)) {
-        assert_eq!(row["result_status"], "failed");
-        assert_eq!(row["result_http_status"], "403");
-        assert!(
-            row["result_message"].contains("License Administrator"),
-            "{}",
-            row["result_message"]
-        );
-    }
-}
-
-#[tokio::test]
-async fn unknown_tenants_and_users_fail_their_rows() {
-    let sandbox = start(&format!(
-        "[[customers]]\nid = \"{CONTOSO}\"\nusers = [\"known@contoso.com\"]\n"
-    ))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows = vec![
-        format!("{CONTOSO},known@contoso.com,SPB,,T"),
-        format!("{CONTOSO},ghost@contoso.com,SPB,,T"),
-        format!("{FABRIKAM},a@fabrikam.com,SPB,,T"),
-        format!("{FABRIKAM},b@fabrikam.com,SPB,,T"),
-    ];
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
-    run(opts).await;
-    let report = read_report(&report_path(&input));
-    let codes: Vec<(&str, &str)> = report
-        .iter()
-        .map(|r| (r["result_status"].as_str(), r["result_error_code"].as_str()))
-        .collect();
-    assert_eq!(
-        codes,
-        [
-            ("succeeded", ""),
-            ("failed", "60002"),
-            ("failed", "60003"),
-            ("failed", "60003")
-        ]
-    );
-    assert_eq!(
-        sandbox
-            .requests()
-            .iter()
-            .filter(|r| r.customer == FABRIKAM)
-            .count(),
-        1
-    );
-}
-
-#[tokio::test]
-async fn other_client_errors_fail_with_code_and_description() {
-    let sandbox = start(&format!(
-        "[[customers]]\nid = \"{CONTOSO}\"\nskus = [{{ sku = \"SPB\" }}]\n"
-    ))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows = vec![format!("{CONTOSO},a@contoso.com,ENTERPRISEPACK,,T")];
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    run(options(&sandbox, &input)).await;
-    let row = &read_report(&report_path(&input))[0];
-    assert_eq!(row["result_status"], "failed");
-    assert_eq!(row["result_error_code"], "60011");
-    assert!(
-        row["result_message"].contains("not subscribed"),
-        "{}",
-        row["result_message"]
-    );
-    assert_eq!(row["result_attempts"], "1");
-}
-
-#[tokio::test]
 async fn transient_failures_give_up_after_max_attempts() {
     let sandbox = start("[faults]\ntransient_every = 1\ntransient_status = 502\n").await;
     let dir = tempfile::tempdir().unwrap();
@@ -430,70 +284,6 @@ async fn transient_failures_give_up_after_max_attempts() {
         .map(|r| r.request_id)
         .collect();
     assert_eq!(ids.len(), 1, "every retry reused the request ID");
-}
-
-#[tokio::test]
-async fn a_revoked_token_is_renewed_once_and_the_run_succeeds() {
-    let sandbox = start("[auth]\nrevoke_first_tokens = 1\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..6)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let summary = run(options(&sandbox, &input)).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 6);
-    assert_eq!(
-        sandbox.tokens_issued(),
-        2,
-        "one renewal shared by every worker"
-    );
-    assert!(sandbox.requests().iter().any(|r| r.status == 401));
-}
-
-#[tokio::test]
-async fn a_second_401_aborts_the_run() {
-    let sandbox = start("[auth]\nreject_all_tokens = true\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..6)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
-    let summary = run(opts).await;
-    let Completion::Aborted(reason) = &summary.completion else {
-        panic!("{:?}", summary.completion)
-    };
-    assert!(reason.contains("401 twice"), "{reason}");
-    assert_eq!(sandbox.requests().len(), 2);
-    assert_eq!(summary.count(RowStatus::Pending), 6);
-    assert_eq!(exit_code_for(&Ok(summary)), 3);
-}
-
-#[tokio::test]
-async fn a_refused_refresh_token_aborts_with_advice_and_no_secret() {
-    let sandbox = start("").await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_csv(
-        dir.path(),
-        "sheet.csv",
-        HEADER,
-        &[format!("{CONTOSO},a@contoso.com,SPB,,T")],
-    );
-    let mut opts = options(&sandbox, &input);
-    opts.secrets.refresh_token = Some(license_batch::secret::Secret::new(
-        "stale-refresh-token-value",
-    ));
-    let summary = run(opts).await;
-    let Completion::Aborted(reason) = &summary.completion else {
-        panic!("{:?}", summary.completion)
-    };
-    assert!(
-        reason.contains("AADSTS700082") && reason.contains("consent again"),
-        "{reason}"
-    );
-    assert!(!reason.contains("stale-refresh-token-value"));
-    assert!(sandbox.requests().is_empty());
 }
 
 #[tokio::test]
@@ -522,7 +312,7 @@ async fn the_failure_threshold_aborts_and_leaves_the_rest_pending() {
 }
 
 #[tokio::test]
-async fn an_interrupted_run_sends_nothing_new_and_writes_the_report() {
+async fn a_signal_before_anything_was_sent_exits_130_without_sending() {
     let sandbox = start("").await;
     let dir = tempfile::tempdir().unwrap();
     let rows: Vec<String> = (0..5)
@@ -531,11 +321,10 @@ async fn an_interrupted_run_sends_nothing_new_and_writes_the_report() {
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let opts = options(&sandbox, &input);
     opts.stop.cancel();
-    let summary = run(opts).await;
-    assert_eq!(summary.completion, Completion::Interrupted);
+    let result = license_batch::run(opts).await;
+    assert!(matches!(result, Err(Error::Interrupted)), "{result:?}");
+    assert_eq!(exit_code_for(&result), 130);
     assert!(sandbox.requests().is_empty());
-    assert_eq!(read_report(&report_path(&input)).len(), 5);
-    assert_eq!(exit_code_for(&Ok(summary)), 130);
 }
 
 #[tokio::test]
@@ -558,4 +347,304 @@ async fn license_warnings_reach_the_report() {
         row["result_warnings"],
         "UsageLocationNotSet: set the usage location"
     );
+}
+
+const HELD: &str = "[faults]\nlatency_ms = 150\n";
+
+fn sequential(
+    sandbox: &license_batch::sandbox::Sandbox,
+    input: &std::path::Path,
+) -> license_batch::RunOptions {
+    let mut opts = options(sandbox, input);
+    opts.settings.limits.concurrency = 1;
+    opts
+}
+
+fn users(customer: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{customer},{},SPB,,T", user_guid(i)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_customer_blocked_before_the_run_gets_no_license_update() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nconditional_access_blocked = true\n[[customers]]\nid = \"{FABRIKAM}\"\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = users(CONTOSO, 3);
+    rows.extend(users(FABRIKAM, 3));
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    run(options(&sandbox, &input)).await;
+    assert!(
+        sandbox.requests().iter().all(|r| r.customer != CONTOSO),
+        "nothing sent to the blocked customer"
+    );
+    for row in read_report(&report_path(&input)) {
+        if row["customer_id"] == CONTOSO {
+            assert_eq!(row["result_status"], "failed");
+            assert_eq!(row["result_error_code"], "900309");
+            assert!(
+                row["result_message"].starts_with("not sent"),
+                "{}",
+                row["result_message"]
+            );
+        } else {
+            assert_eq!(row["result_status"], "succeeded");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_customer_blocked_mid_run_gets_nothing_more_and_others_are_unaffected() {
+    let sandbox = start(HELD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = users(CONTOSO, 5);
+    rows.extend(users(FABRIKAM, 3));
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let contoso: Uuid = CONTOSO.parse().unwrap();
+    run_and_flip_after_first_update(&sandbox, sequential(&sandbox, &input), |s| {
+        s.set_conditional_access_blocked(contoso, true)
+    })
+    .await;
+    let to_contoso: Vec<u16> = sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.customer == CONTOSO)
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        to_contoso,
+        [201, 403],
+        "one success, one 900309, then nothing more"
+    );
+    let report = read_report(&report_path(&input));
+    let statuses: Vec<(&str, &str)> = report
+        .iter()
+        .map(|r| (r["result_status"].as_str(), r["result_error_code"].as_str()))
+        .collect();
+    assert_eq!(statuses[0], ("succeeded", ""));
+    assert!(
+        statuses[1..5].iter().all(|s| *s == ("failed", "900309")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[5..].iter().all(|s| s.0 == "succeeded"),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_gdap_role_fails_the_customer_with_the_role_hint() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nmissing_gdap_role = true\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 3));
+    run(options(&sandbox, &input)).await;
+    assert!(sandbox.requests().is_empty());
+    for row in read_report(&report_path(&input)) {
+        assert_eq!(row["result_status"], "failed");
+        assert_eq!(row["result_http_status"], "403");
+        assert!(
+            row["result_message"].contains("License Administrator"),
+            "{}",
+            row["result_message"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_tenants_and_users_fail_their_rows() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nusers = [\"known@contoso.com\"]\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = vec![
+        format!("{CONTOSO},known@contoso.com,SPB,,T"),
+        format!("{CONTOSO},ghost@contoso.com,SPB,,T"),
+        format!("{FABRIKAM},a@fabrikam.com,SPB,,T"),
+        format!("{FABRIKAM},b@fabrikam.com,SPB,,T"),
+    ];
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    run(options(&sandbox, &input)).await;
+    let report = read_report(&report_path(&input));
+    let codes: Vec<(&str, &str)> = report
+        .iter()
+        .map(|r| (r["result_status"].as_str(), r["result_error_code"].as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("succeeded", ""),
+            ("failed", "60002"),
+            ("failed", "60003"),
+            ("failed", "60003")
+        ]
+    );
+    assert!(
+        sandbox.requests().iter().all(|r| r.customer != FABRIKAM),
+        "the unknown tenant gets no update"
+    );
+}
+
+const BAD_PLAN: &str = "00000000-0000-4000-8000-0000000000aa";
+
+#[tokio::test]
+async fn other_client_errors_fail_with_code_and_description() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(
+        dir.path(),
+        "sheet.csv",
+        "customer_id,user_id,sku,excluded_plans",
+        &[format!("{CONTOSO},a@contoso.com,SPB,{BAD_PLAN}")],
+    );
+    run(options(&sandbox, &input)).await;
+    let row = &read_report(&report_path(&input))[0];
+    assert_eq!(row["result_status"], "failed");
+    assert_eq!(row["result_http_status"], "400");
+    assert_eq!(row["result_error_code"], "60014");
+    assert!(
+        row["result_message"].contains("cannot be excluded"),
+        "{}",
+        row["result_message"]
+    );
+    assert_eq!(row["result_attempts"], "1");
+}
+
+#[tokio::test]
+async fn a_400_naming_no_sku_splits_the_group_so_each_row_gets_its_own_outcome() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(
+        dir.path(),
+        "sheet.csv",
+        "customer_id,user_id,sku,excluded_plans",
+        &[
+            format!("{CONTOSO},a@contoso.com,SPB,{BAD_PLAN}"),
+            format!("{CONTOSO},a@contoso.com,Power BI Pro,"),
+            format!("{CONTOSO},a@contoso.com,Visio Plan 2,"),
+        ],
+    );
+    run(options(&sandbox, &input)).await;
+    let report = read_report(&report_path(&input));
+    let statuses: Vec<&str> = report.iter().map(|r| r["result_status"].as_str()).collect();
+    assert_eq!(statuses, ["failed", "succeeded", "succeeded"]);
+    let requests = sandbox.requests();
+    assert_eq!(
+        requests.len(),
+        4,
+        "the group once, then each SKU on its own"
+    );
+    let ids: HashSet<_> = requests.iter().map(|r| r.request_id.clone()).collect();
+    assert_eq!(ids.len(), 4, "every split request has its own ID");
+    assert_eq!(sandbox.violations(), Default::default());
+}
+
+#[tokio::test]
+async fn a_partner_token_stops_the_run_before_anything_is_sent() {
+    let sandbox = start("[auth]\npartner_token = true\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 4));
+    let result = license_batch::run(options(&sandbox, &input)).await;
+    let Err(error) = &result else {
+        panic!("{result:?}")
+    };
+    assert!(error.to_string().contains("App+User"), "{error}");
+    assert_eq!(exit_code_for(&result), 2);
+    assert!(sandbox.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_partner_token_mid_run_aborts_with_the_rest_pending() {
+    let sandbox = start(HELD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 20));
+    let summary = run_and_flip_after_first_update(&sandbox, sequential(&sandbox, &input), |s| {
+        s.set_partner_token(true)
+    })
+    .await;
+    let Completion::Aborted(reason) = &summary.completion else {
+        panic!("{:?}", summary.completion)
+    };
+    assert!(reason.contains("App+User"), "{reason}");
+    assert_eq!(sandbox.requests().len(), 2, "aborted at the first 900316");
+    assert_eq!(summary.count(RowStatus::Succeeded), 1);
+    assert_eq!(summary.count(RowStatus::Pending), 19);
+    assert_eq!(
+        read_report(&report_path(&input)).len(),
+        20,
+        "report written on abort"
+    );
+    assert_eq!(exit_code_for(&Ok(summary)), 3);
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_stops_with_advice_and_no_secret() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 1));
+    let mut opts = options(&sandbox, &input);
+    opts.secrets.refresh_token = Some(license_batch::secret::Secret::new(
+        "stale-refresh-token-value",
+    ));
+    let result = license_batch::run(opts).await;
+    let Err(error) = &result else {
+        panic!("{result:?}")
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("AADSTS700082") && text.contains("consent again"),
+        "{text}"
+    );
+    assert!(!text.contains("stale-refresh-token-value"));
+    assert_eq!(exit_code_for(&result), 2);
+    assert!(sandbox.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_token_revoked_mid_run_is_renewed_once_and_the_run_succeeds() {
+    let sandbox = start(HELD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 4));
+    let summary = run_and_flip_after_first_update(&sandbox, sequential(&sandbox, &input), |s| {
+        s.revoke_issued_tokens()
+    })
+    .await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 4);
+    assert_eq!(sandbox.tokens_issued(), 2, "one renewal");
+    let statuses: Vec<u16> = sandbox.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 401, 201, 201, 201]);
+    let ids: Vec<_> = sandbox
+        .requests()
+        .iter()
+        .map(|r| r.request_id.clone())
+        .collect();
+    assert_eq!(
+        ids[1], ids[2],
+        "the retry after the renewal keeps the request ID"
+    );
+}
+
+#[tokio::test]
+async fn a_second_401_aborts_the_run() {
+    let sandbox = start(HELD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 6));
+    let summary = run_and_flip_after_first_update(&sandbox, sequential(&sandbox, &input), |s| {
+        s.set_reject_all_tokens(true)
+    })
+    .await;
+    let Completion::Aborted(reason) = &summary.completion else {
+        panic!("{:?}", summary.completion)
+    };
+    assert!(reason.contains("401 twice"), "{reason}");
+    let statuses: Vec<u16> = sandbox.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 401, 401]);
+    assert_eq!(summary.count(RowStatus::Pending), 5);
+    assert_eq!(exit_code_for(&Ok(summary)), 3);
 }

@@ -132,16 +132,20 @@ async fn a_remove_makes_a_later_assign_count_again() {
 
 #[tokio::test]
 async fn an_aborted_run_resumes_as_the_same_run_with_a_fresh_id_for_the_refused_group() {
-    let sandbox = start("[auth]\npartner_token = true\n").await;
+    let sandbox = start("[faults]\nlatency_ms = 100\n").await;
     let dir = tempfile::tempdir().unwrap();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows(0..8, "SPB"));
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.concurrency = 1;
-    let aborted = run(opts).await;
+    // The credential turns out to be a partner token after the first update.
+    let aborted =
+        run_and_flip_after_first_update(&sandbox, opts, |s| s.set_partner_token(true)).await;
     assert!(matches!(aborted.completion, Completion::Aborted(_)));
-    assert_eq!(aborted.count(RowStatus::Pending), 8);
-    let refused = sandbox.requests();
-    assert_eq!(refused.len(), 1);
+    assert_eq!(aborted.count(RowStatus::Pending), 7);
+    let before = sandbox.requests();
+    assert_eq!(before.len(), 2);
+    let refused = &before[1];
+    assert_eq!(refused.status, 400);
 
     // The credential is fixed; the same command resumes the same run.
     sandbox.set_partner_token(false);
@@ -152,19 +156,19 @@ async fn an_aborted_run_resumes_as_the_same_run_with_a_fresh_id_for_the_refused_
     assert_eq!(resumed.completion, Completion::Finished);
     assert_eq!(resumed.count(RowStatus::Succeeded), 8);
     let requests = sandbox.requests();
-    assert_eq!(requests.len(), 9);
-    let retry = requests[1..]
+    assert_eq!(requests.len(), 9, "the first user was not sent again");
+    let retry = requests[2..]
         .iter()
-        .find(|r| r.user == refused[0].user)
+        .find(|r| r.user == refused.user)
         .unwrap();
     assert_ne!(
-        retry.request_id, refused[0].request_id,
+        retry.request_id, refused.request_id,
         "the refused ID is not reused"
     );
     let report = read_report(&report_path(&input));
     let row = report
         .iter()
-        .find(|r| r["user_id"] == refused[0].user)
+        .find(|r| r["user_id"] == refused.user)
         .unwrap();
     assert_eq!(
         row["result_attempts"], "2",

@@ -39,7 +39,15 @@ async fn run_one_row(server: &MockServer, user: &str, file_config: &str) -> Vec<
         1,
         "{summary}"
     );
-    server.received_requests().await.unwrap()
+    posts(server).await
+}
+
+/// The license updates the server received (the tenant read before them is a GET).
+async fn posts(server: &MockServer) -> Vec<wiremock::Request> {
+    let all = server.received_requests().await.unwrap();
+    all.into_iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .collect()
 }
 
 fn doc_success() -> ResponseTemplate {
@@ -207,7 +215,7 @@ async fn a_timeout_is_retried_with_the_same_request_id() {
     opts.secrets.access_token = Some(Secret::new("t"));
     let summary = license_batch::run(opts).await.unwrap();
     assert_eq!(summary.stats.retries, 1);
-    let requests = server.received_requests().await.unwrap();
+    let requests = posts(&server).await;
     assert_eq!(requests.len(), 2);
     let ids: Vec<_> = requests
         .iter()
@@ -228,4 +236,81 @@ async fn a_timeout_is_retried_with_the_same_request_id() {
     let report = common::read_report(&common::report_path(&input));
     assert_eq!(report[0]["result_status"], "succeeded");
     assert_eq!(report[0]["result_attempts"], "2");
+}
+
+#[tokio::test]
+async fn the_tenant_read_asks_for_both_license_groups_with_the_repeated_parameter() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v1/customers/{DOC_CUSTOMER}/subscribedskus")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"totalCount": 1, "items": [{
+            "availableUnits": 5, "totalUnits": 5, "consumedUnits": 0,
+            "productSku": {"id": DOC_SKU, "name": "Power BI Pro", "skuPartNumber": "POWER_BI_PRO", "licenseGroupId": "group1"},
+            "servicePlans": []}]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(doc_success())
+        .mount(&server)
+        .await;
+    run_one_row(&server, DOC_USER, "").await;
+    let all = server.received_requests().await.unwrap();
+    let read = all.iter().find(|r| r.method.as_str() == "GET").unwrap();
+    assert_eq!(
+        read.url.query(),
+        Some("licenseGroupIds=Group1&licenseGroupIds=Group2")
+    );
+    assert_eq!(
+        read.headers.get("authorization").unwrap(),
+        "Bearer doc-access-token"
+    );
+    assert!(read.headers.get("ms-correlationid").is_some());
+}
+
+#[tokio::test]
+async fn a_throttled_read_is_retried_after_retry_after() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "1")
+                .set_body_json(json!({"statusCode": 429, "message": "Rate limit is exceeded. Try again in 1 seconds."})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"totalCount": 0, "items": []})),
+        )
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(doc_success())
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write_csv(
+        dir.path(),
+        "doc.csv",
+        "customer_id,user_id,sku",
+        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
+    );
+    let mut settings = settings(&server, "");
+    settings.run.state_file = dir.path().join("state.sqlite");
+    let mut opts = RunOptions::new(&input, settings);
+    opts.secrets.access_token = Some(Secret::new("t"));
+    let summary = license_batch::run(opts).await.unwrap();
+    assert_eq!(summary.stats.throttled, 1);
+    let all = server.received_requests().await.unwrap();
+    let gets: Vec<_> = all.iter().filter(|r| r.method.as_str() == "GET").collect();
+    assert_eq!(gets.len(), 2, "the read was retried");
+    // The tenant said it subscribes nothing: the row is invalid and nothing is written.
+    assert!(all.iter().all(|r| r.method.as_str() == "GET"));
+    let report = common::read_report(&common::report_path(&input));
+    assert_eq!(report[0]["result_status"], "invalid");
+    assert!(report[0]["result_message"].contains("not among this customer's subscriptions"));
 }

@@ -17,6 +17,8 @@ use auth::TokenProvider;
 use classify::{Classified, Verdict};
 use models::LicenseUpdateRequest;
 
+const BOTH_LICENSE_GROUPS: &str = "licenseGroupIds=Group1&licenseGroupIds=Group2";
+
 /// The value of `MS-PartnerCenter-Application`.
 pub const APPLICATION: &str = concat!("license-batch/", env!("CARGO_PKG_VERSION"));
 
@@ -78,6 +80,78 @@ impl ApiClient {
             url.set_query(Some("isKickInstantOn=true"));
         }
         url
+    }
+
+    fn customer_url(&self, customer: Uuid, rest: &[&str]) -> Url {
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .expect("base URL is http(s)")
+            .pop_if_empty()
+            .extend(["v1", "customers", &customer.to_string()])
+            .extend(rest);
+        url
+    }
+
+    /// Subscribed SKUs of both license groups (the repeated parameter is the documented form;
+    /// without it the API returns group1 only).
+    pub fn subscribed_skus_url(&self, customer: Uuid) -> Url {
+        let mut url = self.customer_url(customer, &["subscribedskus"]);
+        url.set_query(Some(BOTH_LICENSE_GROUPS));
+        url
+    }
+
+    /// The licenses a user holds, in both license groups.
+    pub fn user_licenses_url(&self, customer: Uuid, user: &str) -> Url {
+        let mut url = self.customer_url(customer, &["users", user, "licenses"]);
+        url.set_query(Some(BOTH_LICENSE_GROUPS));
+        url
+    }
+
+    /// Licenses deployed vs sold per product (deployment insights).
+    pub fn deployment_insights_url(&self, customer: Uuid) -> Url {
+        self.customer_url(customer, &["analytics", "licenses", "deployment"])
+    }
+
+    /// One GET; the JSON body comes back on success.
+    pub async fn get_json(
+        &self,
+        url: Url,
+        token: &Secret,
+    ) -> (Exchange, Option<serde_json::Value>) {
+        let correlation_id = Uuid::new_v4();
+        let result = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose())
+            .header("Accept", "application/json")
+            .header("MS-RequestId", Uuid::new_v4().to_string())
+            .header("MS-CorrelationId", correlation_id.to_string())
+            .header("MS-PartnerCenter-Application", APPLICATION)
+            .header("X-Locale", &self.locale)
+            .send()
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => return (transport_failure(correlation_id, &error), None),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        match response.bytes().await {
+            Ok(bytes) => {
+                let body = serde_json::from_slice(&bytes).ok();
+                let exchange = Exchange {
+                    http_status: Some(status),
+                    correlation_id,
+                    classified: classify::classify(status, retry_after.as_deref(), &bytes),
+                };
+                (exchange, body)
+            }
+            Err(error) => (transport_failure(correlation_id, &error), None),
+        }
     }
 
     /// Sends one LicenseUpdate with the given request ID and a fresh correlation ID.

@@ -5,8 +5,9 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::input::Action;
+use crate::input::{Action, LicenseGroup};
 use crate::plan::Operation;
+use crate::plan::catalog::ServicePlan;
 
 /// The LicenseUpdate resource sent to `…/licenseupdates`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -149,6 +150,120 @@ impl ErrorBody {
     }
 }
 
+/// A product SKU as the license resources describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductSku {
+    pub id: Uuid,
+    pub name: String,
+    pub part_number: String,
+    pub license_group: Option<LicenseGroup>,
+}
+
+/// One entry of `…/subscribedskus`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribedSku {
+    pub product: ProductSku,
+    pub available_units: Option<i64>,
+    pub total_units: Option<i64>,
+    pub consumed_units: Option<i64>,
+    pub service_plans: Vec<ServicePlan>,
+}
+
+/// One entry of deployment insights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentInsight {
+    pub customer_name: String,
+    pub product_name: String,
+    pub licenses_deployed: f64,
+    pub licenses_sold: f64,
+    pub deployment_percent: f64,
+    pub processed_at: String,
+}
+
+fn items(body: &Value) -> &[Value] {
+    match field(body, "items") {
+        Some(Value::Array(items)) => items,
+        _ => &[],
+    }
+}
+
+fn number(value: Option<&Value>) -> Option<f64> {
+    match value? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn product_sku(value: &Value) -> Option<ProductSku> {
+    let id = field(value, "id")?
+        .as_str()
+        .and_then(|s| Uuid::try_parse(s).ok())?;
+    Some(ProductSku {
+        id,
+        name: text(field(value, "name")).unwrap_or_default(),
+        part_number: text(field(value, "skuPartNumber")).unwrap_or_default(),
+        license_group: text(field(value, "licenseGroupId")).and_then(|g| LicenseGroup::parse(&g)),
+    })
+}
+
+fn service_plans(value: &Value) -> Vec<ServicePlan> {
+    let Some(Value::Array(plans)) = field(value, "servicePlans") else {
+        return Vec::new();
+    };
+    plans
+        .iter()
+        .filter_map(|p| {
+            Some(ServicePlan {
+                id: field(p, "id")?
+                    .as_str()
+                    .and_then(|s| Uuid::try_parse(s).ok())?,
+                service_name: text(field(p, "serviceName")).unwrap_or_default(),
+                display_name: text(field(p, "displayName")).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Parses `…/subscribedskus`; entries without a readable SKU ID are left out.
+pub fn subscribed_skus(body: &Value) -> Vec<SubscribedSku> {
+    items(body)
+        .iter()
+        .filter_map(|item| {
+            Some(SubscribedSku {
+                product: product_sku(field(item, "productSku")?)?,
+                available_units: number(field(item, "availableUnits")).map(|n| n as i64),
+                total_units: number(field(item, "totalUnits")).map(|n| n as i64),
+                consumed_units: number(field(item, "consumedUnits")).map(|n| n as i64),
+                service_plans: service_plans(item),
+            })
+        })
+        .collect()
+}
+
+/// Parses `…/users/{user}/licenses`: the SKUs the user holds.
+pub fn user_licenses(body: &Value) -> Vec<ProductSku> {
+    items(body)
+        .iter()
+        .filter_map(|item| product_sku(field(item, "productSku")?))
+        .collect()
+}
+
+/// Parses `…/analytics/licenses/deployment`.
+pub fn deployment_insights(body: &Value) -> Vec<DeploymentInsight> {
+    items(body)
+        .iter()
+        .map(|item| DeploymentInsight {
+            customer_name: text(field(item, "customerName")).unwrap_or_default(),
+            product_name: text(field(item, "productName")).unwrap_or_default(),
+            licenses_deployed: number(field(item, "licensesDeployed")).unwrap_or(0.0),
+            licenses_sold: number(field(item, "licensesSold")).unwrap_or(0.0),
+            deployment_percent: number(field(item, "deploymentPercent")).unwrap_or(0.0),
+            processed_at: text(field(item, "processedDateTime")).unwrap_or_default(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +306,34 @@ mod tests {
                 .as_deref(),
             Some("<html>bad gateway</html>")
         );
+    }
+
+    #[test]
+    fn subscribed_skus_parse_the_documented_shape() {
+        let body = serde_json::json!({"totalCount": 2, "items": [
+            {"availableUnits": 3, "activeUnits": 10, "consumedUnits": 7, "totalUnits": 10,
+             "productSku": {"id": "f8a1db68-be16-40ed-86d5-cb42ce701560", "name": "Power BI Pro",
+                            "skuPartNumber": "POWER_BI_PRO", "targetType": "User", "licenseGroupId": "group1"},
+             "servicePlans": [{"displayName": "Power BI Pro", "serviceName": "BI_AZURE_P2",
+                               "id": "70d33638-9c74-4d01-bfd3-562de28bd4ba", "targetType": "User"}],
+             "attributes": {"objectType": "SubscribedSku"}},
+            {"productSku": {"id": "not-a-guid"}}],
+            "attributes": {"objectType": "Collection"}});
+        let skus = subscribed_skus(&body);
+        assert_eq!(skus.len(), 1);
+        assert_eq!(skus[0].available_units, Some(3));
+        assert_eq!(skus[0].product.license_group, Some(LicenseGroup::Group1));
+        assert_eq!(skus[0].service_plans[0].service_name, "BI_AZURE_P2");
+    }
+
+    #[test]
+    fn deployment_insights_parse_the_documented_shape() {
+        let body = serde_json::json!({"totalCount": 1, "items": [{"customerName": "DT DEMO",
+            "productName": "EXCHANGE ONLINE (PLAN 1)", "licensesDeployed": 0, "deploymentPercent": 0.0,
+            "licensesSold": 5, "processedDateTime": "2017-03-14T03:25:16.36+00:00"}]});
+        let insights = deployment_insights(&body);
+        assert_eq!(insights[0].licenses_sold, 5.0);
+        assert_eq!(insights[0].product_name, "EXCHANGE ONLINE (PLAN 1)");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! threshold abort the run, leaving what is not finished pending for a resume.
 
 pub mod pacing;
+mod read;
 mod worker;
+
+pub use read::{ReadFailure, ReadFailureKind};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -143,7 +146,10 @@ impl GroupWork {
 /// Counters of the whole run.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// License updates sent (every attempt).
     pub requests: AtomicU64,
+    /// Reads (subscribed SKUs, licenses, insights), every attempt.
+    pub reads: AtomicU64,
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
     pub token_renewals_after_401: AtomicU64,
@@ -152,6 +158,7 @@ pub struct Stats {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatsSnapshot {
     pub requests: u64,
+    pub reads: u64,
     pub retries: u64,
     pub throttled: u64,
     pub token_renewals_after_401: u64,
@@ -161,6 +168,7 @@ impl Stats {
     fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
             token_renewals_after_401: self.token_renewals_after_401.load(Ordering::Relaxed),
@@ -183,19 +191,51 @@ struct CustomerBlock {
     message: String,
 }
 
+/// What every call of a run shares: the client, the pacer (one ceiling and one Retry-After
+/// pause for reads and writes alike), the retry policy, the interrupt, and the counters.
+pub struct Dispatcher {
+    pub client: Arc<ApiClient>,
+    pub settings: EngineSettings,
+    pacer: Pacer,
+    /// Cancelled by SIGINT/SIGTERM or an abort: no new call starts.
+    pub stop: CancellationToken,
+    stats: Stats,
+}
+
+impl Dispatcher {
+    pub fn new(client: Arc<ApiClient>, settings: EngineSettings, stop: CancellationToken) -> Self {
+        Dispatcher {
+            pacer: Pacer::new(settings.requests_per_minute),
+            client,
+            settings,
+            stop,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    fn retry_policy(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.settings.min_retry_delay)
+            .with_max_delay(Duration::from_secs(60))
+            .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
+            .with_total_delay(Some(self.settings.max_elapsed))
+    }
+}
+
 struct Shared {
+    calls: Arc<Dispatcher>,
     groups: Arc<Vec<Group>>,
     work: Vec<GroupWork>,
-    client: Arc<ApiClient>,
     recorder: Arc<dyn Recorder>,
     observer: Arc<dyn Observer>,
-    settings: EngineSettings,
-    pacer: Pacer,
-    stop: CancellationToken,
     abort_reason: Mutex<Option<String>>,
     blocked: Mutex<HashMap<Uuid, CustomerBlock>>,
     next_work: AtomicUsize,
-    stats: Stats,
 }
 
 impl Shared {
@@ -206,7 +246,7 @@ impl Shared {
             tracing::error!("aborting the run: {reason}");
             *current = Some(reason);
         }
-        self.stop.cancel();
+        self.calls.stop.cancel();
     }
 
     fn customer_block(&self, customer: Uuid) -> Option<CustomerBlock> {
@@ -222,15 +262,6 @@ impl Shared {
             .lock()
             .expect("block lock")
             .insert(customer, block);
-    }
-
-    fn retry_policy(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.settings.min_retry_delay)
-            .with_max_delay(Duration::from_secs(60))
-            .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
-            .with_total_delay(Some(self.settings.max_elapsed))
     }
 }
 
@@ -287,31 +318,25 @@ impl FailureRatio {
     }
 }
 
-/// Runs the work through the pool. `stop` is the interrupt: once cancelled, no new group
-/// starts and requests already sent are allowed to finish.
+/// Runs the work through the pool. Once `calls.stop` is cancelled (signal or abort), no new
+/// group starts and requests already sent are allowed to finish.
 pub async fn execute(
+    calls: Arc<Dispatcher>,
     groups: Arc<Vec<Group>>,
     work: Vec<GroupWork>,
-    client: Arc<ApiClient>,
-    settings: EngineSettings,
     observer: Arc<dyn Observer>,
     recorder: Arc<dyn Recorder>,
-    stop: CancellationToken,
 ) -> EngineReport {
-    let workers = settings.concurrency.min(work.len()).max(1);
+    let workers = calls.settings.concurrency.min(work.len()).max(1);
     let shared = Arc::new(Shared {
-        pacer: Pacer::new(settings.requests_per_minute),
+        calls,
         groups,
         work,
-        client,
         recorder,
         observer,
-        settings,
-        stop,
         abort_reason: Mutex::new(None),
         blocked: Mutex::new(HashMap::new()),
         next_work: AtomicUsize::new(0),
-        stats: Stats::default(),
     });
 
     let (results_tx, mut results) = mpsc::unbounded_channel();
@@ -320,7 +345,7 @@ pub async fn execute(
         let shared = Arc::clone(&shared);
         let results_tx = results_tx.clone();
         handles.push(tokio::spawn(async move {
-            while !shared.stop.is_cancelled() {
+            while !shared.calls.stop.is_cancelled() {
                 let index = shared.next_work.fetch_add(1, Ordering::Relaxed);
                 let Some(work) = shared.work.get(index) else {
                     break;
@@ -343,7 +368,7 @@ pub async fn execute(
             .map(|(op, _)| operations[*op].rows.len() as u64)
             .sum();
         shared.observer.group_finished(settled_rows);
-        if let Some(reason) = ratio.observe(&outcomes, &shared.settings) {
+        if let Some(reason) = ratio.observe(&outcomes, &shared.calls.settings) {
             shared.abort(reason);
         }
         shared.recorder.record(group, outcomes);
@@ -355,11 +380,11 @@ pub async fn execute(
     let reason = shared.abort_reason.lock().expect("abort lock").clone();
     let completion = match reason {
         Some(reason) => Completion::Aborted(reason),
-        None if shared.stop.is_cancelled() => Completion::Interrupted,
+        None if shared.calls.stop.is_cancelled() => Completion::Interrupted,
         None => Completion::Finished,
     };
     EngineReport {
-        stats: shared.stats.snapshot(),
+        stats: shared.calls.stats(),
         completion,
     }
 }

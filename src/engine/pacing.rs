@@ -47,15 +47,19 @@ impl Pacer {
     /// Returns `false` when `stop` fires first.
     pub async fn admit(&self, stop: &CancellationToken) -> bool {
         loop {
+            // `biased`: when both are ready, the stop wins (select! would otherwise pick one at
+            // random and let a call through after a signal).
             while let Some(left) = self.paused_for() {
                 tokio::select! {
-                    _ = tokio::time::sleep(left) => {}
+                    biased;
                     _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(left) => {}
                 }
             }
             tokio::select! {
-                _ = self.limiter.until_ready() => {}
+                biased;
                 _ = stop.cancelled() => return false,
+                _ = self.limiter.until_ready() => {}
             }
             // A 429 may have paused the pool while we waited for the slot.
             if self.paused_for().is_none() {
@@ -86,6 +90,16 @@ mod tests {
         let before = Instant::now();
         assert!(pacer.admit(&stop).await);
         assert!(before.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_run_is_never_admitted_even_with_a_free_slot() {
+        let pacer = Pacer::new(60_000);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        for _ in 0..100 {
+            assert!(!pacer.admit(&stop).await);
+        }
     }
 
     #[tokio::test]

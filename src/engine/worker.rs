@@ -52,8 +52,9 @@ impl LastExchange {
 /// Sleeps unless the run stops first; `false` when stopped.
 async fn sleep_unless_stopped(wait: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(wait) => true,
+        biased;
         _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }
 
@@ -110,7 +111,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
     {
         let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
         let started = Instant::now();
-        let mut backoff = shared.retry_policy().build();
+        let mut backoff = shared.calls.retry_policy().build();
         let mut renewed_after_401 = false;
         loop {
             if let Some(block) = shared.customer_block(group.customer_id) {
@@ -128,10 +129,10 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 settle(&mut outcomes, &remaining, outcome);
                 continue 'pass;
             }
-            if !shared.pacer.admit(&shared.stop).await {
+            if !shared.calls.pacer.admit(&shared.calls.stop).await {
                 break 'pass;
             }
-            let token = match shared.client.tokens.token().await {
+            let token = match shared.calls.client.tokens.token().await {
                 Ok(token) => token,
                 Err(error) => {
                     shared.abort(error.to_string());
@@ -139,11 +140,12 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 }
             };
             let exchange = shared
+                .calls
                 .client
                 .send_license_update(group.customer_id, &group.user, &body, request_id, &token)
                 .await;
             attempts += 1;
-            shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+            shared.calls.stats.requests.fetch_add(1, Ordering::Relaxed);
             last.record(request_id, &exchange);
             let message = exchange.classified.message.clone();
             tracing::debug!(
@@ -166,11 +168,11 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     continue 'pass;
                 }
                 Verdict::Throttled { retry_after } => {
-                    shared.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    shared.calls.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     shared.observer.throttled(retry_after);
                     tracing::info!("throttled (429): the whole pool waits {retry_after:?}");
-                    shared.pacer.pause_for(retry_after);
-                    if started.elapsed() + retry_after > shared.settings.max_elapsed {
+                    shared.calls.pacer.pause_for(retry_after);
+                    if started.elapsed() + retry_after > shared.calls.settings.max_elapsed {
                         let text = format!(
                             "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
                             started.elapsed().as_secs()
@@ -180,10 +182,10 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     }
                 }
                 Verdict::Transient => match backoff.next() {
-                    Some(wait) if started.elapsed() + wait <= shared.settings.max_elapsed => {
-                        shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    Some(wait) if started.elapsed() + wait <= shared.calls.settings.max_elapsed => {
+                        shared.calls.stats.retries.fetch_add(1, Ordering::Relaxed);
                         shared.observer.retrying();
-                        if !sleep_unless_stopped(wait, &shared.stop).await {
+                        if !sleep_unless_stopped(wait, &shared.calls.stop).await {
                             break 'pass;
                         }
                     }
@@ -196,10 +198,17 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 Verdict::Unauthorized if !renewed_after_401 => {
                     renewed_after_401 = true;
                     shared
+                        .calls
                         .stats
                         .token_renewals_after_401
                         .fetch_add(1, Ordering::Relaxed);
-                    if let Err(error) = shared.client.tokens.renew_after_rejection(&token).await {
+                    if let Err(error) = shared
+                        .calls
+                        .client
+                        .tokens
+                        .renew_after_rejection(&token)
+                        .await
+                    {
                         shared.abort(error.to_string());
                         break 'pass;
                     }

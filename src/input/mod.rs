@@ -5,7 +5,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use validate::{Action, LicenseGroup, RowProblem, RowRequest, SkuRef};
+pub use validate::{Action, LicenseGroup, PlanRef, RowProblem, RowRequest, SkuRef};
 
 /// Why a file cannot be used at all (exit 2, nothing sent).
 #[derive(Debug, thiserror::Error)]

@@ -67,6 +67,13 @@ pub enum SkuRef {
     Name(String),
 }
 
+/// A service plan to exclude: its ID, or a service/display name resolved per SKU.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PlanRef {
+    Id(Uuid),
+    Name(String),
+}
+
 /// What a valid row asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowRequest {
@@ -77,7 +84,7 @@ pub struct RowRequest {
     pub user_key: String,
     pub sku: SkuRef,
     pub license_group: Option<LicenseGroup>,
-    pub excluded_plans: Vec<Uuid>,
+    pub excluded_plans: Vec<PlanRef>,
     pub action: Action,
 }
 
@@ -286,15 +293,23 @@ pub(super) fn validate_row(
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
-            match parse_guid(part) {
-                Some(id) if !excluded_plans.contains(&id) => excluded_plans.push(id),
-                Some(_) => {}
-                None => problem(
-                    i,
-                    format!(
-                        "{part:?} is not a service plan ID (GUID); separate several with ';' or '|'"
-                    ),
-                ),
+            let plan = match parse_guid(part) {
+                Some(id) => PlanRef::Id(id),
+                None if part.chars().count() <= 256 && !part.chars().any(char::is_control) => {
+                    PlanRef::Name(part.to_string())
+                }
+                None => {
+                    problem(
+                        i,
+                        format!(
+                            "{part:?} is not a service plan ID or name; separate several with ';' or '|'"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if !excluded_plans.contains(&plan) {
+                excluded_plans.push(plan);
             }
         }
         excluded_plans.sort();
@@ -384,7 +399,7 @@ mod tests {
 
     #[test]
     fn every_problem_names_its_column() {
-        let err = check(["nope", "bob", "", "group3", "Teams", "delete"]).unwrap_err();
+        let err = check(["nope", "bob", "", "group3", "Tea\u{7}ms", "delete"]).unwrap_err();
         let text = err.to_string();
         for column in [
             "customer_id",

@@ -13,12 +13,141 @@ pub struct CatalogSku {
     pub part_number: &'static str,
     pub name: &'static str,
     pub license_group: LicenseGroup,
+    /// Service plans: (service name, display name, ID).
+    pub service_plans: &'static [CatalogPlan],
 }
+
+/// A service plan of a SKU (for excluding plans by name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePlan {
+    pub id: Uuid,
+    /// e.g. `TEAMS1`.
+    pub service_name: String,
+    /// e.g. `Microsoft Teams`.
+    pub display_name: String,
+}
+
+/// A service plan of a catalog SKU.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogPlan {
+    pub service_name: &'static str,
+    pub display_name: &'static str,
+    pub id: &'static str,
+}
+
+const fn plan(
+    service_name: &'static str,
+    display_name: &'static str,
+    id: &'static str,
+) -> CatalogPlan {
+    CatalogPlan {
+        service_name,
+        display_name,
+        id,
+    }
+}
+
+const EXCHANGE_1: CatalogPlan = plan(
+    "EXCHANGE_S_STANDARD",
+    "Exchange Online (Plan 1)",
+    "9aaf7827-d63c-4b61-89c3-182f06f82e5c",
+);
+const EXCHANGE_2: CatalogPlan = plan(
+    "EXCHANGE_S_ENTERPRISE",
+    "Exchange Online (Plan 2)",
+    "efb87545-963c-4e0d-99df-69c6916d9eb0",
+);
+const TEAMS: CatalogPlan = plan(
+    "TEAMS1",
+    "Microsoft Teams",
+    "57ff2da0-773e-42df-b2af-ffb7a2317929",
+);
+const SHAREPOINT_1: CatalogPlan = plan(
+    "SHAREPOINTSTANDARD",
+    "SharePoint (Plan 1)",
+    "c7699d2e-19aa-44de-8edf-1736da088ca1",
+);
+const SHAREPOINT_2: CatalogPlan = plan(
+    "SHAREPOINTENTERPRISE",
+    "SharePoint (Plan 2)",
+    "5dbe027f-2339-4123-9542-606e4d348a72",
+);
+const YAMMER: CatalogPlan = plan(
+    "YAMMER_ENTERPRISE",
+    "Yammer Enterprise",
+    "7547a3fe-08ee-4ccb-b430-5077c5041653",
+);
+const SWAY: CatalogPlan = plan("SWAY", "Sway", "a23b959c-7ce8-4e57-9140-b90eb88a9e97");
+const APPS: CatalogPlan = plan(
+    "OFFICESUBSCRIPTION",
+    "Microsoft 365 Apps for enterprise",
+    "43de0ff5-c92c-492b-9116-175376d08c38",
+);
+const INTUNE: CatalogPlan = plan(
+    "INTUNE_A",
+    "Microsoft Intune",
+    "c1ec4a95-1f05-45b3-a911-aa3fa01094f5",
+);
+const POWER_BI: CatalogPlan = plan(
+    "BI_AZURE_P2",
+    "Power BI Pro",
+    "70d33638-9c74-4d01-bfd3-562de28bd4ba",
+);
+const VISIO: CatalogPlan = plan(
+    "VISIO_CLIENT_SUBSCRIPTION",
+    "Visio Desktop App",
+    "663a804f-1c30-4ff0-9915-9db84f0d1cea",
+);
+const PROJECT: CatalogPlan = plan(
+    "PROJECT_CLIENT_SUBSCRIPTION",
+    "Project Online Desktop Client",
+    "fafd7243-e5c1-4a3a-9e40-495efcb1d3c3",
+);
+const MINECRAFT: CatalogPlan = plan(
+    "MINECRAFT_EDUCATION_EDITION",
+    "Minecraft Education",
+    "4c246bbc-f513-4311-beff-eba54c353256",
+);
 
 impl CatalogSku {
     pub fn uuid(&self) -> Uuid {
         Uuid::parse_str(self.id).expect("catalog IDs are GUIDs")
     }
+
+    /// The SKU as the API's models describe it.
+    pub fn service_plans(&self) -> Vec<ServicePlan> {
+        self.service_plans
+            .iter()
+            .map(|p| ServicePlan {
+                id: Uuid::parse_str(p.id).expect("catalog IDs are GUIDs"),
+                service_name: p.service_name.into(),
+                display_name: p.display_name.into(),
+            })
+            .collect()
+    }
+}
+
+/// Finds a service plan by service name or display name (case-insensitive) among `plans`.
+pub fn find_plan(plans: &[ServicePlan], text: &str) -> Result<Uuid, String> {
+    let key = name_key(text);
+    plans
+        .iter()
+        .find(|p| name_key(&p.service_name) == key || name_key(&p.display_name) == key)
+        .map(|p| p.id)
+        .ok_or_else(|| {
+            if plans.is_empty() {
+                format!("unknown service plan {text:?}; give its ID (GUID)")
+            } else {
+                format!(
+                    "the SKU has no service plan {text:?}; its plans: {}",
+                    plans
+                        .iter()
+                        .map(|p| format!("{} ({})", p.service_name, p.display_name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        })
 }
 
 const fn sku(
@@ -26,12 +155,14 @@ const fn sku(
     part_number: &'static str,
     name: &'static str,
     license_group: LicenseGroup,
+    service_plans: &'static [CatalogPlan],
 ) -> CatalogSku {
     CatalogSku {
         id,
         part_number,
         name,
         license_group,
+        service_plans,
     }
 }
 
@@ -44,84 +175,115 @@ pub const BUILTIN: &[CatalogSku] = &[
         "O365_BUSINESS_ESSENTIALS",
         "Microsoft 365 Business Basic",
         Group1,
+        &[EXCHANGE_1, TEAMS, SHAREPOINT_1, SWAY],
     ),
     sku(
         "f245ecc8-75af-4f8e-b61f-27d8114de5f3",
         "O365_BUSINESS_PREMIUM",
         "Microsoft 365 Business Standard",
         Group1,
+        &[EXCHANGE_1, TEAMS, SHAREPOINT_1, SWAY, APPS],
     ),
     sku(
         "cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46",
         "SPB",
         "Microsoft 365 Business Premium",
         Group1,
+        &[EXCHANGE_1, TEAMS, SHAREPOINT_1, SWAY, APPS, INTUNE],
     ),
     sku(
         "18181a46-0d4e-45cd-891e-4d0aa1e4c4b4",
         "STANDARDPACK",
         "Office 365 E1",
         Group1,
+        &[EXCHANGE_1, TEAMS, SHAREPOINT_1, YAMMER, SWAY],
     ),
     sku(
         "6fd2c87f-b296-42f0-b197-1e91e994b900",
         "ENTERPRISEPACK",
         "Office 365 E3",
         Group1,
+        &[EXCHANGE_2, TEAMS, SHAREPOINT_2, YAMMER, SWAY, APPS],
     ),
     sku(
         "c7df2760-2c81-4ef7-b578-5b5392b571df",
         "ENTERPRISEPREMIUM",
         "Office 365 E5",
         Group1,
+        &[
+            EXCHANGE_2,
+            TEAMS,
+            SHAREPOINT_2,
+            YAMMER,
+            SWAY,
+            APPS,
+            POWER_BI,
+        ],
     ),
     sku(
         "05e9a617-0261-4cee-bb44-138d3ef5d965",
         "SPE_E3",
         "Microsoft 365 E3",
         Group1,
+        &[EXCHANGE_2, TEAMS, SHAREPOINT_2, YAMMER, SWAY, APPS, INTUNE],
     ),
     sku(
         "06ebc4ee-1bb5-47dd-8120-11324bc54e06",
         "SPE_E5",
         "Microsoft 365 E5",
         Group1,
+        &[
+            EXCHANGE_2,
+            TEAMS,
+            SHAREPOINT_2,
+            YAMMER,
+            SWAY,
+            APPS,
+            INTUNE,
+            POWER_BI,
+        ],
     ),
     sku(
         "4b9405b0-7788-4568-add1-99614e613b69",
         "EXCHANGESTANDARD",
         "Exchange Online (Plan 1)",
         Group1,
+        &[EXCHANGE_1],
     ),
     sku(
         "f8a1db68-be16-40ed-86d5-cb42ce701560",
         "POWER_BI_PRO",
         "Power BI Pro",
         Group1,
+        &[POWER_BI],
     ),
     sku(
         "c5928f49-12ba-48f7-ada3-0d743a3601d5",
         "VISIOCLIENT",
         "Visio Plan 2",
         Group1,
+        &[VISIO],
     ),
     sku(
         "53818b1b-4a27-454b-8896-0dba576410e6",
         "PROJECTPROFESSIONAL",
         "Project Plan 3",
         Group1,
+        &[PROJECT],
     ),
     sku(
         "984df360-9a74-4647-8cf8-696749f6247a",
         "MEE_FACULTY",
         "Minecraft Education Faculty",
         Group2,
+        &[MINECRAFT],
     ),
     sku(
         "533b8f26-f74b-4e9c-9c59-50fc4b393b63",
         "MEE_STUDENT",
         "Minecraft Education Student",
         Group2,
+        &[MINECRAFT],
     ),
 ];
 
@@ -151,6 +313,13 @@ pub fn find(sku: &SkuRef) -> Option<&'static CatalogSku> {
 pub struct BuiltinCatalog;
 
 impl SkuResolver for BuiltinCatalog {
+    fn resolve_plan(&self, _customer: Uuid, sku: Uuid, plan: &str) -> Result<Uuid, String> {
+        let plans = find(&SkuRef::Id(sku))
+            .map(CatalogSku::service_plans)
+            .unwrap_or_default();
+        find_plan(&plans, plan)
+    }
+
     fn resolve(&self, _customer: Uuid, sku: &SkuRef) -> Result<ResolvedSku, String> {
         match (find(sku), sku) {
             (Some(found), _) => Ok(ResolvedSku {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use crate::input::{Action, InputFile, LicenseGroup, SkuRef};
+use crate::input::{Action, InputFile, LicenseGroup, PlanRef, SkuRef};
 
 /// A SKU after resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct ResolvedSku {
 /// Turns what a sheet says into a SKU ID; an `Err` is the row's `invalid` message.
 pub trait SkuResolver {
     fn resolve(&self, customer: Uuid, sku: &SkuRef) -> Result<ResolvedSku, String>;
+    /// A service plan of `sku` named by service name or display name.
+    fn resolve_plan(&self, customer: Uuid, sku: Uuid, plan: &str) -> Result<Uuid, String>;
 }
 
 /// One SKU to assign or remove for one user; all input rows that ask for it.
@@ -141,6 +143,34 @@ pub fn build(input: &InputFile, resolver: &dyn SkuResolver) -> Plan {
             (None, Some(known)) => known,
             (None, None) => LicenseGroup::Group1,
         };
+        let mut excluded = Vec::new();
+        let mut plan_problem = None;
+        for plan in &request.excluded_plans {
+            match plan {
+                PlanRef::Id(id) => excluded.push(*id),
+                PlanRef::Name(name) => {
+                    match resolver.resolve_plan(request.customer_id, sku.id, name) {
+                        Ok(id) => excluded.push(id),
+                        Err(message) => plan_problem = Some(message),
+                    }
+                }
+            }
+        }
+        if let Some(message) = plan_problem {
+            let column = input
+                .columns
+                .excluded_plans
+                .map(|i| input.headers[i].as_str())
+                .unwrap_or("excluded_plans");
+            rows[index] = Some(RowPlan::Invalid {
+                message: format!("column {column}: {message}"),
+                sku_id: Some(sku.id),
+                license_group: Some(group),
+            });
+            continue;
+        }
+        excluded.sort();
+        excluded.dedup();
         resolved.push(Resolved {
             row: index,
             customer: request.customer_id,
@@ -149,7 +179,7 @@ pub fn build(input: &InputFile, resolver: &dyn SkuResolver) -> Plan {
             sku: sku.id,
             group,
             action: request.action,
-            excluded: request.excluded_plans.clone(),
+            excluded,
         });
     }
 

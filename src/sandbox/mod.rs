@@ -245,6 +245,18 @@ impl Sandbox {
                 "/v1/customers/{customer}/users/{user}/licenseupdates",
                 post(license_update),
             )
+            .route(
+                "/v1/customers/{customer}/subscribedskus",
+                get(subscribed_skus),
+            )
+            .route(
+                "/v1/customers/{customer}/users/{user}/licenses",
+                get(user_licenses),
+            )
+            .route(
+                "/v1/customers/{customer}/analytics/licenses/deployment",
+                get(deployment_insights),
+            )
             .route("/sandbox/record", get(dump))
             .route("/sandbox/wait", get(wait))
             .with_state(Arc::clone(&state));
@@ -292,6 +304,23 @@ impl Sandbox {
         {
             s.total = total;
         }
+    }
+
+    /// Revokes every access token issued so far (the next call with one answers 401).
+    pub fn revoke_issued_tokens(&self) {
+        let mut state = self.state.lock().expect("sandbox lock");
+        let now = Instant::now();
+        state.tokens.values_mut().for_each(|until| *until = now);
+    }
+
+    /// Answers 401 to every call while on.
+    pub fn set_reject_all_tokens(&self, on: bool) {
+        self.state
+            .lock()
+            .expect("sandbox lock")
+            .scenario
+            .auth
+            .reject_all_tokens = on;
     }
 
     /// Turns the "partner token" fault (400 900316 on every call) on or off.
@@ -594,6 +623,35 @@ fn requested_skus(body: &Value) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
     Some((assign, remove))
 }
 
+/// (SKU, excluded plan) pairs of `LicensesToAssign`.
+fn excluded_plans(body: &Value) -> Vec<(Uuid, Uuid)> {
+    let assign = body
+        .get("LicensesToAssign")
+        .or_else(|| body.get("licensesToAssign"));
+    let Some(Value::Array(items)) = assign else {
+        return Vec::new();
+    };
+    let uuid = |v: &Value| v.as_str().and_then(|s| Uuid::try_parse(s).ok());
+    items
+        .iter()
+        .filter_map(|a| {
+            let sku = a.get("SkuId").or_else(|| a.get("skuId")).and_then(uuid)?;
+            let plans = a
+                .get("ExcludedPlans")
+                .or_else(|| a.get("excludedPlans"))?
+                .as_array()?;
+            Some(
+                plans
+                    .iter()
+                    .filter_map(uuid)
+                    .map(move |p| (sku, p))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten()
+        .collect()
+}
+
 async fn license_update(
     State(state): State<Shared>,
     Path((customer, user)): Path<(String, String)>,
@@ -711,33 +769,171 @@ fn fingerprint(customer: &str, user: &str, body: &Value) -> String {
 
 type Answer = (u16, Vec<(&'static str, String)>, Value, bool);
 
-fn answer_license_update(
-    state: &mut SandboxState,
-    customer_text: &str,
-    user: &str,
+/// The license groups a read asks for: `licenseGroupIds=Group1&licenseGroupIds=Group2`;
+/// without the parameter the API returns group1 only.
+fn asked_groups(query: Option<&str>) -> BTreeSet<LicenseGroup> {
+    let asked: BTreeSet<LicenseGroup> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("licenseGroupIds"))
+        .filter_map(|(_, v)| LicenseGroup::parse(v))
+        .collect();
+    if asked.is_empty() {
+        BTreeSet::from([LicenseGroup::Group1])
+    } else {
+        asked
+    }
+}
+
+fn product_sku_json(s: &SubscribedSku) -> Value {
+    json!({"id": s.id, "name": s.name, "skuPartNumber": s.part_number, "targetType": "User",
+           "licenseGroupId": s.license_group.as_str()})
+}
+
+fn service_plans_json(s: &SubscribedSku) -> Vec<Value> {
+    catalog::find(&SkuRef::Id(s.id))
+        .map(|c| c.service_plans())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            json!({"displayName": p.display_name, "serviceName": p.service_name, "id": p.id,
+                        "capabilityStatus": "Enabled", "targetType": "User"})
+        })
+        .collect()
+}
+
+fn collection(items: Vec<Value>) -> Value {
+    json!({"totalCount": items.len(), "items": items, "attributes": {"objectType": "Collection"}})
+}
+
+/// Runs the token and customer checks of a read, then `answer` on the customer.
+fn read_answer(
+    state: &Shared,
     headers: &HeaderMap,
-    body: &Value,
-    record: &mut RecordedRequest,
-) -> Answer {
+    customer_text: &str,
+    license_call: bool,
+    answer: impl FnOnce(&Customer) -> Result<Value, Answer>,
+) -> Response {
+    let mut state = state.lock().expect("sandbox lock");
+    let result = check_token(&state, headers, license_call)
+        .and_then(|()| check_customer(&mut state, customer_text))
+        .and_then(|id| answer(state.customers.get(&id).expect("checked above")));
+    let (status, body) = match result {
+        Ok(body) => (200, body),
+        Err((status, _, body, _)) => (status, body),
+    };
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(body),
+    )
+        .into_response()
+}
+
+async fn subscribed_skus(
+    State(state): State<Shared>,
+    Path(customer): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let groups = asked_groups(uri.query());
+    read_answer(&state, &headers, &customer, true, |c| {
+        let items = c
+            .skus
+            .iter()
+            .filter(|s| groups.contains(&s.license_group))
+            .map(|s| {
+                json!({"availableUnits": s.total.saturating_sub(s.consumed), "activeUnits": s.total,
+                       "consumedUnits": s.consumed, "suspendedUnits": 0, "totalUnits": s.total,
+                       "warningUnits": 0, "capabilityStatus": "Enabled",
+                       "productSku": product_sku_json(s), "servicePlans": service_plans_json(s),
+                       "attributes": {"objectType": "SubscribedSku"}})
+            })
+            .collect();
+        Ok(collection(items))
+    })
+}
+
+async fn user_licenses(
+    State(state): State<Shared>,
+    Path((customer, user)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let groups = asked_groups(uri.query());
+    read_answer(&state, &headers, &customer, true, |c| {
+        check_user(c, &user)?;
+        let held = c
+            .assigned
+            .get(&user.to_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        let items = c
+            .skus
+            .iter()
+            .filter(|s| held.contains(&s.id) && groups.contains(&s.license_group))
+            .map(|s| {
+                json!({"servicePlans": service_plans_json(s), "productSku": product_sku_json(s),
+                            "attributes": {"objectType": "License"}})
+            })
+            .collect();
+        Ok(collection(items))
+    })
+}
+
+async fn deployment_insights(
+    State(state): State<Shared>,
+    Path(customer): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let processed = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    read_answer(&state, &headers, &customer, false, |c| {
+        let items = c
+            .skus
+            .iter()
+            .filter(|s| s.consumed > 0)
+            .map(|s| {
+                json!({"customerName": c.name, "productName": s.name.to_uppercase(),
+                       "licensesDeployed": s.consumed, "licensesSold": s.total,
+                       "deploymentPercent": (s.consumed as f64 / s.total.max(1) as f64 * 10000.0).round() / 100.0,
+                       "processedDateTime": processed, "serviceName": "o365", "channel": "reseller",
+                       "attributes": {"objectType": "CustomerLicensesDeploymentInsights"}})
+            })
+            .collect();
+        Ok(collection(items))
+    })
+}
+
+fn unauthorized() -> Answer {
+    (
+        401,
+        vec![("www-authenticate", "Bearer".into())],
+        json!({"code": 401, "description": "Unauthorized: the access token is missing, expired or revoked."}),
+        false,
+    )
+}
+
+/// The bearer token must be one the sandbox issued and still valid; license calls also fail
+/// with 900316 while the scenario plays a partner-only token.
+fn check_token(
+    state: &SandboxState,
+    headers: &HeaderMap,
+    license_call: bool,
+) -> Result<(), Answer> {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let token_valid = state
+    let valid = state
         .tokens
         .get(bearer)
         .is_some_and(|until| Instant::now() < *until);
-    if !token_valid || state.scenario.auth.reject_all_tokens {
-        return (
-            401,
-            vec![("www-authenticate", "Bearer".into())],
-            json!({"code": 401, "description": "Unauthorized: the access token is missing, expired or revoked."}),
-            false,
-        );
+    if !valid || state.scenario.auth.reject_all_tokens {
+        return Err(unauthorized());
     }
-    if state.scenario.auth.partner_token {
-        return (
+    if license_call && state.scenario.auth.partner_token {
+        return Err((
             400,
             vec![],
             error_body(
@@ -746,7 +942,75 @@ fn answer_license_update(
                 None,
             ),
             false,
-        );
+        ));
+    }
+    Ok(())
+}
+
+/// The customer must exist (60003) and accept us (900309 Conditional Access, 403 GDAP role).
+fn check_customer(state: &mut SandboxState, customer_text: &str) -> Result<Uuid, Answer> {
+    let not_found = || {
+        (
+            404,
+            vec![],
+            error_body(60003, "Tenant not found.", None),
+            true,
+        )
+    };
+    let customer_id = Uuid::try_parse(customer_text).map_err(|_| not_found())?;
+    let permissive = state.permissive;
+    let customer =
+        customer_entry(&mut state.customers, permissive, customer_id).ok_or_else(not_found)?;
+    if customer.conditional_access_blocked {
+        return Err((
+            403,
+            vec![],
+            error_body(
+                900309,
+                "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance. Learn more at https://learn.microsoft.com/azure/active-directory/conditional-access/concept-conditional-access-users-groups.",
+                None,
+            ),
+            true,
+        ));
+    }
+    if customer.missing_gdap_role {
+        return Err((
+            403,
+            vec![],
+            json!({"description": "Forbidden: the caller does not have a role that permits license management for this customer.", "source": "PartnerFD"}),
+            true,
+        ));
+    }
+    Ok(customer_id)
+}
+
+/// The user must exist in the customer's tenant (60002).
+fn check_user(customer: &Customer, user: &str) -> Result<(), Answer> {
+    if customer
+        .users
+        .as_ref()
+        .is_some_and(|users| !users.contains(&user.to_lowercase()))
+    {
+        return Err((
+            404,
+            vec![],
+            error_body(60002, "User object Id is not found.", None),
+            true,
+        ));
+    }
+    Ok(())
+}
+
+fn answer_license_update(
+    state: &mut SandboxState,
+    customer_text: &str,
+    user: &str,
+    headers: &HeaderMap,
+    body: &Value,
+    record: &mut RecordedRequest,
+) -> Answer {
+    if let Err(answer) = check_token(state, headers, true) {
+        return answer;
     }
 
     state.calls += 1;
@@ -803,56 +1067,17 @@ fn answer_license_update(
         );
     }
 
-    let Ok(customer_id) = Uuid::try_parse(customer_text) else {
-        return (
-            404,
-            vec![],
-            error_body(60003, "Tenant not found.", None),
-            true,
-        );
+    let customer_id = match check_customer(state, customer_text) {
+        Ok(id) => id,
+        Err(answer) => return answer,
     };
     let permissive = state.permissive;
-    let Some(customer) = customer_entry(&mut state.customers, permissive, customer_id) else {
-        return (
-            404,
-            vec![],
-            error_body(60003, "Tenant not found.", None),
-            true,
-        );
-    };
-    if customer.conditional_access_blocked {
-        return (
-            403,
-            vec![],
-            error_body(
-                900309,
-                "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance. Learn more at https://learn.microsoft.com/azure/active-directory/conditional-access/concept-conditional-access-users-groups.",
-                None,
-            ),
-            true,
-        );
-    }
-    if customer.missing_gdap_role {
-        return (
-            403,
-            vec![],
-            json!({"description": "Forbidden: the caller does not have a role that permits license management for this customer.", "source": "PartnerFD"}),
-            true,
-        );
+    let customer =
+        customer_entry(&mut state.customers, permissive, customer_id).expect("checked above");
+    if let Err(answer) = check_user(customer, user) {
+        return answer;
     }
     let user_key = user.to_lowercase();
-    if customer
-        .users
-        .as_ref()
-        .is_some_and(|users| !users.contains(&user_key))
-    {
-        return (
-            404,
-            vec![],
-            error_body(60002, "User object Id is not found.", None),
-            true,
-        );
-    }
     let Some((assign, remove)) = requested_skus(body) else {
         return (
             400,
@@ -885,6 +1110,27 @@ fn answer_license_update(
                     true,
                 );
             }
+        }
+    }
+    // Excluded plans must belong to their SKU (known for catalog SKUs). The API answers such a
+    // request with a 400 that names no SKU.
+    for (sku, plan) in excluded_plans(body) {
+        let known = catalog::find(&SkuRef::Id(sku))
+            .map(|c| c.service_plans())
+            .unwrap_or_default();
+        if !known.is_empty() && !known.iter().any(|p| p.id == plan) {
+            return (
+                400,
+                vec![],
+                error_body(
+                    60014,
+                    &format!(
+                        "The service plan {plan} cannot be excluded: it is not part of the requested licenses (sandbox rule)."
+                    ),
+                    None,
+                ),
+                true,
+            );
         }
     }
     if groups.len() > 1 {

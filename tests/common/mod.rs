@@ -38,7 +38,7 @@ pub fn settings_for(sandbox: &Sandbox) -> Settings {
     let overrides = Overrides {
         requests_per_minute: Some(60_000),
         concurrency: Some(4),
-        state_file: None,
+        ..Default::default()
     };
     let mut settings = Settings::resolve(FileConfig::default(), &env, &overrides).unwrap();
     settings.retry.min_delay = Duration::from_millis(20);
@@ -101,4 +101,17 @@ pub fn report_path(input: &Path) -> PathBuf {
 /// A valid random-looking user object ID for index `i`.
 pub fn user_guid(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012}")
+}
+
+/// Runs `opts`; once the sandbox has answered the first license update, `flip` changes it
+/// mid-run. The scenario's `latency_ms` holds the next request back meanwhile.
+pub async fn run_and_flip_after_first_update(
+    sandbox: &Sandbox,
+    opts: RunOptions,
+    flip: impl FnOnce(&Sandbox),
+) -> RunSummary {
+    let running = tokio::spawn(license_batch::run(opts));
+    sandbox.wait_for(1, 0).await;
+    flip(sandbox);
+    running.await.unwrap().unwrap()
 }

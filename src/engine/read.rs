@@ -1,0 +1,117 @@
+//! Reads (subscribed SKUs, a user's licenses, deployment insights): paced by the same pacer as
+//! the license updates, retried on 429 and transient errors, one token renewal on a 401.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use backon::BackoffBuilder;
+use reqwest::Url;
+use serde_json::Value;
+
+use super::Dispatcher;
+use crate::api::classify::Verdict;
+
+/// Why a read gave no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ReadFailure {
+    pub kind: ReadFailureKind,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFailureKind {
+    /// The customer refuses us or does not exist (403, 404 60003): nothing should be sent to it.
+    Customer,
+    /// The credential is unusable (token refused, 900316, 401 twice): every call would fail.
+    Credential,
+    /// Retries ran out, or another answer: the data is just not available now.
+    Unavailable,
+    /// The run is stopping.
+    Stopped,
+}
+
+impl ReadFailure {
+    fn new(kind: ReadFailureKind, message: String) -> Self {
+        ReadFailure {
+            kind,
+            http_status: None,
+            error_code: None,
+            message,
+        }
+    }
+}
+
+impl Dispatcher {
+    /// GETs `url`, following the same rules as every other call of the run.
+    pub async fn read(&self, url: Url) -> Result<Value, ReadFailure> {
+        let started = Instant::now();
+        let mut backoff = self.retry_policy().build();
+        let mut renewed_after_401 = false;
+        loop {
+            if !self.pacer.admit(&self.stop).await {
+                return Err(ReadFailure::new(
+                    ReadFailureKind::Stopped,
+                    "the run is stopping".into(),
+                ));
+            }
+            let token = self
+                .client
+                .tokens
+                .token()
+                .await
+                .map_err(|e| ReadFailure::new(ReadFailureKind::Credential, e.to_string()))?;
+            let (exchange, body) = self.client.get_json(url.clone(), &token).await;
+            self.stats.reads.fetch_add(1, Ordering::Relaxed);
+            let classified = exchange.classified;
+            let failure = |kind| ReadFailure {
+                kind,
+                http_status: exchange.http_status,
+                error_code: classified.error_code.clone(),
+                message: classified.message.clone(),
+            };
+            match classified.verdict {
+                Verdict::Succeeded { .. } => return Ok(body.unwrap_or(Value::Null)),
+                Verdict::Throttled { retry_after } => {
+                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    self.pacer.pause_for(retry_after);
+                    if started.elapsed() + retry_after > self.settings.max_elapsed {
+                        return Err(failure(ReadFailureKind::Unavailable));
+                    }
+                }
+                Verdict::Transient => match backoff.next() {
+                    Some(wait) if started.elapsed() + wait <= self.settings.max_elapsed => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::select! {
+                            biased;
+                            _ = self.stop.cancelled() => return Err(failure(ReadFailureKind::Stopped)),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    _ => return Err(failure(ReadFailureKind::Unavailable)),
+                },
+                Verdict::Unauthorized if !renewed_after_401 => {
+                    renewed_after_401 = true;
+                    self.client
+                        .tokens
+                        .renew_after_rejection(&token)
+                        .await
+                        .map_err(|e| {
+                            ReadFailure::new(ReadFailureKind::Credential, e.to_string())
+                        })?;
+                }
+                Verdict::Unauthorized | Verdict::WrongCredential => {
+                    return Err(failure(ReadFailureKind::Credential));
+                }
+                Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
+                    return Err(failure(ReadFailureKind::Customer));
+                }
+                Verdict::UserNotFound | Verdict::SeatsExhausted { .. } | Verdict::Rejected => {
+                    return Err(failure(ReadFailureKind::Unavailable));
+                }
+            }
+        }
+    }
+}
