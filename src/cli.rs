@@ -13,9 +13,14 @@ use crate::config::{self, EnvSecrets, FileConfig, Overrides, Settings};
 use crate::error::{self, Error, exit_code};
 use crate::journal::Journal;
 use crate::progress::{self, LogFormat};
-use crate::run::{RunOptions, Target, run, write_report_from_journal};
+use crate::report;
+use crate::run::{
+    Connection, RunOptions, Target, deployment_insights, run, write_report_from_journal,
+};
 use crate::sandbox::{self, Sandbox, Scenario};
+use crate::summary::InsightsTable;
 use crate::tenant::preflight::PreflightMode;
+use crate::verify::verify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +41,21 @@ pub enum Command {
         after_help = "Examples:\n  license-batch run samples/onboarding.csv --sandbox\n  license-batch run samples/onboarding.csv --sandbox --sandbox-scenario samples/sandbox-scenario.toml\n  LICENSE_BATCH_REFRESH_TOKEN=… LICENSE_BATCH_CLIENT_SECRET=… license-batch run onboarding.csv --config config.toml\n\nExit codes: 0 all rows succeeded; 1 some failed, invalid or skipped; 2 nothing sent (usage, config, input, credentials); 3 aborted, re-run to resume; 130 interrupted."
     )]
     Run(RunArgs),
+    /// Validate, resolve against the tenants, group and preflight a sheet; send nothing.
+    #[command(
+        after_help = "Examples:\n  license-batch plan samples/onboarding.csv --sandbox --sandbox-scenario samples/sandbox-scenario.toml\n  license-batch plan onboarding.csv --config config.toml --preflight strict\n\nWithout credentials the plan is made offline: names come from the built-in catalog, seats are not checked.\nExit codes: 0 everything would be sent; 1 rows are invalid, refused, skipped or short of seats; 2 bad usage or input."
+    )]
+    Plan(RunArgs),
+    /// Licenses deployed vs sold per product of some customers (deployment insights).
+    #[command(
+        after_help = "Examples:\n  license-batch insights 7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90 --config config.toml\n  license-batch insights 7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90 --output insights.csv --config config.toml"
+    )]
+    Insights(InsightsArgs),
+    /// Check a report against the licenses users hold now; lists every row that disagrees.
+    #[command(
+        after_help = "Example:\n  license-batch verify onboarding.report.csv --config config.toml\n\nExit codes: 0 every checked row agrees; 1 some rows disagree or could not be checked; 2 bad usage or input."
+    )]
+    Verify(VerifyArgs),
     /// Show the recent runs recorded in the journal and their row counts.
     #[command(
         after_help = "Example:\n  license-batch status --state /var/lib/license-batch/state.sqlite"
@@ -57,21 +77,14 @@ pub enum Command {
 pub struct RunArgs {
     /// The onboarding sheet (CSV, UTF-8; `,` or `;` separated).
     pub input: PathBuf,
-    /// Config file (TOML); see config.example.toml.
-    #[arg(long, env = "LICENSE_BATCH_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Journal file (SQLite). Default: license-batch.state.sqlite in the working directory.
     #[arg(long, env = "LICENSE_BATCH_STATE_FILE", value_name = "FILE")]
     pub state: Option<PathBuf>,
     /// Where to write the report. Default: <input stem>.report.csv next to the input.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Run against the built-in simulator in this process; no credentials needed.
-    #[arg(long)]
-    pub sandbox: bool,
-    /// Scenario for --sandbox (JSON or TOML): customers, users, seats, faults.
-    #[arg(long, value_name = "FILE", requires = "sandbox")]
-    pub sandbox_scenario: Option<PathBuf>,
     /// Validate and plan, print the plan, send nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -96,6 +109,27 @@ pub struct RunArgs {
     /// Force the CSV delimiter (`,` or `;`) instead of detecting it.
     #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Which API to talk to: the config file's (and environment's), or the built-in sandbox.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Config file (TOML); see config.example.toml.
+    #[arg(long, env = "LICENSE_BATCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use the built-in simulator in this process; no credentials needed.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// Scenario for --sandbox (JSON or TOML): customers, users, seats, faults.
+    #[arg(long, value_name = "FILE", requires = "sandbox")]
+    pub sandbox_scenario: Option<PathBuf>,
+}
+
+/// What goes to stderr.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -105,6 +139,37 @@ pub struct RunArgs {
     /// More detail on stderr (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl OutputArgs {
+    fn init_logging(&self) {
+        let verbosity = if self.quiet { -1 } else { self.verbose as i8 };
+        progress::init_logging(self.log_format, verbosity);
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InsightsArgs {
+    /// Customer tenant IDs.
+    #[arg(required = true, value_name = "CUSTOMER_ID")]
+    pub customers: Vec<uuid::Uuid>,
+    /// Write CSV here instead of printing a table.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub log: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A report written by `run`.
+    pub report: PathBuf,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub log: OutputArgs,
 }
 
 /// The journal that `status` and `report` read.
@@ -164,25 +229,19 @@ fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// Resolves raw `run` arguments: file < env < flags.
-pub fn resolve_run(
-    args: &RunArgs,
+/// Settings and target from the connection arguments: file < env < `overrides`.
+fn resolve_connection(
+    connect: &ConnectArgs,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<RunOptions, Error> {
-    let file = match &args.config {
+    overrides: &Overrides,
+) -> Result<(Settings, Target), Error> {
+    let file = match &connect.config {
         Some(path) => config::load_file(path)?,
         None => FileConfig::default(),
     };
-    let overrides = Overrides {
-        requests_per_minute: args.requests_per_minute,
-        concurrency: args.concurrency,
-        state_file: args.state.clone(),
-        preflight: args.preflight,
-        insights: args.no_insights.then_some(false),
-    };
-    let settings = Settings::resolve(file, env, &overrides)?;
-    let target = if args.sandbox {
-        let scenario = match &args.sandbox_scenario {
+    let settings = Settings::resolve(file, env, overrides)?;
+    let target = if connect.sandbox {
+        let scenario = match &connect.sandbox_scenario {
             Some(path) => Scenario::load(path).map_err(Error::Sandbox)?,
             None => Scenario::default(),
         };
@@ -190,6 +249,22 @@ pub fn resolve_run(
     } else {
         Target::Configured
     };
+    Ok((settings, target))
+}
+
+/// Resolves raw `run` arguments: file < env < flags.
+pub fn resolve_run(
+    args: &RunArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunOptions, Error> {
+    let overrides = Overrides {
+        requests_per_minute: args.requests_per_minute,
+        concurrency: args.concurrency,
+        state_file: args.state.clone(),
+        preflight: args.preflight,
+        insights: args.no_insights.then_some(false),
+    };
+    let (settings, target) = resolve_connection(&args.connect, env, &overrides)?;
     let mut opts = RunOptions::new(&args.input, settings);
     opts.report = args.report.clone();
     opts.secrets = EnvSecrets::from_env(env);
@@ -198,8 +273,121 @@ pub fn resolve_run(
     opts.fresh = args.fresh;
     opts.resend = args.resend;
     opts.delimiter = args.delimiter;
-    opts.progress = args.log_format == LogFormat::Text && !args.quiet;
+    opts.progress =
+        args.output.log_format == LogFormat::Text && !args.output.quiet && !args.dry_run;
     Ok(opts)
+}
+
+/// Connects for a read-only command (`insights`, `verify`).
+async fn connect_for(connect: &ConnectArgs) -> Result<Connection, Error> {
+    let (settings, target) = resolve_connection(connect, &process_env, &Overrides::default())?;
+    crate::run::connect(
+        &settings,
+        &EnvSecrets::from_env(&process_env),
+        &target,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+async fn show_insights(args: &InsightsArgs) -> Result<u8, Error> {
+    let connection = connect_for(&args.connect).await?;
+    let all = deployment_insights(&connection.calls, args.customers.iter().copied()).await;
+    let failed = all.iter().filter(|c| c.products.is_err()).count();
+    match &args.output {
+        Some(path) => {
+            let mut writer = csv::Writer::from_path(path).map_err(|e| Error::Write {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            let write_error = |e: csv::Error| Error::Write {
+                path: path.clone(),
+                source: e.into(),
+            };
+            writer
+                .write_record([
+                    "customer_id",
+                    "customer_name",
+                    "product_name",
+                    "licenses_deployed",
+                    "licenses_sold",
+                    "deployment_percent",
+                    "processed_at",
+                    "error",
+                ])
+                .map_err(write_error)?;
+            for customer in &all {
+                let id = customer.customer.to_string();
+                match &customer.products {
+                    Ok(products) => {
+                        for p in products {
+                            writer
+                                .write_record([
+                                    id.as_str(),
+                                    &report::neutralise(&p.customer_name),
+                                    &report::neutralise(&p.product_name),
+                                    &p.licenses_deployed.to_string(),
+                                    &p.licenses_sold.to_string(),
+                                    &p.deployment_percent.to_string(),
+                                    &p.processed_at,
+                                    "",
+                                ])
+                                .map_err(write_error)?;
+                        }
+                    }
+                    Err(error) => writer
+                        .write_record([
+                            id.as_str(),
+                            "",
+                            "",
+                            "",
+                            "",
+                            "",
+                            "",
+                            &report::neutralise(error),
+                        ])
+                        .map_err(write_error)?,
+                }
+            }
+            writer.flush().map_err(|e| Error::Write {
+                path: path.clone(),
+                source: e,
+            })?;
+            println!(
+                "insights of {} customers written to {}",
+                all.len(),
+                path.display()
+            );
+        }
+        None => print!("{}", InsightsTable(&all)),
+    }
+    Ok(if failed == 0 {
+        exit_code::ALL_SUCCEEDED
+    } else {
+        exit_code::SOME_NOT_SUCCEEDED
+    })
+}
+
+async fn run_verify(args: &VerifyArgs) -> Result<u8, Error> {
+    let connection = connect_for(&args.connect).await?;
+    let result = verify(&args.report, &connection.calls).await?;
+    for finding in &result.findings {
+        println!(
+            "line {}: {} {} SKU {}: {}",
+            finding.line, finding.customer, finding.user, finding.sku, finding.message
+        );
+    }
+    println!(
+        "verify: {} rows checked against the tenants, {} disagree, {} not comparable (invalid, pending, failed removes)",
+        result.checked,
+        result.findings.len(),
+        result.not_comparable
+    );
+    Ok(if result.all_agree() {
+        exit_code::ALL_SUCCEEDED
+    } else {
+        exit_code::SOME_NOT_SUCCEEDED
+    })
 }
 
 /// First SIGINT/SIGTERM: stop taking new groups and finish; the second: exit at once.
@@ -245,23 +433,10 @@ pub fn main() -> u8 {
         .build()
         .expect("tokio runtime");
     match cli.command {
-        Command::Run(args) => {
-            let verbosity = if args.quiet { -1 } else { args.verbose as i8 };
-            progress::init_logging(args.log_format, verbosity);
-            runtime.block_on(async {
-                let result = match resolve_run(&args, &process_env) {
-                    Ok(opts) => {
-                        install_signal_handler(opts.stop.clone());
-                        run(opts).await
-                    }
-                    Err(error) => Err(error),
-                };
-                match &result {
-                    Ok(summary) => print!("{summary}"),
-                    Err(error) => eprintln!("license-batch: error: {error}"),
-                }
-                error::exit_code_for(&result)
-            })
+        Command::Run(args) => run_command(&runtime, args),
+        Command::Plan(mut args) => {
+            args.dry_run = true;
+            run_command(&runtime, args)
         }
         Command::Sandbox(args) => {
             progress::init_logging(LogFormat::Text, 0);
@@ -269,7 +444,42 @@ pub fn main() -> u8 {
         }
         Command::Status(args) => finish(show_status(&args)),
         Command::Report(args) => finish(rewrite_report(&args)),
+        Command::Insights(args) => {
+            args.log.init_logging();
+            exit_with(runtime.block_on(show_insights(&args)))
+        }
+        Command::Verify(args) => {
+            args.log.init_logging();
+            exit_with(runtime.block_on(run_verify(&args)))
+        }
     }
+}
+
+/// `run` and `plan`: the summary on stdout, the exit code of SPEC §10.
+fn run_command(runtime: &tokio::runtime::Runtime, args: RunArgs) -> u8 {
+    args.output.init_logging();
+    runtime.block_on(async {
+        let result = match resolve_run(&args, &process_env) {
+            Ok(opts) => {
+                install_signal_handler(opts.stop.clone());
+                run(opts).await
+            }
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(summary) => print!("{summary}"),
+            Err(error) => eprintln!("license-batch: error: {error}"),
+        }
+        error::exit_code_for(&result)
+    })
+}
+
+/// The exit code of a read-only command; errors are printed.
+fn exit_with(result: Result<u8, Error>) -> u8 {
+    result.unwrap_or_else(|error| {
+        eprintln!("license-batch: error: {error}");
+        exit_code::NOTHING_SENT
+    })
 }
 
 fn finish(result: Result<(), String>) -> u8 {

@@ -20,6 +20,7 @@ pub mod sandbox;
 pub mod secret;
 pub mod summary;
 pub mod tenant;
+pub mod verify;
 
 pub use error::{Error, exit_code_for};
 pub use run::{RunOptions, Target, run};

@@ -409,22 +409,26 @@ async fn plan_only(
     Ok(summary)
 }
 
-/// Deployment insights (licenses deployed vs sold) of the customers a run touched.
+/// Deployment insights (licenses deployed vs sold) of the given customers.
 pub async fn deployment_insights(
     calls: &Arc<Dispatcher>,
     customers: impl IntoIterator<Item = Uuid>,
 ) -> Vec<CustomerInsights> {
-    let mut all = Vec::new();
-    for customer in customers {
-        let url = calls.client.deployment_insights_url(customer);
-        let products = calls
-            .read(url)
-            .await
-            .map(|body| models::deployment_insights(&body))
-            .map_err(|failure| failure.message);
-        all.push(CustomerInsights { customer, products });
-    }
-    all
+    let reads = customers
+        .into_iter()
+        .map(|customer| (customer, calls.client.deployment_insights_url(customer)))
+        .collect();
+    calls
+        .read_all(reads)
+        .await
+        .into_iter()
+        .map(|(customer, result)| CustomerInsights {
+            customer,
+            products: result
+                .map(|body| models::deployment_insights(&body))
+                .map_err(|failure| failure.message),
+        })
+        .collect()
 }
 
 /// Rewrites a run's report from the journal (also `license-batch report`).
@@ -655,12 +659,23 @@ fn describe_plan(
             );
         }
     }
-    let mut settled: Vec<_> = prepared.presettled.iter().collect();
-    settled.sort_by_key(|(k, _)| **k);
-    for ((g, o), outcome) in settled {
-        let group = &plan.groups[*g];
-        let line = plan.rows[group.operations[*o].rows[0]].line;
-        let _ = writeln!(out, "  not sent, line {line}: {}", outcome.message);
+    // What is not sent, one line per reason with the input lines it covers.
+    let mut not_sent: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for ((g, o), outcome) in &prepared.presettled {
+        let reason = outcome
+            .message
+            .strip_prefix("not sent: ")
+            .unwrap_or(&outcome.message);
+        let lines = plan.groups[*g].operations[*o]
+            .rows
+            .iter()
+            .map(|&r| plan.rows[r].line);
+        not_sent.entry(reason).or_default().extend(lines);
+    }
+    for (reason, mut lines) in not_sent {
+        lines.sort_unstable();
+        let lines: Vec<String> = lines.iter().map(u64::to_string).collect();
+        let _ = writeln!(out, "  not sent (lines {}): {reason}", lines.join(", "));
     }
     for row in &plan.rows {
         if let RowPlan::Invalid { message, .. } = &row.plan {

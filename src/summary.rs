@@ -207,13 +207,27 @@ impl fmt::Display for RunSummary {
                 line.needed
             )?;
         }
-        if !self.insights.is_empty() {
-            writeln!(
-                f,
-                "  licenses deployed / sold (deployment insights, refreshed daily by Partner Center):"
-            )?;
+        write!(f, "{}", InsightsTable(&self.insights))?;
+        if let Some(path) = &self.report_path {
+            writeln!(f, "  report:      {}", path.display())?;
         }
-        for customer in &self.insights {
+        Ok(())
+    }
+}
+
+/// Deployment insights as a table: licenses deployed / sold per product and customer.
+pub struct InsightsTable<'a>(pub &'a [CustomerInsights]);
+
+impl fmt::Display for InsightsTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "  licenses deployed / sold (deployment insights, refreshed daily by Partner Center):"
+        )?;
+        for customer in self.0 {
             match &customer.products {
                 Ok(products) if products.is_empty() => {
                     writeln!(f, "    {}: no data yet", customer.customer)?
@@ -238,9 +252,6 @@ impl fmt::Display for RunSummary {
                 }
                 Err(error) => writeln!(f, "    {}: not available ({error})", customer.customer)?,
             }
-        }
-        if let Some(path) = &self.report_path {
-            writeln!(f, "  report:      {}", path.display())?;
         }
         Ok(())
     }

@@ -170,7 +170,16 @@ fn usage_errors_exit_2_and_help_has_examples() {
             .code(),
         Some(2)
     );
-    for args in [&["--help"][..], &["run", "--help"], &["sandbox", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["plan", "--help"],
+        &["insights", "--help"],
+        &["verify", "--help"],
+        &["status", "--help"],
+        &["report", "--help"],
+        &["sandbox", "--help"],
+    ] {
         let out = license_batch(dir.path(), args);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Example"), "{args:?}");
@@ -279,4 +288,89 @@ fn the_readme_flow_quick_start_then_scenario_shows_the_mix_then_nothing_is_resen
         "{stdout}"
     );
     assert!(stdout.contains("57 succeeded"), "{stdout}");
+}
+
+#[test]
+fn plan_reads_the_tenants_shows_seats_and_what_is_not_sent_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let out = license_batch(
+        dir.path(),
+        &[
+            "plan",
+            "samples/onboarding.csv",
+            "--sandbox",
+            "--sandbox-scenario",
+            "samples/sandbox-scenario.toml",
+            "-q",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a shortage, a refused customer and invalid rows"
+    );
+    let stdout = text(&out.stdout);
+    let power_bi = stdout
+        .lines()
+        .find(|l| l.contains("2b6d9e41-8a7c-4f3e-b1d2-3c4e5f6a7b81") && l.contains("Power BI Pro"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        power_bi
+            .split_whitespace()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>(),
+        ["2", "4", "2"],
+        "{power_bi}"
+    );
+    assert!(stdout.contains("not sent (lines 55, 56, 57)"), "{stdout}");
+    assert!(stdout.contains("dry run, nothing sent"), "{stdout}");
+    assert!(
+        !dir.path().join("license-batch.state.sqlite").exists(),
+        "a plan writes no journal"
+    );
+    assert!(!dir.path().join("samples/onboarding.report.csv").exists());
+}
+
+#[test]
+fn plan_without_credentials_works_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let out = license_batch(dir.path(), &["plan", "samples/onboarding.csv", "-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("offline (no credentials)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn insights_are_written_as_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let out = license_batch(
+        dir.path(),
+        &[
+            "insights",
+            "2b6d9e41-8a7c-4f3e-b1d2-3c4e5f6a7b81",
+            "--output",
+            "insights.csv",
+            "--sandbox",
+            "--sandbox-scenario",
+            "samples/sandbox-scenario.toml",
+            "-q",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let csv = std::fs::read_to_string(dir.path().join("insights.csv")).unwrap();
+    assert!(
+        csv.starts_with("customer_id,customer_name,product_name,licenses_deployed,licenses_sold"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("Fabrikam Inc,MICROSOFT 365 E3,30,50,60"),
+        "{csv}"
+    );
 }

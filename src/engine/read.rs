@@ -1,12 +1,15 @@
 //! Reads (subscribed SKUs, a user's licenses, deployment insights): paced by the same pacer as
 //! the license updates, retried on 429 and transient errors, one token renewal on a 401.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use backon::BackoffBuilder;
 use reqwest::Url;
 use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::Dispatcher;
 use crate::api::classify::Verdict;
@@ -45,6 +48,35 @@ impl ReadFailure {
 }
 
 impl Dispatcher {
+    /// GETs every URL, as many at once as `limits.concurrency` allows; results in input order.
+    pub async fn read_all<K: Send + 'static>(
+        self: &Arc<Self>,
+        items: Vec<(K, Url)>,
+    ) -> Vec<(K, Result<Value, ReadFailure>)> {
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut reads = JoinSet::new();
+        for (index, (key, url)) in items.into_iter().enumerate() {
+            let calls = Arc::clone(self);
+            let slots = Arc::clone(&slots);
+            reads.spawn(async move {
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore stays open");
+                (index, key, calls.read(url).await)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = reads.join_next().await {
+            results.push(joined.expect("read tasks do not panic"));
+        }
+        results.sort_by_key(|(index, _, _)| *index);
+        results
+            .into_iter()
+            .map(|(_, key, result)| (key, result))
+            .collect()
+    }
+
     /// GETs `url`, following the same rules as every other call of the run.
     pub async fn read(&self, url: Url) -> Result<Value, ReadFailure> {
         let started = Instant::now();

@@ -7,8 +7,6 @@ pub mod preflight;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::api::models::{self, SubscribedSku};
@@ -56,20 +54,12 @@ impl TenantCatalog {
         customers: impl IntoIterator<Item = Uuid>,
     ) -> Result<TenantCatalog, ReadFailure> {
         let unique: BTreeSet<Uuid> = customers.into_iter().collect();
-        let slots = Arc::new(Semaphore::new(calls.settings.concurrency));
-        let mut reads = JoinSet::new();
-        for customer in unique {
-            let calls = Arc::clone(calls);
-            let slots = Arc::clone(&slots);
-            reads.spawn(async move {
-                let _slot = slots.acquire_owned().await.expect("semaphore stays open");
-                let url = calls.client.subscribed_skus_url(customer);
-                (customer, calls.read(url).await)
-            });
-        }
+        let reads = unique
+            .into_iter()
+            .map(|customer| (customer, calls.client.subscribed_skus_url(customer)))
+            .collect();
         let mut catalog = TenantCatalog::default();
-        while let Some(joined) = reads.join_next().await {
-            let (customer, result) = joined.expect("read tasks do not panic");
+        for (customer, result) in calls.read_all(reads).await {
             let entry = match result {
                 Ok(body) => CustomerCatalog::Known(models::subscribed_skus(&body)),
                 Err(failure) => match failure.kind {
