@@ -130,6 +130,18 @@ async fn excluded_plans_can_be_named() {
     );
 }
 
+async fn connect_to(sandbox: &license_batch::sandbox::Sandbox) -> license_batch::run::Connection {
+    let settings = settings_for(sandbox);
+    connect(
+        &settings,
+        &sandbox_secrets(),
+        &Target::Configured,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn five_power_bi_users() -> Vec<String> {
     (0..5)
         .map(|i| format!("{CONTOSO},u{i}@contoso.com,Power BI Pro"))
@@ -205,15 +217,7 @@ async fn the_summary_shows_deployment_insights_of_the_touched_customers() {
 #[tokio::test]
 async fn insights_of_any_customer_and_unknown_ones_explained() {
     let sandbox = start(&tenant()).await;
-    let settings = settings_for(&sandbox);
-    let connection = connect(
-        &settings,
-        &sandbox_secrets(),
-        &Target::Configured,
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let connection = connect_to(&sandbox).await;
     let unknown = Uuid::new_v4();
     let all = deployment_insights(&connection.calls, [CONTOSO.parse().unwrap(), unknown]).await;
     assert!(
@@ -237,15 +241,7 @@ async fn verify_catches_a_license_removed_behind_the_tools_back() {
     rows.push(format!("{CONTOSO},bad-row,SPE_E3"));
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     run(options(&sandbox, &input)).await;
-    let settings = settings_for(&sandbox);
-    let connection = connect(
-        &settings,
-        &sandbox_secrets(),
-        &Target::Configured,
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let connection = connect_to(&sandbox).await;
 
     let clean = license_batch::verify::verify(&report_path(&input), &connection.calls)
         .await

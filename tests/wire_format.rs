@@ -42,6 +42,25 @@ async fn run_one_row(server: &MockServer, user: &str, file_config: &str) -> Vec<
     posts(server).await
 }
 
+/// The documentation's row, and options that send it to `server` with a ready access token.
+fn doc_row_options(
+    server: &MockServer,
+    dir: &std::path::Path,
+    file_config: &str,
+) -> (std::path::PathBuf, RunOptions) {
+    let input = common::write_csv(
+        dir,
+        "doc.csv",
+        "customer_id,user_id,sku",
+        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
+    );
+    let mut settings = settings(server, file_config);
+    settings.run.state_file = dir.join("state.sqlite");
+    let mut opts = RunOptions::new(&input, settings);
+    opts.secrets.access_token = Some(Secret::new("t"));
+    (input, opts)
+}
+
 /// The license updates the server received (the tenant read before them is a GET).
 async fn posts(server: &MockServer) -> Vec<wiremock::Request> {
     let all = server.received_requests().await.unwrap();
@@ -167,16 +186,7 @@ async fn a_201_with_a_lenient_body_still_succeeds() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let input = common::write_csv(
-        dir.path(),
-        "doc.csv",
-        "customer_id,user_id,sku",
-        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
-    );
-    let mut settings = settings(&server, "");
-    settings.run.state_file = dir.path().join("state.sqlite");
-    let mut opts = RunOptions::new(&input, settings);
-    opts.secrets.access_token = Some(Secret::new("t"));
+    let (input, opts) = doc_row_options(&server, dir.path(), "");
     license_batch::run(opts).await.unwrap();
     let report = common::read_report(&common::report_path(&input));
     assert_eq!(report[0]["result_status"], "succeeded");
@@ -200,19 +210,11 @@ async fn a_timeout_is_retried_with_the_same_request_id() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let input = common::write_csv(
-        dir.path(),
-        "doc.csv",
-        "customer_id,user_id,sku",
-        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
-    );
-    let mut settings = settings(
+    let (input, opts) = doc_row_options(
         &server,
+        dir.path(),
         "[api]\ntimeout_secs = 1\n[retry]\nmin_delay_ms = 10\n",
     );
-    settings.run.state_file = dir.path().join("state.sqlite");
-    let mut opts = RunOptions::new(&input, settings);
-    opts.secrets.access_token = Some(Secret::new("t"));
     let summary = license_batch::run(opts).await.unwrap();
     assert_eq!(summary.stats.retries, 1);
     let requests = posts(&server).await;
@@ -293,16 +295,7 @@ async fn a_throttled_read_is_retried_after_retry_after() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let input = common::write_csv(
-        dir.path(),
-        "doc.csv",
-        "customer_id,user_id,sku",
-        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU}")],
-    );
-    let mut settings = settings(&server, "");
-    settings.run.state_file = dir.path().join("state.sqlite");
-    let mut opts = RunOptions::new(&input, settings);
-    opts.secrets.access_token = Some(Secret::new("t"));
+    let (input, opts) = doc_row_options(&server, dir.path(), "");
     let summary = license_batch::run(opts).await.unwrap();
     assert_eq!(summary.stats.throttled, 1);
     let all = server.received_requests().await.unwrap();

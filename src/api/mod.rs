@@ -112,45 +112,58 @@ impl ApiClient {
         self.customer_url(customer, &["analytics", "licenses", "deployment"])
     }
 
-    /// One GET; the JSON body comes back on success.
-    pub async fn get_json(
+    /// Sends `request` with the headers every Partner Center call carries (SPEC §4) and reads
+    /// the answer: status, `Retry-After` and body, or the status (if any) and the error.
+    async fn call(
         &self,
-        url: Url,
+        request: reqwest::RequestBuilder,
+        request_id: Uuid,
+        correlation_id: Uuid,
         token: &Secret,
-    ) -> (Exchange, Option<serde_json::Value>) {
-        let correlation_id = Uuid::new_v4();
-        let result = self
-            .http
-            .get(url)
+    ) -> Result<(u16, Option<String>, Vec<u8>), (Option<u16>, reqwest::Error)> {
+        let response = request
             .bearer_auth(token.expose())
             .header("Accept", "application/json")
-            .header("MS-RequestId", Uuid::new_v4().to_string())
+            .header("MS-RequestId", request_id.to_string())
             .header("MS-CorrelationId", correlation_id.to_string())
             .header("MS-PartnerCenter-Application", APPLICATION)
             .header("X-Locale", &self.locale)
             .send()
-            .await;
-        let response = match result {
-            Ok(response) => response,
-            Err(error) => return (transport_failure(correlation_id, &error), None),
-        };
+            .await
+            .map_err(|error| (None, error))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        match response.bytes().await {
-            Ok(bytes) => {
-                let body = serde_json::from_slice(&bytes).ok();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| (Some(status), error))?;
+        Ok((status, retry_after, body.to_vec()))
+    }
+
+    /// One GET (a read; its request ID is new every time); the JSON body comes back on success.
+    pub async fn get_json(
+        &self,
+        url: Url,
+        token: &Secret,
+    ) -> (Exchange, Option<serde_json::Value>) {
+        let correlation_id = Uuid::new_v4();
+        match self
+            .call(self.http.get(url), Uuid::new_v4(), correlation_id, token)
+            .await
+        {
+            Ok((status, retry_after, body)) => {
                 let exchange = Exchange {
                     http_status: Some(status),
                     correlation_id,
-                    classified: classify::classify(status, retry_after.as_deref(), &bytes),
+                    classified: classify::classify(status, retry_after.as_deref(), &body),
                 };
-                (exchange, body)
+                (exchange, serde_json::from_slice(&body).ok())
             }
-            Err(error) => (transport_failure(correlation_id, &error), None),
+            Err((_, error)) => (transport_failure(correlation_id, &error), None),
         }
     }
 
@@ -164,42 +177,24 @@ impl ApiClient {
         token: &Secret,
     ) -> Exchange {
         let correlation_id = Uuid::new_v4();
-        let result = self
+        let request = self
             .http
             .post(self.license_update_url(customer, user))
-            .bearer_auth(token.expose())
-            .header("Accept", "application/json")
-            .header("MS-RequestId", request_id.to_string())
-            .header("MS-CorrelationId", correlation_id.to_string())
-            .header("MS-PartnerCenter-Application", APPLICATION)
-            .header("X-Locale", &self.locale)
-            .json(body)
-            .send()
-            .await;
-        let response = match result {
-            Ok(response) => response,
-            Err(error) => return transport_failure(correlation_id, &error),
-        };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
-        match response.bytes().await {
-            Ok(bytes) => Exchange {
+            .json(body);
+        match self.call(request, request_id, correlation_id, token).await {
+            Ok((status, retry_after, answer)) => Exchange {
                 http_status: Some(status),
                 correlation_id,
-                classified: classify::classify(status, retry_after.as_deref(), &bytes),
+                classified: classify::classify(status, retry_after.as_deref(), &answer),
             },
             // The status arrived but the body did not: for a success the change is applied;
             // otherwise treat it like a lost answer and retry with the same request ID.
-            Err(_) if matches!(status, 200 | 201) => Exchange {
+            Err((Some(status @ (200 | 201)), _)) => Exchange {
                 http_status: Some(status),
                 correlation_id,
                 classified: classify::classify(status, None, b""),
             },
-            Err(error) => transport_failure(correlation_id, &error),
+            Err((_, error)) => transport_failure(correlation_id, &error),
         }
     }
 }
