@@ -554,9 +554,10 @@ pub fn credentials(settings: &Settings, secrets: &EnvSecrets) -> Result<Credenti
     if let Some(token) = &secrets.access_token {
         return Ok(Credentials::AccessToken(token.clone()));
     }
-    let refresh_token = match (&secrets.refresh_token, &settings.auth.refresh_token_file) {
-        (Some(token), _) => Some(token.clone()),
-        (None, Some(path)) => {
+    // A configured refresh-token file wins when it holds a token: it carries the latest
+    // rotation, which the environment cannot.
+    let from_file = match &settings.auth.refresh_token_file {
+        Some(path) if path.exists() => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 Error::Credentials(format!(
                     "cannot read auth.refresh_token_file {}: {e}",
@@ -566,8 +567,9 @@ pub fn credentials(settings: &Settings, secrets: &EnvSecrets) -> Result<Credenti
             let text = text.trim();
             (!text.is_empty()).then(|| Secret::new(text))
         }
-        (None, None) => None,
+        _ => None,
     };
+    let refresh_token = from_file.or_else(|| secrets.refresh_token.clone());
     let mut missing = Vec::new();
     if refresh_token.is_none() {
         missing.push("LICENSE_BATCH_REFRESH_TOKEN (or auth.refresh_token_file)");
@@ -594,6 +596,7 @@ pub fn credentials(settings: &Settings, secrets: &EnvSecrets) -> Result<Credenti
                 client_id: client_id.clone(),
                 client_secret: secrets.client_secret.clone(),
                 refresh_token,
+                persist_to: settings.auth.refresh_token_file.clone(),
             }))
         }
         _ => Err(Error::Credentials(format!(

@@ -3,93 +3,18 @@
 //! sandbox's ground truth must show every group applied exactly once, under one request ID.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use common::SandboxServer;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_license-batch");
 const CONTOSO: &str = "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90";
-
-/// `license-batch sandbox` as a separate process on a free loopback port.
-struct SandboxServer {
-    child: Child,
-    /// Kept open: the server's stdout stays a live pipe.
-    _stdout: BufReader<std::process::ChildStdout>,
-    url: String,
-    http: reqwest::Client,
-}
-
-impl SandboxServer {
-    fn start(dir: &Path, scenario: &str) -> SandboxServer {
-        let scenario_path = dir.join("scenario.toml");
-        std::fs::write(&scenario_path, scenario).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["sandbox", "--listen", "127.0.0.1:0", "--scenario"])
-            .arg(&scenario_path)
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first_line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        stdout.read_line(&mut first_line).unwrap();
-        let url = first_line
-            .trim()
-            .strip_prefix("sandbox listening on ")
-            .unwrap_or_else(|| panic!("unexpected sandbox banner: {first_line:?}"))
-            .to_string();
-        SandboxServer {
-            child,
-            _stdout: stdout,
-            url,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// Waits (server-side long poll) until the counts are reached; returns the counts.
-    async fn wait(&self, requests: u64, tokens: u64) -> (u64, u64) {
-        let answer = self
-            .http
-            .get(format!(
-                "{}sandbox/wait?requests={requests}&tokens={tokens}",
-                self.url
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            answer.status().is_success(),
-            "sandbox never reached {requests} requests / {tokens} tokens"
-        );
-        let progress: Value = answer.json().await.unwrap();
-        (
-            progress["requests"].as_u64().unwrap(),
-            progress["token_requests"].as_u64().unwrap(),
-        )
-    }
-
-    async fn record(&self) -> Value {
-        self.http
-            .get(format!("{}sandbox/record", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for SandboxServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The operator's command, always the same.
 fn run_command(dir: &Path, url: &str) -> Command {

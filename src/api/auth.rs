@@ -1,6 +1,7 @@
 //! App+User access tokens: the refresh-token grant of the secure application model (v1 or v2
 //! endpoint), cached and renewed ahead of expiry, one renewal at a time for all workers.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
@@ -30,6 +31,9 @@ pub struct RefreshGrant {
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub refresh_token: Secret,
+    /// Where a rotated refresh token is written back (`auth.refresh_token_file`), so a nightly
+    /// job never falls off the refresh token's lifetime.
+    pub persist_to: Option<PathBuf>,
 }
 
 impl RefreshGrant {
@@ -188,8 +192,21 @@ impl TokenProvider {
         .unwrap_or(Duration::from_secs(3600));
         if let Some(rotated) = body.get("refresh_token").and_then(Value::as_str)
             && !rotated.is_empty()
+            && rotated != refresh_token.expose()
         {
-            state.refresh_token = Some(Secret::new(rotated));
+            let rotated = Secret::new(rotated);
+            if let Some(path) = &grant.persist_to {
+                // A failed write costs nothing now (the new token is in memory) but would make
+                // the next run start from the old token: say so loudly.
+                match write_private_atomically(path, rotated.expose()) {
+                    Ok(()) => tracing::info!("rotated refresh token saved to {}", path.display()),
+                    Err(error) => tracing::error!(
+                        "cannot save the rotated refresh token to {}: {error}; the next run uses the old one",
+                        path.display()
+                    ),
+                }
+            }
+            state.refresh_token = Some(rotated);
         }
         let token = Secret::new(access);
         state.cached = Some(Cached {
@@ -199,6 +216,25 @@ impl TokenProvider {
         tracing::debug!(lifetime_secs = lifetime.as_secs(), "access token renewed");
         Ok(token)
     }
+}
+
+/// Writes `content` to `path` through a temporary file in the same folder (mode 0600) and a
+/// rename, so a crash never leaves a half-written token.
+pub fn write_private_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".license-batch-token-")
+        .tempfile_in(&dir)?;
+    // tempfile creates files readable by the owner only (0600) on Unix.
+    temp.write_all(content.as_bytes())?;
+    temp.write_all(b"\n")?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Renew a quarter of the lifetime early (at most five minutes), so no request leaves with a
@@ -291,6 +327,7 @@ mod tests {
             client_id: "app".into(),
             client_secret: Some(Secret::new("s3cret")),
             refresh_token: Secret::new("rt"),
+            persist_to: None,
         }
     }
 
@@ -348,5 +385,20 @@ mod tests {
             provider.renew_after_rejection(&token).await,
             Err(AuthError::CannotRefresh)
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rotated_tokens_are_written_privately_and_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refresh-token");
+        std::fs::write(&path, "old\n").unwrap();
+        write_private_atomically(&path, "new-token").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new-token\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file left behind");
     }
 }

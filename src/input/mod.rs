@@ -158,6 +158,14 @@ pub fn parse(path: &Path, bytes: &[u8], delimiter: Option<u8>) -> Result<InputFi
     }
 
     let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(bytes));
+    if let Some(line) = unterminated_quote(bytes, delimiter) {
+        return Err(fail(
+            Some(line),
+            "a quoted cell opened here is never closed, so every line after it would be read as one cell"
+                .into(),
+            "close the quote; a \" inside a quoted cell must be doubled (\"\")",
+        ));
+    }
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
@@ -235,6 +243,38 @@ impl LineCounter {
         }
         self.newlines + 1
     }
+}
+
+/// The line where a quoted cell opens that the file never closes, following the csv crate's
+/// rules: a quote opens a quoted cell only at the start of a cell, and `""` inside it is a quote.
+fn unterminated_quote(bytes: &[u8], delimiter: u8) -> Option<u64> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        CellStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let (mut state, mut line, mut opened_at) = (State::CellStart, 1u64, 0u64);
+    for &b in bytes {
+        state = match (state, b) {
+            (State::Quoted, b'"') => State::QuoteInQuoted,
+            (State::Quoted, _) => State::Quoted,
+            (State::QuoteInQuoted, b'"') => State::Quoted,
+            (State::CellStart, b'"') => {
+                opened_at = line;
+                State::Quoted
+            }
+            (_, b'\n') => State::CellStart,
+            (_, b) if b == delimiter => State::CellStart,
+            (State::QuoteInQuoted, b'\r') => State::QuoteInQuoted,
+            _ => State::Unquoted,
+        };
+        if b == b'\n' {
+            line += 1;
+        }
+    }
+    (state == State::Quoted).then_some(opened_at)
 }
 
 /// Counts `,` and `;` outside quotes on the header line; Excel in many locales writes `;`.
@@ -413,6 +453,21 @@ mod tests {
         assert_eq!(err.line, Some(3));
         assert!(err.reason.contains("column 3"), "{err}");
         assert!(err.advice.contains("UTF-8"));
+    }
+
+    #[test]
+    fn an_unterminated_quote_is_refused_at_the_line_it_opens() {
+        let err = parse_str(&format!(
+            "customer_id,user_id,sku,note\n{C},{U},SPB,ok\n{C},{U},SPB,\"oops\n{C},{U},SPB,x\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert!(err.advice.contains("doubled"), "{err}");
+        // Quotes inside unquoted cells, escaped quotes and multi-line cells are fine.
+        let fine = format!(
+            "customer_id,user_id,sku,note\n{C},{U},SPB,5\" screen\n{C},{U},SPB,\"say \"\"hi\"\"\nthere\"\r\n"
+        );
+        assert_eq!(parse_str(&fine).unwrap().rows.len(), 2);
     }
 
     #[test]

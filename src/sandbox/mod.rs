@@ -342,6 +342,7 @@ impl Sandbox {
             client_id: CLIENT_ID.into(),
             client_secret: Some(Secret::new(CLIENT_SECRET)),
             refresh_token: Secret::new(REFRESH_TOKEN),
+            persist_to: None,
         }
     }
 

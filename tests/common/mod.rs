@@ -115,3 +115,81 @@ pub async fn run_and_flip_after_first_update(
     flip(sandbox);
     running.await.unwrap().unwrap()
 }
+
+/// `license-batch sandbox` as a separate process on a free loopback port.
+pub struct SandboxServer {
+    child: std::process::Child,
+    /// Kept open: the server's stdout stays a live pipe.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl SandboxServer {
+    pub fn start(dir: &Path, scenario: &str) -> SandboxServer {
+        let scenario_path = dir.join("scenario.toml");
+        std::fs::write(&scenario_path, scenario).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_license-batch"))
+            .args(["sandbox", "--listen", "127.0.0.1:0", "--scenario"])
+            .arg(&scenario_path)
+            .env_clear()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first_line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut stdout, &mut first_line).unwrap();
+        let url = first_line
+            .trim()
+            .strip_prefix("sandbox listening on ")
+            .unwrap_or_else(|| panic!("unexpected sandbox banner: {first_line:?}"))
+            .to_string();
+        SandboxServer {
+            child,
+            _stdout: stdout,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Waits (server-side long poll) until the counts are reached; returns the counts.
+    pub async fn wait(&self, requests: u64, tokens: u64) -> (u64, u64) {
+        let answer = self
+            .http
+            .get(format!(
+                "{}sandbox/wait?requests={requests}&tokens={tokens}",
+                self.url
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "sandbox never reached {requests} requests / {tokens} tokens"
+        );
+        let progress: serde_json::Value = answer.json().await.unwrap();
+        (
+            progress["requests"].as_u64().unwrap(),
+            progress["token_requests"].as_u64().unwrap(),
+        )
+    }
+
+    pub async fn record(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}sandbox/record", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for SandboxServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

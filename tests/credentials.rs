@@ -1,0 +1,186 @@
+//! Credentials: nothing secret in any output even at TRACE, renewal of short-lived tokens during
+//! a longer run, refresh-token rotation persisted, the v2 endpoint, and redacting `Debug`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use license_batch::config::TokenEndpoint;
+use license_batch::report::RowStatus;
+use license_batch::sandbox;
+
+const HEADER: &str = "customer_id,user_id,sku";
+
+fn sheet(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{CONTOSO},{},SPB", user_guid(i)))
+        .collect()
+}
+
+/// Every secret the sandbox knows or hands out has one of these forms.
+fn secret_markers() -> [&'static str; 4] {
+    [
+        sandbox::CLIENT_SECRET,
+        sandbox::REFRESH_TOKEN,
+        "sandbox-access-",
+        "sandbox-refresh-",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_any_output_even_at_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two-second tokens: the run renews, so rotated refresh tokens pass through too.
+    let server = SandboxServer::start(
+        dir.path(),
+        "[auth]\ntoken_lifetime_secs = 2\n[faults]\nlatency_ms = 20\nthrottle_every = 25\n",
+    );
+    write_csv(dir.path(), "sheet.csv", HEADER, &sheet(60));
+    for format in ["text", "json"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_license-batch"))
+            .args([
+                "run",
+                "sheet.csv",
+                "--resend",
+                "-vv",
+                "--log-format",
+                format,
+                "--concurrency",
+                "2",
+            ])
+            .args(["--requests-per-minute", "60000"])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("RUST_LOG", "trace")
+            .env("LICENSE_BATCH_API_BASE_URL", &server.url)
+            .env("LICENSE_BATCH_AUTH_AUTHORITY", &server.url)
+            .env("LICENSE_BATCH_TENANT_ID", sandbox::TENANT_ID)
+            .env("LICENSE_BATCH_CLIENT_ID", sandbox::CLIENT_ID)
+            .env("LICENSE_BATCH_CLIENT_SECRET", sandbox::CLIENT_SECRET)
+            .env("LICENSE_BATCH_REFRESH_TOKEN", sandbox::REFRESH_TOKEN)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The lines where a leak would show up were really logged: every request, every renewal.
+        let logs = String::from_utf8_lossy(&output.stderr);
+        assert!(logs.contains("access token renewed"), "{logs}");
+        assert!(
+            logs.matches("request_id").count() >= 60,
+            "per-request lines logged"
+        );
+        let mut outputs = vec![
+            ("stdout".to_string(), output.stdout),
+            ("stderr".to_string(), output.stderr),
+        ];
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("sheet.report") || name.starts_with("license-batch.state") {
+                outputs.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+        for (name, bytes) in &outputs {
+            let text = String::from_utf8_lossy(bytes);
+            for marker in secret_markers() {
+                assert!(
+                    !text.contains(marker),
+                    "{marker} leaked into {name} ({format} logs)"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_second_tokens_are_renewed_during_a_longer_run() {
+    let sandbox = start("[auth]\ntoken_lifetime_secs = 2\n[faults]\nlatency_ms = 50\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(120));
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = 2;
+    let summary = run(opts).await;
+    assert_eq!(
+        summary.count(RowStatus::Succeeded),
+        120,
+        "no row failed for auth"
+    );
+    assert!(
+        summary.elapsed.as_secs_f64() > 2.5,
+        "the run outlived a token ({:?})",
+        summary.elapsed
+    );
+    assert!(
+        sandbox.tokens_issued() >= 2,
+        "renewed before expiry: {}",
+        sandbox.tokens_issued()
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_rotated_refresh_token_is_saved_for_the_next_night() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("refresh-token");
+    std::fs::write(&token_file, format!("{}\n", sandbox::REFRESH_TOKEN)).unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(2));
+    let mut opts = options(&sandbox, &input);
+    opts.secrets.refresh_token = None;
+    opts.settings.auth.refresh_token_file = Some(token_file.clone());
+    assert_eq!(run(opts.clone()).await.count(RowStatus::Succeeded), 2);
+
+    let saved = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        saved.starts_with("sandbox-refresh-"),
+        "rotated token saved: {saved:?}"
+    );
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // The next night starts from the saved token, even with a stale one in the environment.
+    opts.secrets.refresh_token = Some(license_batch::secret::Secret::new("stale-from-env"));
+    opts.resend = true;
+    assert_eq!(run(opts).await.count(RowStatus::Succeeded), 2);
+    assert_ne!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        saved,
+        "rotated again"
+    );
+}
+
+#[tokio::test]
+async fn the_v2_token_endpoint_works() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(2));
+    let mut opts = options(&sandbox, &input);
+    opts.settings.auth.token_endpoint = TokenEndpoint::V2;
+    assert_eq!(run(opts).await.count(RowStatus::Succeeded), 2);
+}
+
+#[test]
+fn debug_of_options_redacts_every_secret() {
+    let settings = license_batch::config::Settings::resolve(
+        Default::default(),
+        &|_| None,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut opts = license_batch::RunOptions::new("x.csv", settings);
+    opts.secrets = license_batch::config::EnvSecrets::from_env(&|name| {
+        Some(format!("secret-value-of-{name}"))
+    });
+    let text = format!(
+        "{opts:?} {:?}",
+        license_batch::run::credentials(&opts.settings, &opts.secrets)
+    );
+    assert!(!text.contains("secret-value-of"), "{text}");
+    assert!(text.contains("<redacted>"));
+}

@@ -1,0 +1,205 @@
+//! The hostile-input corpus (`tests/hostile/`) through the real binary on the sandbox: every
+//! file gets a precise outcome — exit 2 naming the line and what to do, or per-row `invalid` —
+//! never a panic, never a row silently dropped, and no formula reaches the report unneutralised.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_license-batch");
+const C: &str = "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90";
+const U: &str = "554526aa-cf5e-46fa-95df-98dbc55d8a1e";
+
+fn corpus(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/hostile")
+        .join(name)
+}
+
+/// Runs `run <file> --sandbox` in a temp dir; returns the output and the report rows.
+fn run(file: &Path) -> (Output, Option<Vec<csv::StringRecord>>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join(file.file_name().unwrap());
+    std::fs::copy(file, &input).unwrap();
+    let output = Command::new(BIN)
+        .args(["run"])
+        .arg(&input)
+        .args(["--sandbox", "-q", "--requests-per-minute", "60000"])
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    let report = license_batch::report::default_path(&input);
+    let rows = report.exists().then(|| {
+        // The report keeps the input's delimiter: tell it from the header line.
+        let text = std::fs::read_to_string(&report).unwrap();
+        let header = text.lines().next().unwrap_or_default();
+        let delimiter = if header.matches(';').count() > header.matches(',').count() {
+            b';'
+        } else {
+            b','
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .from_path(&report)
+            .unwrap();
+        reader.records().map(Result::unwrap).collect()
+    });
+    (output, rows, dir)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Exit 2, nothing sent, and the message names the line and the reason.
+fn assert_refused(name: &str, line: Option<u64>, reason: &str) {
+    let (output, report, _dir) = run(&corpus(name));
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{name}: {message}");
+    if let Some(line) = line {
+        assert!(
+            message.contains(&format!("line {line}")),
+            "{name}: {message}"
+        );
+    }
+    assert!(message.contains(reason), "{name}: {message}");
+    assert!(!message.contains("panicked"), "{name}: {message}");
+    assert!(report.is_none(), "{name}: nothing ran, so no report");
+}
+
+fn status_column(rows: &[csv::StringRecord], headers_len: usize) -> Vec<String> {
+    rows.iter()
+        .map(|r| r[headers_len + 1].to_string())
+        .collect()
+}
+
+#[test]
+fn files_that_cannot_be_used_are_refused_with_line_and_advice() {
+    assert_refused("empty.csv", None, "the file is empty");
+    assert_refused(
+        "missing_column.csv",
+        Some(1),
+        "required column missing: user_id",
+    );
+    assert_refused("binary.csv", Some(3), "NUL bytes");
+    assert_refused("utf16.csv", Some(1), "UTF-16");
+    assert_refused("latin1.csv", Some(3), "not valid UTF-8 (column 4");
+    assert_refused("unterminated_quote.csv", Some(3), "never closed");
+    assert_refused("duplicate_headers.csv", Some(1), "both mean sku");
+}
+
+#[test]
+fn a_header_without_rows_is_nothing_to_do() {
+    let (output, report, _dir) = run(&corpus("header_only.csv"));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(report.unwrap().len(), 0);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("0 total"));
+}
+
+#[test]
+fn bom_crlf_and_semicolon_files_work() {
+    let (output, report, _dir) = run(&corpus("bom_crlf.csv"));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        status_column(&report.unwrap(), 3),
+        ["succeeded", "succeeded"]
+    );
+    let (output, report, _dir) = run(&corpus("semicolon.csv"));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = report.unwrap();
+    assert_eq!(&report[0][3], "a;b", "the quoted cell with a ';' survives");
+}
+
+#[test]
+fn ragged_rows_are_invalid_and_kept() {
+    let (output, report, _dir) = run(&corpus("ragged.csv"));
+    assert_eq!(output.status.code(), Some(1));
+    let report = report.unwrap();
+    assert_eq!(
+        status_column(&report, 4),
+        ["invalid", "invalid", "succeeded"]
+    );
+    let messages: Vec<&str> = report.iter().map(|r| r.get(10).unwrap()).collect();
+    assert!(messages[0].contains("2 cells"), "{messages:?}");
+    assert!(
+        messages[1].contains("\"extra\", \"cells\""),
+        "nothing dropped silently: {messages:?}"
+    );
+}
+
+#[test]
+fn formulas_in_every_column_are_invalid_and_neutralised() {
+    let (output, report, _dir) = run(&corpus("formulas.csv"));
+    assert_eq!(output.status.code(), Some(1));
+    let report = report.unwrap();
+    assert_eq!(report.len(), 1);
+    for cell in report[0].iter() {
+        assert!(
+            !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+            "unneutralised cell {cell:?}"
+        );
+    }
+    assert!(report[0][0].starts_with("'=HYPERLINK"));
+    assert_eq!(&report[0][5], "invalid");
+}
+
+#[test]
+fn user_ids_that_could_reach_another_endpoint_never_leave() {
+    let (output, report, _dir) = run(&corpus("path_user.csv"));
+    assert_eq!(output.status.code(), Some(1));
+    let report = report.unwrap();
+    assert_eq!(
+        status_column(&report, 3),
+        ["invalid", "invalid", "invalid", "succeeded"]
+    );
+    // '#' is legal in guest UPNs: it was sent, as one encoded path segment.
+    assert_eq!(&report[3][1], "a#b@contoso.com");
+}
+
+#[test]
+fn duplicate_extra_headers_are_both_carried() {
+    let (output, report, _dir) = run(&corpus("duplicate_extra_headers.csv"));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = report.unwrap();
+    assert_eq!((&report[0][3], &report[0][4]), ("T-1", "T-2"));
+}
+
+#[test]
+fn a_two_megabyte_cell_is_carried_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(2 * 1024 * 1024);
+    let file = dir.path().join("big_field.csv");
+    std::fs::write(
+        &file,
+        format!("customer_id,user_id,sku,note\n{C},{U},SPB,{big}\n{C},{U},{big}\n"),
+    )
+    .unwrap();
+    let (output, report, _dir) = run(&file);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let report = report.unwrap();
+    assert_eq!(report[0][3].len(), big.len());
+    assert_eq!(&report[0][5], "succeeded");
+    assert_eq!(&report[1][5], "invalid", "a 2 MB SKU name is not a SKU");
+}
+
+#[test]
+fn a_thousand_columns_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra: Vec<String> = (0..997).map(|i| format!("extra{i}")).collect();
+    let values: Vec<String> = (0..997).map(|i| i.to_string()).collect();
+    let file = dir.path().join("wide.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "customer_id,user_id,sku,{}\n{C},{U},SPB,{}\n",
+            extra.join(","),
+            values.join(",")
+        ),
+    )
+    .unwrap();
+    let (output, report, _dir) = run(&file);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report = report.unwrap();
+    assert_eq!(report[0].len(), 1000 + 12);
+    assert_eq!(&report[0][999], "996");
+}
