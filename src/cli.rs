@@ -214,6 +214,10 @@ pub struct SandboxArgs {
     /// Scenario file (JSON or TOML).
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
+    /// When stopped (Ctrl-C, SIGTERM), write the ground truth (every request, what was
+    /// applied, protocol violations) here as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub dump: Option<PathBuf>,
 }
 
 fn parse_delimiter(text: &str) -> Result<u8, String> {
@@ -245,7 +249,7 @@ fn resolve_connection(
             Some(path) => Scenario::load(path).map_err(Error::Sandbox)?,
             None => Scenario::default(),
         };
-        Target::Sandbox(scenario)
+        Target::Sandbox(Box::new(scenario))
     } else {
         Target::Configured
     };
@@ -594,5 +598,16 @@ async fn serve_sandbox(args: SandboxArgs) -> u8 {
         sandbox::REFRESH_TOKEN
     );
     wait_for_signal().await;
+    if let Some(path) = &args.dump {
+        let json = serde_json::to_string_pretty(&server.dump()).expect("JSON serialises");
+        if let Err(error) = std::fs::write(path, json) {
+            eprintln!(
+                "license-batch: error: cannot write {}: {error}",
+                path.display()
+            );
+            return exit_code::NOTHING_SENT;
+        }
+        eprintln!("ground truth written to {}", path.display());
+    }
     exit_code::ALL_SUCCEEDED
 }

@@ -39,7 +39,7 @@ pub enum Target {
     /// The API and authority of the settings, with credentials from the environment.
     Configured,
     /// The built-in simulator, started in this process on a free loopback port.
-    Sandbox(Scenario),
+    Sandbox(Box<Scenario>),
 }
 
 /// Everything a run needs; the CLI builds it, tests build it directly.
@@ -105,10 +105,12 @@ pub async fn connect(
             None,
         ),
         Target::Sandbox(scenario) => {
-            let sandbox =
-                Sandbox::start(scenario.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-                    .await
-                    .map_err(Error::Sandbox)?;
+            let sandbox = Sandbox::start(
+                scenario.as_ref().clone(),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            )
+            .await
+            .map_err(Error::Sandbox)?;
             tracing::info!("sandbox listening on {}", sandbox.url);
             settings.api.base_url = sandbox.url.clone();
             // Each sandbox world is its own target: a rehearsal never marks anything done for
@@ -124,11 +126,13 @@ pub async fn connect(
     let http = http_client(settings.api.timeout);
     let tokens = Arc::new(TokenProvider::new(http.clone(), credentials));
     let client = Arc::new(ApiClient::new(http, &settings.api, tokens));
+    // A child token: a signal (the caller's token) stops the calls; an abort of this run stops
+    // them too but leaves the caller's token alone.
     Ok(Connection {
         calls: Arc::new(Dispatcher::new(
             client,
             EngineSettings::from(&settings),
-            stop,
+            stop.child_token(),
         )),
         target,
         _sandbox: sandbox,

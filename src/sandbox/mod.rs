@@ -54,6 +54,8 @@ pub struct RecordedRequest {
     pub replay: bool,
     /// This call changed the tenant.
     pub applied: bool,
+    /// The fault injected into this call, if any.
+    pub fault: Option<&'static str>,
 }
 
 mod humantime_serde_compat {
@@ -70,6 +72,8 @@ pub struct Violations {
     pub malformed_request_id: u64,
     pub request_id_reused_with_other_body: u64,
     pub mixed_license_groups: u64,
+    /// A change already applied under one request ID arrived again under another.
+    pub new_request_id_for_applied_change: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +91,8 @@ struct SubscribedSku {
 struct Customer {
     name: String,
     conditional_access_blocked: bool,
+    blocked_after_requests: Option<u64>,
+    calls: u64,
     missing_gdap_role: bool,
     users: Option<HashSet<String>>,
     skus: Vec<SubscribedSku>,
@@ -98,6 +104,8 @@ impl Customer {
         Customer {
             name,
             conditional_access_blocked: false,
+            blocked_after_requests: None,
+            calls: 0,
             missing_gdap_role: false,
             users: None,
             skus: catalog::BUILTIN
@@ -120,6 +128,7 @@ impl Customer {
         let mut customer =
             Customer::with_catalog(c.name.clone().unwrap_or_else(|| c.id.to_string()));
         customer.conditional_access_blocked = c.conditional_access_blocked;
+        customer.blocked_after_requests = c.blocked_after_requests;
         customer.missing_gdap_role = c.missing_gdap_role;
         customer.users = c
             .users
@@ -194,6 +203,21 @@ struct SandboxState {
     violations: Violations,
     /// Counters that tests and `/sandbox/wait` can await.
     progress: watch::Sender<Progress>,
+    /// splitmix64 state of the seeded faults.
+    rng: u64,
+    /// Applied changes (customer, user, operations) and the request ID that applied them.
+    applied_changes: HashMap<String, String>,
+}
+
+impl SandboxState {
+    /// A uniform draw in [0, 1) from the scenario's seed (splitmix64).
+    fn draw(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// How far the clients have got; awaitable through [`Sandbox::wait_for`] and `/sandbox/wait`.
@@ -237,7 +261,13 @@ impl Sandbox {
             idempotency: HashMap::new(),
             violations: Violations::default(),
             progress: watch::Sender::new(Progress::default()),
+            rng: 0,
+            applied_changes: HashMap::new(),
         }));
+        {
+            let mut s = state.lock().expect("sandbox lock");
+            s.rng = s.scenario.faults.seed.unwrap_or(0x5EED);
+        }
         let app = Router::new()
             .route("/{tenant}/oauth2/token", post(token_v1))
             .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
@@ -303,6 +333,14 @@ impl Sandbox {
             .and_then(|c| c.skus.iter_mut().find(|s| s.id == sku))
         {
             s.total = total;
+        }
+    }
+
+    /// Makes every user of `customer` exist (or only `users`).
+    pub fn set_users(&self, customer: Uuid, users: Option<Vec<String>>) {
+        let mut state = self.state.lock().expect("sandbox lock");
+        if let Some(c) = state.customers.get_mut(&customer) {
+            c.users = users.map(|u| u.iter().map(|u| u.to_lowercase()).collect());
         }
     }
 
@@ -659,12 +697,15 @@ async fn license_update(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let latency = state
-        .lock()
-        .expect("sandbox lock")
-        .scenario
-        .faults
-        .latency_ms;
+    let latency = {
+        let mut s = state.lock().expect("sandbox lock");
+        let jitter = s.scenario.faults.latency_jitter_ms.unwrap_or(0) as f64;
+        let spread = (s.draw() * 2.0 - 1.0) * jitter;
+        s.scenario
+            .faults
+            .latency_ms
+            .map(|ms| (ms as f64 + spread).max(0.0) as u64)
+    };
     if let Some(ms) = latency {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -676,7 +717,13 @@ async fn license_update(
     };
     let request_id = header("ms-requestid");
     let body_json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let (status, extra_headers, answer, hold) = record_and_answer(
+    let Reply {
+        status,
+        headers: extra_headers,
+        body: answer,
+        hold_ms: hold,
+        reset,
+    } = record_and_answer(
         &state,
         &customer,
         &user,
@@ -684,6 +731,12 @@ async fn license_update(
         request_id.clone(),
         body_json,
     );
+    if reset {
+        // Drop the connection without a byte of answer, as a reset does. `resume_unwind` ends
+        // this connection's task without running the panic hook (nothing is printed), and the
+        // state lock is no longer held.
+        std::panic::resume_unwind(Box::new("sandbox: simulated connection reset"));
+    }
     // Applied already: a client that gives up or dies now has changed the tenant without
     // hearing of it, and must resend under the same request ID.
     if let Some(ms) = hold {
@@ -705,8 +758,19 @@ async fn license_update(
     response
 }
 
-/// Answers a licenseupdates call under the lock and records it; returns the answer and how
-/// long to hold it back.
+/// The answer to a licenseupdates call, and how to deliver it.
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Value,
+    /// Hold the answer back this long (it was applied already).
+    hold_ms: Option<u64>,
+    /// Drop the connection instead of answering.
+    reset: bool,
+}
+
+/// Answers a licenseupdates call under the lock and records it; returns the answer, how long to
+/// hold it back, and whether to drop the connection instead.
 fn record_and_answer(
     state: &Shared,
     customer: &str,
@@ -714,7 +778,7 @@ fn record_and_answer(
     headers: &HeaderMap,
     request_id: Option<String>,
     body_json: Value,
-) -> (u16, Vec<(&'static str, String)>, Value, Option<u64>) {
+) -> Reply {
     let header = |name: &str| {
         headers
             .get(name)
@@ -732,6 +796,7 @@ fn record_and_answer(
         status: 0,
         replay: false,
         applied: false,
+        fault: None,
     };
     let (status, extra_headers, answer, definitive) =
         answer_license_update(&mut state, customer, user, headers, &body_json, &mut record);
@@ -749,14 +814,45 @@ fn record_and_answer(
             },
         );
     }
+    if record.applied
+        && let Some(id) = &request_id
+    {
+        let change = fingerprint(customer, user, &body_json);
+        match state.applied_changes.get(&change) {
+            Some(earlier) if earlier != id => {
+                state.violations.new_request_id_for_applied_change += 1
+            }
+            Some(_) => {}
+            None => {
+                state.applied_changes.insert(change, id.clone());
+            }
+        }
+    }
+    let faults = state.scenario.faults.clone();
+    let mut hold = faults.answer_delay_ms;
+    let (mut status, mut answer) = (status, answer);
+    match record.fault {
+        // Applied and stored for replay above; only the answer is lost or late.
+        Some("apply-then-503") if record.applied => {
+            status = 503;
+            answer = json!({"code": 503, "description": "The service is temporarily unavailable (sandbox fault, after applying)."});
+        }
+        Some("apply-then-timeout") if record.applied => {
+            hold = Some(faults.hold_secs.unwrap_or(5) * 1000);
+        }
+        _ => {}
+    }
+    let reset = record.fault == Some("reset");
+    record.status = if reset { 0 } else { status };
     state.requests.push(record);
     state.progress.send_modify(|p| p.requests += 1);
-    (
+    Reply {
         status,
-        extra_headers,
-        answer,
-        state.scenario.faults.answer_delay_ms,
-    )
+        headers: extra_headers,
+        body: answer,
+        hold_ms: hold,
+        reset,
+    }
 }
 
 fn fingerprint(customer: &str, user: &str, body: &Value) -> String {
@@ -1040,6 +1136,53 @@ fn answer_license_update(
             json!({"code": status, "description": "The service is temporarily unavailable (sandbox fault)."}),
             false,
         );
+    }
+
+    let storm = match (faults.storm_after, faults.storm_length) {
+        (Some(after), Some(length)) => call > after && call <= after + length,
+        _ => false,
+    };
+    if storm {
+        let wait = faults.retry_after_secs.unwrap_or(1);
+        record.fault = Some("429-storm");
+        return (
+            429,
+            vec![("retry-after", wait.to_string())],
+            json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {wait} seconds.")}),
+            false,
+        );
+    }
+    let draw = state.draw();
+    let mut bound = faults.transient_rate;
+    if draw < bound {
+        let status = [500, 502, 503][(call % 3) as usize];
+        record.fault = Some("transient");
+        return (
+            status,
+            vec![],
+            json!({"code": status, "description": "The service is temporarily unavailable (sandbox fault)."}),
+            false,
+        );
+    }
+    bound += faults.reset_rate;
+    if draw < bound {
+        record.fault = Some("reset");
+        return (0, vec![], Value::Null, false);
+    }
+    bound += faults.apply_then_503_rate;
+    if draw < bound {
+        record.fault = Some("apply-then-503");
+    } else if draw < bound + faults.apply_then_timeout_rate {
+        record.fault = Some("apply-then-timeout");
+    }
+
+    if let Ok(id) = Uuid::try_parse(customer_text)
+        && let Some(c) = state.customers.get_mut(&id)
+    {
+        c.calls += 1;
+        if c.blocked_after_requests.is_some_and(|n| c.calls > n) {
+            c.conditional_access_blocked = true;
+        }
     }
 
     let request_id = record.request_id.clone();

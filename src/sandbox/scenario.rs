@@ -56,6 +56,29 @@ pub struct Faults {
     pub latency_ms: Option<u64>,
     /// Added after a licenseupdates call was processed (applied), before the answer leaves.
     pub answer_delay_ms: Option<u64>,
+    /// `latency_ms` varies uniformly by up to this much either way.
+    pub latency_jitter_ms: Option<u64>,
+    /// Seed of the random faults below, so a scenario repeats.
+    pub seed: Option<u64>,
+    /// Share of calls answered 500/502/503 before anything is applied.
+    #[serde(default)]
+    pub transient_rate: f64,
+    /// Share of calls whose connection is dropped, without an answer, before anything is applied.
+    #[serde(default)]
+    pub reset_rate: f64,
+    /// Share of calls applied, then answered 503 (a retry under the same request ID replays the
+    /// success).
+    #[serde(default)]
+    pub apply_then_503_rate: f64,
+    /// Share of calls applied, then answered only after `hold_secs` (past the client's timeout).
+    #[serde(default)]
+    pub apply_then_timeout_rate: f64,
+    /// How long an apply-then-timeout call holds its answer (default 5).
+    pub hold_secs: Option<u64>,
+    /// A 429 storm: after this many calls …
+    pub storm_after: Option<u64>,
+    /// … this many calls in a row answer 429 (with `retry_after_secs`).
+    pub storm_length: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -66,6 +89,8 @@ pub struct CustomerScenario {
     /// Answers 403 code 900309 (Conditional Access) to every call.
     #[serde(default)]
     pub conditional_access_blocked: bool,
+    /// Turns Conditional-Access-blocked after this many licenseupdates calls to it.
+    pub blocked_after_requests: Option<u64>,
     /// Answers 403 as when the partner lacks the GDAP role for this customer.
     #[serde(default)]
     pub missing_gdap_role: bool,
