@@ -205,11 +205,60 @@ struct SandboxState {
     progress: watch::Sender<Progress>,
     /// splitmix64 state of the seeded faults.
     rng: u64,
+    /// Quota state per partner ("") or customer: bucket tokens and last refill, or window
+    /// number and calls in it.
+    quotas: HashMap<String, (f64, Instant)>,
+    started: Instant,
     /// Applied changes (customer, user, operations) and the request ID that applied them.
     applied_changes: HashMap<String, String>,
 }
 
 impl SandboxState {
+    /// Charges one call against the hidden quota; `Some(retry_after_secs)` when it is spent.
+    fn charge_quota(&mut self, customer: &str) -> Option<u64> {
+        let throttle = self.scenario.throttle.clone()?;
+        let key = match throttle.per {
+            scenario::ThrottleScope::Partner => String::new(),
+            scenario::ThrottleScope::Customer => customer.to_lowercase(),
+        };
+        let now = Instant::now();
+        let per_second = throttle.per_minute as f64 / 60.0;
+        match throttle.mode {
+            scenario::ThrottleMode::Bucket => {
+                let capacity = throttle.burst.unwrap_or((per_second.ceil() as u64).max(1)) as f64;
+                let (tokens, last) = self.quotas.entry(key).or_insert((capacity, now));
+                *tokens =
+                    (*tokens + now.duration_since(*last).as_secs_f64() * per_second).min(capacity);
+                *last = now;
+                if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    None
+                } else {
+                    Some((((1.0 - *tokens) / per_second).ceil() as u64).max(1))
+                }
+            }
+            scenario::ThrottleMode::Window => {
+                let length = throttle.window_secs.unwrap_or(60).max(1);
+                let elapsed = now.duration_since(self.started).as_secs_f64();
+                let window = (elapsed / length as f64).floor();
+                // (calls counted, a moment inside the window they were counted in)
+                let (count, marker) = self.quotas.entry(key).or_insert((0.0, now));
+                let current = marker.duration_since(self.started).as_secs_f64() / length as f64;
+                if current.floor() != window {
+                    *count = 0.0;
+                    *marker = now;
+                }
+                if *count < throttle.per_minute as f64 {
+                    *count += 1.0;
+                    None
+                } else {
+                    let left = (window + 1.0) * length as f64 - elapsed;
+                    Some((left.ceil() as u64).max(1))
+                }
+            }
+        }
+    }
+
     /// A uniform draw in [0, 1) from the scenario's seed (splitmix64).
     fn draw(&mut self) -> f64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -262,6 +311,8 @@ impl Sandbox {
             violations: Violations::default(),
             progress: watch::Sender::new(Progress::default()),
             rng: 0,
+            quotas: HashMap::new(),
+            started: Instant::now(),
             applied_changes: HashMap::new(),
         }));
         {
@@ -1138,6 +1189,15 @@ fn answer_license_update(
         );
     }
 
+    if let Some(wait) = state.charge_quota(customer_text) {
+        record.fault = Some("quota");
+        return (
+            429,
+            vec![("retry-after", wait.to_string())],
+            json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {wait} seconds.")}),
+            false,
+        );
+    }
     let storm = match (faults.storm_after, faults.storm_length) {
         (Some(after), Some(length)) => call > after && call <= after + length,
         _ => false,
@@ -1355,4 +1415,54 @@ fn answer_license_update(
         }),
         true,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(throttle: &str) -> SandboxState {
+        let scenario: Scenario = toml::from_str(throttle).unwrap();
+        SandboxState {
+            permissive: true,
+            scenario,
+            customers: HashMap::new(),
+            tokens: HashMap::new(),
+            refresh_tokens: HashSet::new(),
+            issued: 0,
+            calls: 0,
+            requests: Vec::new(),
+            idempotency: HashMap::new(),
+            violations: Violations::default(),
+            progress: watch::Sender::new(Progress::default()),
+            rng: 1,
+            quotas: HashMap::new(),
+            started: Instant::now(),
+            applied_changes: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_token_bucket_allows_its_burst_then_asks_for_the_next_token() {
+        let mut s = state("[throttle]\nmode = \"bucket\"\nper_minute = 60\nburst = 2\n");
+        assert_eq!(s.charge_quota("a"), None);
+        assert_eq!(s.charge_quota("a"), None);
+        assert_eq!(s.charge_quota("a"), Some(1));
+    }
+
+    #[test]
+    fn a_fixed_window_answers_the_seconds_left_and_can_be_per_customer() {
+        let mut s = state(
+            "[throttle]\nmode = \"window\"\nper = \"customer\"\nper_minute = 2\nwindow_secs = 60\n",
+        );
+        assert_eq!(s.charge_quota("a"), None);
+        assert_eq!(s.charge_quota("a"), None);
+        let wait = s.charge_quota("a").unwrap();
+        assert!((59..=60).contains(&wait), "{wait}");
+        assert_eq!(
+            s.charge_quota("b"),
+            None,
+            "another customer has its own quota"
+        );
+    }
 }

@@ -17,6 +17,9 @@ pub struct Scenario {
     pub auth: AuthScenario,
     #[serde(default)]
     pub faults: Faults,
+    /// A hidden quota, as Partner Center enforces one (unpublished, per partner or per
+    /// partner and customer).
+    pub throttle: Option<Throttle>,
     #[serde(default)]
     pub customers: Vec<CustomerScenario>,
 }
@@ -79,6 +82,41 @@ pub struct Faults {
     pub storm_after: Option<u64>,
     /// … this many calls in a row answer 429 (with `retry_after_secs`).
     pub storm_length: Option<u64>,
+}
+
+/// How the quota is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleMode {
+    /// Refills continuously at `per_minute`; holds up to `burst`. Retry-After: the time to the
+    /// next token, in whole seconds (at least 1).
+    Bucket,
+    /// `per_minute` calls per fixed `window_secs` window (API Management style). Retry-After:
+    /// the seconds left in the window.
+    Window,
+}
+
+/// Whose calls share a quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThrottleScope {
+    #[default]
+    Partner,
+    Customer,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    pub mode: ThrottleMode,
+    #[serde(default)]
+    pub per: ThrottleScope,
+    /// Bucket: the refill rate; window: the calls allowed per window.
+    pub per_minute: u64,
+    /// Bucket capacity (default: one second's worth).
+    pub burst: Option<u64>,
+    /// Window length (default 60).
+    pub window_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

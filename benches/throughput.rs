@@ -1,0 +1,183 @@
+//! The throughput benchmarks of docs/BENCHMARKS.md: the real engine (journal on) against the
+//! in-process sandbox with a hidden quota or latency, measured from the sandbox's own record.
+//!
+//!     cargo bench --bench throughput                 # every case (about five minutes)
+//!     cargo bench --bench throughput -- bucket       # cases whose name contains "bucket"
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use license_batch::config::{EnvSecrets, FileConfig, Overrides, Settings};
+use license_batch::sandbox::{self, Sandbox, Scenario};
+use license_batch::secret::Secret;
+use license_batch::{RunOptions, run};
+
+struct Case {
+    name: &'static str,
+    groups: usize,
+    scenario: &'static str,
+    requests_per_minute: u32,
+    concurrency: usize,
+    /// The rate the run cannot beat (per minute): the server quota or the client ceiling.
+    limit_per_minute: f64,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "quota-bucket",
+        groups: 3000,
+        scenario: "[throttle]\nmode = \"bucket\"\nper_minute = 3000\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n",
+        requests_per_minute: 60_000,
+        concurrency: 8,
+        limit_per_minute: 3000.0,
+    },
+    Case {
+        name: "quota-window",
+        groups: 1500,
+        scenario: "[throttle]\nmode = \"window\"\nper_minute = 1200\nwindow_secs = 60\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n",
+        requests_per_minute: 60_000,
+        concurrency: 8,
+        limit_per_minute: 1200.0,
+    },
+    Case {
+        name: "ceiling",
+        groups: 600,
+        scenario: "[faults]\nlatency_ms = 20\n",
+        requests_per_minute: 1200,
+        concurrency: 8,
+        limit_per_minute: 1200.0,
+    },
+    Case {
+        name: "latency-hiding-default",
+        groups: 400,
+        scenario: "[faults]\nlatency_ms = 500\nlatency_jitter_ms = 200\n",
+        requests_per_minute: 3000,
+        concurrency: 8,
+        limit_per_minute: 3000.0,
+    },
+    Case {
+        name: "latency-hiding-concurrency-40",
+        groups: 1000,
+        scenario: "[faults]\nlatency_ms = 500\nlatency_jitter_ms = 200\n",
+        requests_per_minute: 3000,
+        concurrency: 40,
+        limit_per_minute: 3000.0,
+    },
+    Case {
+        name: "overhead",
+        groups: 20_000,
+        scenario: "",
+        requests_per_minute: 100_000_000,
+        concurrency: 32,
+        limit_per_minute: f64::INFINITY,
+    },
+];
+
+/// CPU seconds (user + system) of this process so far, from /proc (Linux).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+async fn measure(case: &Case) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("sheet.csv");
+    let mut text = String::from("customer_id,user_id,sku\n");
+    for i in 0..case.groups {
+        text.push_str(&format!(
+            "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90,00000000-0000-4000-8000-{i:012},SPB\n"
+        ));
+    }
+    std::fs::write(&input, text).unwrap();
+    let scenario: Scenario = toml::from_str(case.scenario).unwrap();
+    let sandbox = Sandbox::start(scenario, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap();
+    let url = sandbox.url.to_string();
+    let env = |name: &str| match name {
+        "LICENSE_BATCH_API_BASE_URL" | "LICENSE_BATCH_AUTH_AUTHORITY" => Some(url.clone()),
+        "LICENSE_BATCH_TENANT_ID" => Some(sandbox::TENANT_ID.to_string()),
+        "LICENSE_BATCH_CLIENT_ID" => Some(sandbox::CLIENT_ID.to_string()),
+        _ => None,
+    };
+    let overrides = Overrides {
+        requests_per_minute: Some(case.requests_per_minute),
+        concurrency: Some(case.concurrency),
+        state_file: Some(dir.path().join("state.sqlite")),
+        insights: Some(false),
+        ..Default::default()
+    };
+    let settings = Settings::resolve(FileConfig::default(), &env, &overrides).unwrap();
+    let mut opts = RunOptions::new(&input, settings);
+    opts.secrets = EnvSecrets {
+        client_secret: Some(Secret::new(sandbox::CLIENT_SECRET)),
+        refresh_token: Some(Secret::new(sandbox::REFRESH_TOKEN)),
+        access_token: None,
+    };
+
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let summary = run(opts).await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+
+    let requests = sandbox.requests();
+    let throttled = requests.iter().filter(|r| r.status == 429).count();
+    let arrivals: Vec<SystemTime> = requests.iter().map(|r| r.at).collect();
+    let mut most_in_10s = 0;
+    let mut start = 0;
+    for end in 0..arrivals.len() {
+        while arrivals[end]
+            .duration_since(arrivals[start])
+            .unwrap_or_default()
+            >= Duration::from_secs(10)
+        {
+            start += 1;
+        }
+        most_in_10s = most_in_10s.max(end - start + 1);
+    }
+    let succeeded = summary.count(license_batch::report::RowStatus::Succeeded);
+    let ideal = case.groups as f64 / case.limit_per_minute * 60.0;
+    let efficiency = if ideal.is_finite() && ideal > 0.0 {
+        format!("{:.3}", ideal / elapsed)
+    } else {
+        "-".into()
+    };
+    println!(
+        "| {} | {} | {succeeded} | {elapsed:.1} s | {ideal:.1} s | {efficiency} | {} | {throttled} ({:.2}%) | {:.0}/min | {most_in_10s} | {} |",
+        case.name,
+        case.groups,
+        requests.len(),
+        throttled as f64 * 100.0 / requests.len().max(1) as f64,
+        case.groups as f64 / elapsed * 60.0,
+        cpu.map_or("-".into(), |c| format!(
+            "{:.0} µs/group",
+            c * 1e6 / case.groups as f64
+        )),
+    );
+}
+
+fn main() {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "| case | groups | succeeded | elapsed | ideal | efficiency | requests | 429s | achieved | most in 10 s | CPU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for case in CASES
+        .iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+    {
+        runtime.block_on(measure(case));
+    }
+}
