@@ -68,7 +68,7 @@ pub enum Command {
     Report(ReportArgs),
     /// Run the built-in Partner Center simulator as a server.
     #[command(
-        after_help = "Example:\n  license-batch sandbox --listen 127.0.0.1:8080 --scenario samples/sandbox-scenario.toml"
+        after_help = "Examples:\n  license-batch sandbox --listen 127.0.0.1:8080 --scenario samples/sandbox-scenario.toml\n  license-batch sandbox --seed 7 --transient-rate 0.15 --reset-rate 0.05 --apply-then-503-rate 0.05 --dump truth.json"
     )]
     Sandbox(SandboxArgs),
 }
@@ -218,6 +218,57 @@ pub struct SandboxArgs {
     /// applied, protocol violations) here as JSON.
     #[arg(long, value_name = "FILE")]
     pub dump: Option<PathBuf>,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Faults set on the command line; each overrides the scenario's value (docs/SANDBOX.md).
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Seed of the random faults, so a night repeats.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Share of calls answered 500/502/503 before applying (0–1).
+    #[arg(long, value_name = "RATE")]
+    pub transient_rate: Option<f64>,
+    /// Share of calls whose connection is dropped before applying.
+    #[arg(long, value_name = "RATE")]
+    pub reset_rate: Option<f64>,
+    /// Share of calls applied, then answered 503.
+    #[arg(long, value_name = "RATE")]
+    pub apply_then_503_rate: Option<f64>,
+    /// Share of calls applied, then answered after --hold-secs.
+    #[arg(long, value_name = "RATE")]
+    pub apply_then_timeout_rate: Option<f64>,
+    /// How long an apply-then-timeout answer is held.
+    #[arg(long, value_name = "SECS")]
+    pub hold_secs: Option<u64>,
+    /// Latency added to every license update.
+    #[arg(long, value_name = "MS")]
+    pub latency_ms: Option<u64>,
+    /// Lifetime of the access tokens the sandbox issues.
+    #[arg(long, value_name = "SECS")]
+    pub token_lifetime_secs: Option<u64>,
+}
+
+impl FaultArgs {
+    fn apply(&self, scenario: &mut Scenario) {
+        let faults = &mut scenario.faults;
+        faults.seed = self.seed.or(faults.seed);
+        faults.transient_rate = self.transient_rate.unwrap_or(faults.transient_rate);
+        faults.reset_rate = self.reset_rate.unwrap_or(faults.reset_rate);
+        faults.apply_then_503_rate = self
+            .apply_then_503_rate
+            .unwrap_or(faults.apply_then_503_rate);
+        faults.apply_then_timeout_rate = self
+            .apply_then_timeout_rate
+            .unwrap_or(faults.apply_then_timeout_rate);
+        faults.hold_secs = self.hold_secs.or(faults.hold_secs);
+        faults.latency_ms = self.latency_ms.or(faults.latency_ms);
+        scenario.auth.token_lifetime_secs = self
+            .token_lifetime_secs
+            .or(scenario.auth.token_lifetime_secs);
+    }
 }
 
 fn parse_delimiter(text: &str) -> Result<u8, String> {
@@ -563,7 +614,7 @@ fn rewrite_report(args: &ReportArgs) -> Result<(), String> {
 }
 
 async fn serve_sandbox(args: SandboxArgs) -> u8 {
-    let scenario = match &args.scenario {
+    let mut scenario = match &args.scenario {
         Some(path) => match Scenario::load(path) {
             Ok(s) => s,
             Err(e) => {
@@ -573,6 +624,7 @@ async fn serve_sandbox(args: SandboxArgs) -> u8 {
         },
         None => Scenario::default(),
     };
+    args.faults.apply(&mut scenario);
     let server = match Sandbox::start(scenario, args.listen).await {
         Ok(s) => s,
         Err(e) => {

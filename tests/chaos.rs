@@ -227,3 +227,69 @@ async fn a_tripped_failure_threshold_stops_the_run_and_a_rerun_finishes_the_pend
     );
     assert_report_is_the_truth(&sandbox, &input);
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_set_by_sandbox_flags_and_the_dumped_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("truth.json");
+    let server = SandboxServer::start_with(
+        dir.path(),
+        "",
+        &[
+            "--seed",
+            "3",
+            "--reset-rate",
+            "0.2",
+            "--apply-then-503-rate",
+            "0.1",
+            "--dump",
+            dump.to_str().unwrap(),
+        ],
+    );
+    write_csv(
+        dir.path(),
+        "sheet.csv",
+        HEADER,
+        &(0..50)
+            .map(|i| format!("{CONTOSO},{},SPB", user_guid(i)))
+            .collect::<Vec<_>>(),
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_license-batch"))
+        .args(["run", "sheet.csv", "-q", "--requests-per-minute", "60000"])
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(server.env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(server.terminate().success());
+
+    let truth: serde_json::Value = serde_json::from_slice(&std::fs::read(&dump).unwrap()).unwrap();
+    let requests = truth["requests"].as_array().unwrap();
+    let faults: HashSet<&str> = requests
+        .iter()
+        .filter_map(|r| r["fault"].as_str())
+        .collect();
+    assert!(
+        faults.contains("reset") && faults.contains("apply-then-503"),
+        "{faults:?}"
+    );
+    assert_eq!(
+        truth["licenses"].as_array().unwrap().len(),
+        50,
+        "every user holds the license once"
+    );
+    assert!(
+        truth["violations"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v == 0)
+    );
+}

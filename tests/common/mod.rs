@@ -127,11 +127,17 @@ pub struct SandboxServer {
 
 impl SandboxServer {
     pub fn start(dir: &Path, scenario: &str) -> SandboxServer {
+        Self::start_with(dir, scenario, &[])
+    }
+
+    /// Starts the server with extra command-line flags (faults, `--dump`).
+    pub fn start_with(dir: &Path, scenario: &str, extra: &[&str]) -> SandboxServer {
         let scenario_path = dir.join("scenario.toml");
         std::fs::write(&scenario_path, scenario).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_license-batch"))
             .args(["sandbox", "--listen", "127.0.0.1:0", "--scenario"])
             .arg(&scenario_path)
+            .args(extra)
             .env_clear()
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -184,6 +190,35 @@ impl SandboxServer {
             .json()
             .await
             .unwrap()
+    }
+}
+
+impl SandboxServer {
+    /// Stops the server the way an operator does (SIGTERM) and waits for it.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// The environment that points `license-batch run` at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("LICENSE_BATCH_API_BASE_URL", self.url.clone()),
+            ("LICENSE_BATCH_AUTH_AUTHORITY", self.url.clone()),
+            ("LICENSE_BATCH_TENANT_ID", sandbox::TENANT_ID.to_string()),
+            ("LICENSE_BATCH_CLIENT_ID", sandbox::CLIENT_ID.to_string()),
+            (
+                "LICENSE_BATCH_CLIENT_SECRET",
+                sandbox::CLIENT_SECRET.to_string(),
+            ),
+            (
+                "LICENSE_BATCH_REFRESH_TOKEN",
+                sandbox::REFRESH_TOKEN.to_string(),
+            ),
+        ]
     }
 }
 
