@@ -247,6 +247,7 @@ async fn faults_set_by_sandbox_flags_and_the_dumped_ground_truth() {
             dump.to_str().unwrap(),
         ],
     );
+    std::fs::write(dir.path().join("fast.toml"), "[retry]\nmin_delay_ms = 20\n").unwrap();
     write_csv(
         dir.path(),
         "sheet.csv",
@@ -256,7 +257,15 @@ async fn faults_set_by_sandbox_flags_and_the_dumped_ground_truth() {
             .collect::<Vec<_>>(),
     );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_license-batch"))
-        .args(["run", "sheet.csv", "-q", "--requests-per-minute", "60000"])
+        .args([
+            "run",
+            "sheet.csv",
+            "-q",
+            "--requests-per-minute",
+            "60000",
+            "--config",
+            "fast.toml",
+        ])
         .current_dir(dir.path())
         .env_clear()
         .envs(server.env())
