@@ -104,11 +104,16 @@ impl Dispatcher {
                 error_code: classified.error_code.clone(),
                 message: classified.message.clone(),
             };
+            if exchange.http_status.is_some()
+                && !matches!(classified.verdict, Verdict::Throttled { .. })
+            {
+                self.pacer.answered();
+            }
             match classified.verdict {
                 Verdict::Succeeded { .. } => return Ok(body.unwrap_or(Value::Null)),
                 Verdict::Throttled { retry_after } => {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.pause_for(retry_after);
+                    self.pacer.throttled(retry_after);
                     if started.elapsed() + retry_after > self.settings.max_elapsed {
                         return Err(failure(ReadFailureKind::Unavailable));
                     }

@@ -156,6 +156,9 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 last.outcome(OperationStatus::Failed, attempts, text)
             };
             let verdict = exchange.classified.verdict;
+            if exchange.http_status.is_some() && !matches!(verdict, Verdict::Throttled { .. }) {
+                shared.calls.pacer.answered();
+            }
             if verdict != Verdict::Unauthorized {
                 renewed_after_401 = false;
             }
@@ -171,7 +174,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     shared.calls.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     shared.observer.throttled(retry_after);
                     tracing::info!("throttled (429): the whole pool waits {retry_after:?}");
-                    shared.calls.pacer.pause_for(retry_after);
+                    shared.calls.pacer.throttled(retry_after);
                     if started.elapsed() + retry_after > shared.calls.settings.max_elapsed {
                         let text = format!(
                             "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
