@@ -349,6 +349,31 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_documents_only_real_keys_and_parses() {
+        // Every key, commented or not, must be one the program reads.
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+                .unwrap();
+        let uncommented: String = example
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| rest.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: FileConfig = toml::from_str(&uncommented).unwrap();
+        let settings = Settings::resolve(file, &no_env, &Overrides::default()).unwrap();
+        assert_eq!(settings.limits.concurrency, 8);
+        assert_eq!(settings.run.preflight, PreflightMode::Warn);
+        assert!(
+            settings.auth.refresh_token_file.is_some(),
+            "the commented keys were read too"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_the_file_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
