@@ -214,6 +214,26 @@ struct SandboxState {
 }
 
 impl SandboxState {
+    fn new(scenario: Scenario, customers: HashMap<Uuid, Customer>) -> Self {
+        SandboxState {
+            permissive: scenario.is_permissive(),
+            rng: scenario.faults.seed.unwrap_or(0x5EED),
+            scenario,
+            customers,
+            tokens: HashMap::new(),
+            refresh_tokens: HashSet::from([REFRESH_TOKEN.to_string()]),
+            issued: 0,
+            calls: 0,
+            requests: Vec::new(),
+            idempotency: HashMap::new(),
+            violations: Violations::default(),
+            progress: watch::Sender::new(Progress::default()),
+            quotas: HashMap::new(),
+            started: Instant::now(),
+            applied_changes: HashMap::new(),
+        }
+    }
+
     /// Charges one call against the hidden quota; `Some(retry_after_secs)` when it is spent.
     fn charge_quota(&mut self, customer: &str) -> Option<u64> {
         let throttle = self.scenario.throttle.clone()?;
@@ -298,27 +318,7 @@ impl Sandbox {
         for c in &scenario.customers {
             customers.insert(c.id, Customer::from_scenario(c)?);
         }
-        let state = Arc::new(Mutex::new(SandboxState {
-            permissive: scenario.is_permissive(),
-            scenario,
-            customers,
-            tokens: HashMap::new(),
-            refresh_tokens: HashSet::from([REFRESH_TOKEN.to_string()]),
-            issued: 0,
-            calls: 0,
-            requests: Vec::new(),
-            idempotency: HashMap::new(),
-            violations: Violations::default(),
-            progress: watch::Sender::new(Progress::default()),
-            rng: 0,
-            quotas: HashMap::new(),
-            started: Instant::now(),
-            applied_changes: HashMap::new(),
-        }));
-        {
-            let mut s = state.lock().expect("sandbox lock");
-            s.rng = s.scenario.faults.seed.unwrap_or(0x5EED);
-        }
+        let state = Arc::new(Mutex::new(SandboxState::new(scenario, customers)));
         let app = Router::new()
             .route("/{tenant}/oauth2/token", post(token_v1))
             .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
@@ -1422,24 +1422,7 @@ mod tests {
     use super::*;
 
     fn state(throttle: &str) -> SandboxState {
-        let scenario: Scenario = toml::from_str(throttle).unwrap();
-        SandboxState {
-            permissive: true,
-            scenario,
-            customers: HashMap::new(),
-            tokens: HashMap::new(),
-            refresh_tokens: HashSet::new(),
-            issued: 0,
-            calls: 0,
-            requests: Vec::new(),
-            idempotency: HashMap::new(),
-            violations: Violations::default(),
-            progress: watch::Sender::new(Progress::default()),
-            rng: 1,
-            quotas: HashMap::new(),
-            started: Instant::now(),
-            applied_changes: HashMap::new(),
-        }
+        SandboxState::new(toml::from_str(throttle).unwrap(), HashMap::new())
     }
 
     #[test]
