@@ -306,18 +306,15 @@ fn prepare(
                 presettled
                     .entry((g, o))
                     .or_insert_with(|| OperationOutcome {
-                        status: OperationStatus::Failed,
                         http_status: failure.http_status,
                         error_code: failure.error_code.clone(),
-                        message: format!(
-                            "not sent: reading the customer's subscriptions was refused: {}",
-                            failure.message
-                        ),
-                        attempts: 0,
-                        request_id: None,
-                        correlation_id: None,
-                        finished_at: Some(std::time::SystemTime::now()),
-                        warnings: Vec::new(),
+                        ..OperationOutcome::unsent(
+                            OperationStatus::Failed,
+                            format!(
+                                "not sent: reading the customer's subscriptions was refused: {}",
+                                failure.message
+                            ),
+                        )
                     });
             }
         }
@@ -465,11 +462,13 @@ fn done_before(
             if let Some(done) =
                 journal.done_before(target, group.customer_id, &group.user, op.sku_id, op.action)?
             {
-                let mut outcome = OperationOutcome::pending(format!(
-                    "already done in run {} on {}; not sent again (--resend sends it)",
-                    done.run_id, done.finished_at
-                ));
-                outcome.status = OperationStatus::Succeeded;
+                let mut outcome = OperationOutcome::unsent(
+                    OperationStatus::Succeeded,
+                    format!(
+                        "already done in run {} on {}; not sent again (--resend sends it)",
+                        done.run_id, done.finished_at
+                    ),
+                );
                 outcome.finished_at = humantime::parse_rfc3339(&done.finished_at).ok();
                 settled.insert((g, o), outcome);
             }

@@ -53,6 +53,16 @@ pub struct OperationOutcome {
 }
 
 impl OperationOutcome {
+    /// Decided without sending: done in an earlier run, skipped by the preflight, or a
+    /// customer that refused the tenant read.
+    pub fn unsent(status: OperationStatus, message: impl Into<String>) -> Self {
+        OperationOutcome {
+            status,
+            finished_at: Some(SystemTime::now()),
+            ..OperationOutcome::pending(message)
+        }
+    }
+
     pub fn pending(message: impl Into<String>) -> Self {
         OperationOutcome {
             status: OperationStatus::Pending,
@@ -152,7 +162,6 @@ pub struct Stats {
     pub reads: AtomicU64,
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
-    pub token_renewals_after_401: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -161,7 +170,6 @@ pub struct StatsSnapshot {
     pub reads: u64,
     pub retries: u64,
     pub throttled: u64,
-    pub token_renewals_after_401: u64,
 }
 
 impl Stats {
@@ -171,7 +179,6 @@ impl Stats {
             reads: self.reads.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
-            token_renewals_after_401: self.token_renewals_after_401.load(Ordering::Relaxed),
         }
     }
 }

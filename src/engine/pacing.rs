@@ -70,11 +70,6 @@ impl Pacer {
         self.state.lock().expect("pacer lock")
     }
 
-    /// Holds the whole pool for at least `wait` (a later end wins over an earlier one).
-    pub fn pause_for(&self, wait: Duration) {
-        self.state().extend_pause(Instant::now() + wait);
-    }
-
     /// A request was answered (anything but a 429): it used the API's allowance.
     pub fn answered(&self) {
         self.state().answered_since_event += 1;
@@ -171,8 +166,8 @@ mod tests {
     #[tokio::test]
     async fn pause_extends_but_never_shortens() {
         let pacer = Pacer::new(60_000);
-        pacer.pause_for(Duration::from_secs(5));
-        pacer.pause_for(Duration::from_secs(1));
+        pacer.throttled(Duration::from_secs(5));
+        pacer.throttled(Duration::from_secs(1));
         let left = pacer.paused_for().unwrap();
         assert!(left > Duration::from_secs(4), "{left:?}");
     }
@@ -181,7 +176,7 @@ mod tests {
     async fn admit_waits_out_a_pause() {
         let pacer = Pacer::new(60_000);
         let stop = CancellationToken::new();
-        pacer.pause_for(Duration::from_secs(3));
+        pacer.throttled(Duration::from_secs(3));
         let before = Instant::now();
         assert!(pacer.admit(&stop).await);
         assert!(before.elapsed() >= Duration::from_secs(3));
@@ -243,7 +238,7 @@ mod tests {
     async fn stop_ends_the_wait() {
         let pacer = Pacer::new(1);
         let stop = CancellationToken::new();
-        pacer.pause_for(Duration::from_secs(3600));
+        pacer.throttled(Duration::from_secs(3600));
         stop.cancel();
         assert!(!pacer.admit(&stop).await);
     }

@@ -200,11 +200,6 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 },
                 Verdict::Unauthorized if !renewed_after_401 => {
                     renewed_after_401 = true;
-                    shared
-                        .calls
-                        .stats
-                        .token_renewals_after_401
-                        .fetch_add(1, Ordering::Relaxed);
                     if let Err(error) = shared
                         .calls
                         .client

@@ -1275,9 +1275,10 @@ fn answer_license_update(
         Ok(id) => id,
         Err(answer) => return answer,
     };
-    let permissive = state.permissive;
-    let customer =
-        customer_entry(&mut state.customers, permissive, customer_id).expect("checked above");
+    let customer = state
+        .customers
+        .get_mut(&customer_id)
+        .expect("check_customer ensured it");
     if let Err(answer) = check_user(customer, user) {
         return answer;
     }
@@ -1350,9 +1351,10 @@ fn answer_license_update(
             true,
         );
     }
-    let Some(customer) = customer_entry(&mut state.customers, permissive, customer_id) else {
-        unreachable!("customer looked up above");
-    };
+    let customer = state
+        .customers
+        .get_mut(&customer_id)
+        .expect("check_customer ensured it");
     let held = customer
         .assigned
         .get(&user_key)

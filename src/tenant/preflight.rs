@@ -94,14 +94,16 @@ pub fn check(
             ops.sort();
             let fits = available.unwrap_or(0).max(0) as usize;
             for &(_, g, o) in &ops[fits..] {
-                let mut outcome = OperationOutcome::pending(format!(
-                    "skipped by the seat preflight (--preflight strict): {} has {} free seats of {} and this sheet needs {}; buy seats and run again",
-                    customer,
-                    available.unwrap_or(0).max(0),
-                    line.label,
-                    line.needed
-                ));
-                outcome.status = OperationStatus::Skipped;
+                let outcome = OperationOutcome::unsent(
+                    OperationStatus::Skipped,
+                    format!(
+                        "skipped by the seat preflight (--preflight strict): {} has {} free seats of {} and this sheet needs {}; buy seats and run again",
+                        customer,
+                        available.unwrap_or(0).max(0),
+                        line.label,
+                        line.needed
+                    ),
+                );
                 result.skipped.insert((g, o), outcome);
             }
         }
