@@ -20,6 +20,16 @@ struct Case {
     concurrency: usize,
     /// The rate the run cannot beat (per minute): the server quota or the client ceiling.
     limit_per_minute: f64,
+    /// The sheet's groups go to this many customers in turn ([`customer`]).
+    customers: usize,
+}
+
+/// The `n`th customer of a benchmark sheet; the first is Contoso of the sandbox's docs.
+fn customer(n: usize) -> String {
+    match n {
+        0 => "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90".into(),
+        n => format!("7f3c2a10-4b8e-4d21-9c3a-{n:012}"),
+    }
 }
 
 const CASES: &[Case] = &[
@@ -30,6 +40,27 @@ const CASES: &[Case] = &[
         requests_per_minute: 60_000,
         concurrency: 8,
         limit_per_minute: 3000.0,
+        customers: 1,
+    },
+    Case {
+        name: "quota-bucket-3-customers",
+        groups: 3000,
+        scenario: "[throttle]\nmode = \"bucket\"\nper_minute = 3000\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n",
+        requests_per_minute: 60_000,
+        concurrency: 8,
+        limit_per_minute: 3000.0,
+        customers: 3,
+    },
+    // A quota per partner+customer pair, and one customer with little of it: Contoso's 1,200
+    // groups take 60 s at its 1,200/min; the other two customers' 2,400 fit in that time.
+    Case {
+        name: "quota-bucket-per-customer",
+        groups: 3600,
+        scenario: "permissive = true\n[throttle]\nmode = \"bucket\"\nper = \"customer\"\nper_minute = 60000\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n[[customers]]\nid = \"7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90\"\nquota_per_minute = 1200\n",
+        requests_per_minute: 60_000,
+        concurrency: 8,
+        limit_per_minute: 3600.0,
+        customers: 3,
     },
     Case {
         name: "quota-window",
@@ -38,6 +69,7 @@ const CASES: &[Case] = &[
         requests_per_minute: 60_000,
         concurrency: 8,
         limit_per_minute: 1200.0,
+        customers: 1,
     },
     Case {
         name: "ceiling",
@@ -46,6 +78,7 @@ const CASES: &[Case] = &[
         requests_per_minute: 1200,
         concurrency: 8,
         limit_per_minute: 1200.0,
+        customers: 1,
     },
     Case {
         name: "latency-hiding-default",
@@ -54,6 +87,7 @@ const CASES: &[Case] = &[
         requests_per_minute: 3000,
         concurrency: 8,
         limit_per_minute: 3000.0,
+        customers: 1,
     },
     Case {
         name: "latency-hiding-concurrency-40",
@@ -62,6 +96,7 @@ const CASES: &[Case] = &[
         requests_per_minute: 3000,
         concurrency: 40,
         limit_per_minute: 3000.0,
+        customers: 1,
     },
     Case {
         name: "overhead",
@@ -70,6 +105,7 @@ const CASES: &[Case] = &[
         requests_per_minute: 100_000_000,
         concurrency: 32,
         limit_per_minute: f64::INFINITY,
+        customers: 1,
     },
 ];
 
@@ -87,7 +123,8 @@ async fn measure(case: &Case) {
     let mut text = String::from("customer_id,user_id,sku\n");
     for i in 0..case.groups {
         text.push_str(&format!(
-            "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90,00000000-0000-4000-8000-{i:012},SPB\n"
+            "{},00000000-0000-4000-8000-{i:012},SPB\n",
+            customer(i % case.customers)
         ));
     }
     std::fs::write(&input, text).unwrap();

@@ -165,6 +165,81 @@ async fn retries_reuse_the_request_id_and_each_group_is_one_request() {
     assert_request_ids_are_idempotent(&sandbox);
 }
 
+/// Partner Center may limit per partner+customer pair: once the 429s show that, a throttled
+/// customer waits out its Retry-After alone and the other customers go on.
+#[tokio::test]
+async fn a_customer_throttled_on_its_own_quota_does_not_hold_up_the_others() {
+    let sandbox = start(&format!(
+        "[throttle]\nmode = \"bucket\"\nper = \"customer\"\nper_minute = 60000\n\
+         [faults]\nlatency_ms = 20\n\
+         [[customers]]\nid = \"{CONTOSO}\"\nquota_per_minute = 300\n\
+         [[customers]]\nid = \"{FABRIKAM}\"\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: Vec<String> = (0..30)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    rows.extend((30..150).map(|i| format!("{FABRIKAM},{},SPB,,T", user_guid(i))));
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 150);
+
+    let requests = sandbox.requests();
+    let of = |customer: &str| -> Vec<_> {
+        requests
+            .iter()
+            .filter(|r| r.customer.eq_ignore_ascii_case(customer))
+            .collect()
+    };
+    let (contoso, fabrikam) = (of(CONTOSO), of(FABRIKAM));
+    assert!(
+        fabrikam.iter().all(|r| r.status != 429),
+        "Fabrikam has room"
+    );
+    let pauses: Vec<_> = contoso
+        .iter()
+        .filter(|r| r.status == 429)
+        .map(|r| r.at)
+        .collect();
+    assert!(
+        pauses.len() >= 2,
+        "Contoso's quota was hit: {}",
+        pauses.len()
+    );
+    // Requests already on the wire when a 429 left may land just after it.
+    let during = |requests: &[&license_batch::sandbox::RecordedRequest],
+                  t: &std::time::SystemTime| {
+        requests
+            .iter()
+            .filter(|r| {
+                r.at.duration_since(*t)
+                    .is_ok_and(|d| d > Duration::from_millis(100) && d < Duration::from_millis(900))
+            })
+            .count()
+    };
+    for t in &pauses {
+        assert_eq!(
+            during(&contoso, t),
+            0,
+            "a Contoso request arrived during its Retry-After of {t:?}"
+        );
+    }
+    let fabrikam_during_pauses: usize = pauses.iter().map(|t| during(&fabrikam, t)).sum();
+    assert!(
+        fabrikam_during_pauses > 0,
+        "Fabrikam went on while Contoso waited"
+    );
+    let last = |requests: &[&license_batch::sandbox::RecordedRequest]| {
+        requests.iter().map(|r| r.at).max().unwrap()
+    };
+    assert!(
+        last(&fabrikam) < last(&contoso),
+        "the customer with room finishes first"
+    );
+    assert_request_ids_are_idempotent(&sandbox);
+}
+
 #[tokio::test]
 async fn a_429_pauses_the_whole_pool_for_retry_after() {
     let sandbox = start("[faults]\nthrottle_every = 6\nretry_after_secs = 1\n").await;

@@ -9,10 +9,10 @@ mod worker;
 
 pub use read::{ReadFailure, ReadFailureKind};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBuilder;
@@ -237,12 +237,64 @@ impl Dispatcher {
 struct Shared {
     calls: Arc<Dispatcher>,
     groups: Arc<Vec<Group>>,
-    work: Vec<GroupWork>,
+    queue: Mutex<Lanes>,
     recorder: Arc<dyn Recorder>,
     observer: Arc<dyn Observer>,
     abort_reason: Mutex<Option<String>>,
     blocked: Mutex<HashMap<Uuid, CustomerBlock>>,
-    next_work: AtomicUsize,
+}
+
+/// The open groups per customer, taken in turn from the customers that may send now, so a
+/// customer waiting out its own Retry-After does not hold the workers (see [`pacing`]).
+struct Lanes {
+    /// In turn order; a lane goes to the back when a group is taken from it.
+    lanes: VecDeque<(Uuid, VecDeque<GroupWork>)>,
+}
+
+impl Lanes {
+    fn new(work: Vec<GroupWork>, groups: &[Group]) -> Self {
+        let mut lanes: Vec<(Uuid, VecDeque<GroupWork>)> = Vec::new();
+        let mut lane_of: HashMap<Uuid, usize> = HashMap::new();
+        for item in work {
+            let customer = groups[item.group].customer_id;
+            let lane = *lane_of.entry(customer).or_insert_with(|| {
+                lanes.push((customer, VecDeque::new()));
+                lanes.len() - 1
+            });
+            lanes[lane].1.push_back(item);
+        }
+        Lanes {
+            lanes: lanes.into(),
+        }
+    }
+
+    /// The next group: from the first lane in turn that may send now, else from the one that
+    /// may send soonest (its worker then waits in the pacer).
+    fn next(&mut self, pacer: &Pacer) -> Option<GroupWork> {
+        let pick = if pacer.scope() == pacing::Scope::Customer {
+            let now = tokio::time::Instant::now();
+            let mut soonest: Option<(usize, tokio::time::Instant)> = None;
+            for (index, (customer, _)) in self.lanes.iter().enumerate() {
+                let at = pacer.ready_at(*customer);
+                if at <= now {
+                    soonest = Some((index, at));
+                    break;
+                }
+                if soonest.is_none_or(|(_, best)| at < best) {
+                    soonest = Some((index, at));
+                }
+            }
+            soonest?.0
+        } else {
+            0
+        };
+        let (customer, mut queue) = self.lanes.remove(pick)?;
+        let work = queue.pop_front();
+        if !queue.is_empty() {
+            self.lanes.push_back((customer, queue));
+        }
+        work
+    }
 }
 
 impl Shared {
@@ -336,14 +388,13 @@ pub async fn execute(
 ) -> EngineReport {
     let workers = calls.settings.concurrency.min(work.len()).max(1);
     let shared = Arc::new(Shared {
+        queue: Mutex::new(Lanes::new(work, &groups)),
         calls,
         groups,
-        work,
         recorder,
         observer,
         abort_reason: Mutex::new(None),
         blocked: Mutex::new(HashMap::new()),
-        next_work: AtomicUsize::new(0),
     });
 
     let (results_tx, mut results) = mpsc::unbounded_channel();
@@ -353,11 +404,15 @@ pub async fn execute(
         let results_tx = results_tx.clone();
         handles.push(tokio::spawn(async move {
             while !shared.calls.stop.is_cancelled() {
-                let index = shared.next_work.fetch_add(1, Ordering::Relaxed);
-                let Some(work) = shared.work.get(index) else {
+                let next = shared
+                    .queue
+                    .lock()
+                    .expect("queue lock")
+                    .next(&shared.calls.pacer);
+                let Some(work) = next else {
                     break;
                 };
-                let outcomes = worker::run_group(&shared, work).await;
+                let outcomes = worker::run_group(&shared, &work).await;
                 if results_tx.send((work.group, outcomes)).is_err() {
                     break;
                 }

@@ -1,13 +1,23 @@
-//! Pool-wide pacing: a `governor` ceiling of `requests_per_minute` with a burst of one (requests
-//! spread, not bunched), a pause gate that holds every worker while a Retry-After runs, and an
-//! allowance learned from the API's throttling.
+//! Pacing: a `governor` ceiling of `requests_per_minute` across the whole pool (burst of one, so
+//! requests are spread, not bunched), pauses that hold workers while a Retry-After runs, and
+//! allowances learned from the API's throttling — pool-wide, or per customer lane once the API
+//! shows that it limits per partner+customer pair.
 //!
 //! Learning: a short Retry-After (under [`WINDOW_LIKE`]) means a token bucket that refills
 //! continuously. Between two throttle events the bucket went from empty to empty, so the
-//! answers between them divided by the time between them is its refill rate; the pool then
-//! paces just below it and probes upwards while no 429 comes. A long Retry-After means a fixed
-//! window: nothing is learned, the pool uses the window in a burst and waits for its end.
+//! answers between them divided by the time between them is its refill rate; the pool (or the
+//! lane) then paces just below it and probes upwards while no 429 comes. A long Retry-After
+//! means a fixed window: nothing is learned, the window is used in a burst and waited out.
+//!
+//! Scope: Partner Center limits per partner, or per partner+customer pair, and does not say
+//! which. The pacer starts pool-wide: a 429 pauses every worker (SPEC §5). When two throttle
+//! events in a row come from the same customer, nobody else was throttled during them and
+//! other customers were answered in between, the limit is the pair's: from then on a 429
+//! pauses and teaches only that customer's lane, and the other customers go on. When, while a
+//! lane is paused, another customer is throttled before anything else was answered, the limit
+//! is the partner's after all, and the whole pool waits again.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,6 +25,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// A Retry-After at least this long comes from a fixed window, not a token bucket.
 pub const WINDOW_LIKE: Duration = Duration::from_secs(3);
@@ -23,12 +34,22 @@ const MARGIN: f64 = 0.99;
 /// Without a 429 for this long, try 1% more.
 const PROBE_AFTER: Duration = Duration::from_secs(5);
 
-pub struct Pacer {
-    ceiling: DefaultDirectRateLimiter,
-    state: Mutex<State>,
+/// Whose allowance a 429 spends, as far as the pacer has learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One allowance for the whole partner: a 429 pauses the whole pool.
+    Partner,
+    /// One allowance per partner+customer pair: a 429 pauses that customer's lane only.
+    Customer,
 }
 
-struct State {
+pub struct Pacer {
+    ceiling: DefaultDirectRateLimiter,
+    state: Mutex<Pacing>,
+}
+
+/// A pause and a learned rate: the pool's, or one customer lane's.
+struct Allowance {
     paused_until: Option<Instant>,
     /// Requests per second the API allows, once learned.
     learned_rate: Option<f64>,
@@ -38,10 +59,204 @@ struct State {
     last_probe: Instant,
 }
 
-impl State {
+impl Allowance {
+    fn new(now: Instant) -> Self {
+        Allowance {
+            paused_until: None,
+            learned_rate: None,
+            next_slot: now,
+            answered_since_event: 0,
+            last_event: None,
+            last_probe: now,
+        }
+    }
+
+    fn paused_for(&self, now: Instant) -> Option<Duration> {
+        self.paused_until
+            .map(|until| until.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
+    }
+
     fn extend_pause(&mut self, until: Instant) {
         if self.paused_until.is_none_or(|current| current < until) {
             self.paused_until = Some(until);
+        }
+    }
+
+    /// Pauses for `retry_after` and learns from it; `true` when this 429 starts a new throttle
+    /// event (429s of requests already in flight during a pause belong to the running one).
+    /// `whose` names the allowance in the log, `None` keeps quiet.
+    fn throttle(&mut self, now: Instant, retry_after: Duration, whose: Option<&str>) -> bool {
+        let new_event = self.paused_until.is_none_or(|until| until <= now);
+        self.extend_pause(now + retry_after);
+        if !new_event {
+            return false;
+        }
+        if retry_after < WINDOW_LIKE
+            && let Some(last) = self.last_event
+        {
+            let seconds = now.duration_since(last).as_secs_f64();
+            if seconds >= 0.5 && self.answered_since_event > 0 {
+                let rate = self.answered_since_event as f64 / seconds * MARGIN;
+                if let Some(whose) = whose {
+                    tracing::info!(
+                        "the API allows {whose} about {:.0} requests/minute; pacing at that",
+                        rate * 60.0
+                    );
+                }
+                self.learned_rate = Some(rate);
+            }
+        }
+        self.last_event = Some(now);
+        self.last_probe = now;
+        self.answered_since_event = 0;
+        true
+    }
+
+    /// The next slot under the learned rate, if one is learned; reserves it.
+    fn reserve_slot(&mut self, now: Instant) -> Option<Instant> {
+        let mut rate = self.learned_rate?;
+        if now.duration_since(self.last_probe) >= PROBE_AFTER {
+            rate *= 1.01;
+            self.learned_rate = Some(rate);
+            self.last_probe = now;
+        }
+        let slot = self.next_slot.max(now);
+        self.next_slot = slot + Duration::from_secs_f64(1.0 / rate);
+        Some(slot)
+    }
+
+    /// When a request could go under this allowance, without reserving anything.
+    fn ready_at(&self, now: Instant) -> Instant {
+        let mut at = now.max(self.paused_until.unwrap_or(now));
+        if self.learned_rate.is_some() {
+            at = at.max(self.next_slot);
+        }
+        at
+    }
+}
+
+/// The last throttle event: whose it was, and what happened during and since it.
+struct EventMark {
+    customer: Option<Uuid>,
+    /// [`Pacing::answers`] when it happened.
+    answers_at: u64,
+    /// Another customer was throttled during its pause.
+    others_throttled: bool,
+}
+
+struct Pacing {
+    scope: Scope,
+    pool: Allowance,
+    lanes: HashMap<Uuid, Allowance>,
+    /// Every answer (anything but a 429) so far.
+    answers: u64,
+    last_event: Option<EventMark>,
+}
+
+impl Pacing {
+    fn lane(&mut self, customer: Uuid, now: Instant) -> &mut Allowance {
+        self.lanes
+            .entry(customer)
+            .or_insert_with(|| Allowance::new(now))
+    }
+
+    fn answered(&mut self, lane: Option<Uuid>, now: Instant) {
+        self.answers += 1;
+        self.pool.answered_since_event += 1;
+        if let Some(customer) = lane {
+            self.lane(customer, now).answered_since_event += 1;
+        }
+    }
+
+    fn throttled(&mut self, lane: Option<Uuid>, retry_after: Duration, now: Instant) {
+        let Some(customer) = lane else {
+            // A call for no customer in particular spends the partner's allowance.
+            self.pool.throttle(now, retry_after, Some("this partner"));
+            return;
+        };
+        let per_customer = self.scope == Scope::Customer;
+        let lane_label = format!("customer {customer}");
+        let lane = self.lane(customer, now);
+        let answered_by_lane = lane.answered_since_event;
+        let lane_event = lane.throttle(now, retry_after, per_customer.then_some(&lane_label));
+        match self.scope {
+            Scope::Partner => {
+                if !self.pool.throttle(now, retry_after, Some("this partner")) {
+                    if let Some(mark) = &mut self.last_event
+                        && mark.customer != Some(customer)
+                    {
+                        mark.others_throttled = true;
+                    }
+                    return;
+                }
+                let per_pair = self.last_event.as_ref().is_some_and(|mark| {
+                    mark.customer == Some(customer)
+                        && !mark.others_throttled
+                        && self.answers - mark.answers_at > answered_by_lane
+                });
+                self.mark_event(customer);
+                if per_pair {
+                    tracing::info!(
+                        "the API throttles per customer: customer {customer} waits alone, the \
+                         others go on"
+                    );
+                    self.scope = Scope::Customer;
+                    // The pool-wide pause and rate were this customer's; its lane keeps them.
+                    self.pool.paused_until = None;
+                    self.pool.learned_rate = None;
+                }
+            }
+            Scope::Customer => {
+                if !lane_event {
+                    return;
+                }
+                let partner_wide = self.last_event.as_ref().is_some_and(|mark| {
+                    mark.customer.is_some_and(|other| {
+                        other != customer
+                            && self.answers == mark.answers_at
+                            && self
+                                .lanes
+                                .get(&other)
+                                .is_some_and(|l| l.paused_for(now).is_some())
+                    })
+                });
+                self.mark_event(customer);
+                if partner_wide {
+                    tracing::info!(
+                        "the API throttles per partner after all: the whole pool waits again"
+                    );
+                    self.scope = Scope::Partner;
+                    self.pool.throttle(now, retry_after, Some("this partner"));
+                }
+            }
+        }
+    }
+
+    fn mark_event(&mut self, customer: Uuid) {
+        self.last_event = Some(EventMark {
+            customer: Some(customer),
+            answers_at: self.answers,
+            others_throttled: false,
+        });
+    }
+
+    /// The lane that applies to a call: the customer's once the limit is known to be per pair.
+    fn lane_in_force(&self, lane: Option<Uuid>) -> Option<&Allowance> {
+        lane.filter(|_| self.scope == Scope::Customer)
+            .and_then(|customer| self.lanes.get(&customer))
+    }
+
+    fn paused_for(&self, lane: Option<Uuid>, now: Instant) -> Option<Duration> {
+        let pool = self.pool.paused_for(now);
+        let lane = self.lane_in_force(lane).and_then(|l| l.paused_for(now));
+        pool.max(lane)
+    }
+
+    fn reserve_slot(&mut self, lane: Option<Uuid>, now: Instant) -> Option<Instant> {
+        match lane.filter(|_| self.scope == Scope::Customer) {
+            Some(customer) => self.lane(customer, now).reserve_slot(now),
+            None => self.pool.reserve_slot(now),
         }
     }
 }
@@ -55,84 +270,61 @@ impl Pacer {
         let now = Instant::now();
         Pacer {
             ceiling: RateLimiter::direct(quota),
-            state: Mutex::new(State {
-                paused_until: None,
-                learned_rate: None,
-                next_slot: now,
-                answered_since_event: 0,
+            state: Mutex::new(Pacing {
+                scope: Scope::Partner,
+                pool: Allowance::new(now),
+                lanes: HashMap::new(),
+                answers: 0,
                 last_event: None,
-                last_probe: now,
             }),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> std::sync::MutexGuard<'_, Pacing> {
         self.state.lock().expect("pacer lock")
     }
 
-    /// A request was answered (anything but a 429): it used the API's allowance.
-    pub fn answered(&self) {
-        self.state().answered_since_event += 1;
+    /// Whether 429s are known to be counted per partner+customer pair.
+    pub fn scope(&self) -> Scope {
+        self.state().scope
     }
 
-    /// A 429: pauses the whole pool for `retry_after` and learns from it (see the module docs).
-    pub fn throttled(&self, retry_after: Duration) {
+    /// A request (for `lane`'s customer, if any) was answered with anything but a 429: it used
+    /// the API's allowance.
+    pub fn answered(&self, lane: Option<Uuid>) {
+        self.state().answered(lane, Instant::now());
+    }
+
+    /// A 429: pauses the whole pool, or only `lane` once the limit is known to be per
+    /// customer, for `retry_after`, and learns from it (see the module docs).
+    pub fn throttled(&self, lane: Option<Uuid>, retry_after: Duration) {
+        self.state().throttled(lane, retry_after, Instant::now());
+    }
+
+    /// How long a call for `lane` would still wait for a pause, if it would.
+    pub fn paused_for(&self, lane: Option<Uuid>) -> Option<Duration> {
+        self.state().paused_for(lane, Instant::now())
+    }
+
+    /// When a call for `customer` could go (pauses and learned slots; the ceiling aside): lets
+    /// the pool pick work from a customer that may send now.
+    pub fn ready_at(&self, customer: Uuid) -> Instant {
         let now = Instant::now();
-        let mut state = self.state();
-        // 429s of requests that were already in flight belong to the same event.
-        let new_event = state.paused_until.is_none_or(|until| until <= now);
-        state.extend_pause(now + retry_after);
-        if !new_event {
-            return;
+        let state = self.state();
+        let pool = state.pool.ready_at(now);
+        match state.lane_in_force(Some(customer)) {
+            Some(lane) => pool.max(lane.ready_at(now)),
+            None => pool,
         }
-        if retry_after < WINDOW_LIKE
-            && let Some(last) = state.last_event
-        {
-            let seconds = now.duration_since(last).as_secs_f64();
-            if seconds >= 0.5 && state.answered_since_event > 0 {
-                let rate = state.answered_since_event as f64 / seconds * MARGIN;
-                tracing::info!(
-                    "the API allows about {:.0} requests/minute; pacing at that",
-                    rate * 60.0
-                );
-                state.learned_rate = Some(rate);
-            }
-        }
-        state.last_event = Some(now);
-        state.last_probe = now;
-        state.answered_since_event = 0;
     }
 
-    /// How long the pool is still paused, if it is.
-    pub fn paused_for(&self) -> Option<Duration> {
-        self.state()
-            .paused_until
-            .map(|until| until.saturating_duration_since(Instant::now()))
-            .filter(|left| !left.is_zero())
-    }
-
-    /// The next slot under the learned allowance, if one is learned.
-    fn learned_slot(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let mut state = self.state();
-        let mut rate = state.learned_rate?;
-        if now.duration_since(state.last_probe) >= PROBE_AFTER {
-            rate *= 1.01;
-            state.learned_rate = Some(rate);
-            state.last_probe = now;
-        }
-        let slot = state.next_slot.max(now);
-        state.next_slot = slot + Duration::from_secs_f64(1.0 / rate);
-        Some(slot)
-    }
-
-    /// Waits until this worker may send: no pause running, a slot under the ceiling and under
-    /// the learned allowance. Returns `false` when `stop` fires first.
-    pub async fn admit(&self, stop: &CancellationToken) -> bool {
+    /// Waits until a call for `lane` may go: no pause running, a slot under the ceiling and
+    /// under the learned allowance. Returns `false` when `stop` fires first.
+    pub async fn admit(&self, lane: Option<Uuid>, stop: &CancellationToken) -> bool {
         loop {
             // `biased`: when both are ready, the stop wins (select! would otherwise pick one at
             // random and let a call through after a signal).
-            while let Some(left) = self.paused_for() {
+            while let Some(left) = self.paused_for(lane) {
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => return false,
@@ -144,15 +336,16 @@ impl Pacer {
                 _ = stop.cancelled() => return false,
                 _ = self.ceiling.until_ready() => {}
             }
-            if let Some(slot) = self.learned_slot() {
+            let slot = self.state().reserve_slot(lane, Instant::now());
+            if let Some(slot) = slot {
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => return false,
                     _ = tokio::time::sleep_until(slot) => {}
                 }
             }
-            // A 429 may have paused the pool while we waited for the slot.
-            if self.paused_for().is_none() {
+            // A 429 may have paused the pool (or the lane) while we waited for the slot.
+            if self.paused_for(lane).is_none() {
                 return true;
             }
         }
@@ -163,12 +356,16 @@ impl Pacer {
 mod tests {
     use super::*;
 
+    const A: Uuid = Uuid::from_u128(0xA);
+    const B: Uuid = Uuid::from_u128(0xB);
+    const C: Uuid = Uuid::from_u128(0xC);
+
     #[tokio::test]
     async fn pause_extends_but_never_shortens() {
         let pacer = Pacer::new(60_000);
-        pacer.throttled(Duration::from_secs(5));
-        pacer.throttled(Duration::from_secs(1));
-        let left = pacer.paused_for().unwrap();
+        pacer.throttled(None, Duration::from_secs(5));
+        pacer.throttled(None, Duration::from_secs(1));
+        let left = pacer.paused_for(None).unwrap();
         assert!(left > Duration::from_secs(4), "{left:?}");
     }
 
@@ -176,46 +373,46 @@ mod tests {
     async fn admit_waits_out_a_pause() {
         let pacer = Pacer::new(60_000);
         let stop = CancellationToken::new();
-        pacer.throttled(Duration::from_secs(3));
+        pacer.throttled(None, Duration::from_secs(3));
         let before = Instant::now();
-        assert!(pacer.admit(&stop).await);
+        assert!(pacer.admit(None, &stop).await);
         assert!(before.elapsed() >= Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_bucket_refill_rate_is_learned_between_two_throttle_events() {
         let pacer = Pacer::new(1_000_000);
-        pacer.throttled(Duration::from_secs(1));
+        pacer.throttled(None, Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         for _ in 0..100 {
-            pacer.answered();
+            pacer.answered(None);
         }
-        pacer.throttled(Duration::from_secs(1));
-        let learned = pacer.state().learned_rate.unwrap();
+        pacer.throttled(None, Duration::from_secs(1));
+        let learned = pacer.state().pool.learned_rate.unwrap();
         assert!((learned - 50.0 * MARGIN).abs() < 0.5, "{learned}");
         // 429s of requests in flight during the pause are the same event: nothing changes.
-        pacer.throttled(Duration::from_secs(1));
-        assert_eq!(pacer.state().learned_rate, Some(learned));
+        pacer.throttled(None, Duration::from_secs(1));
+        assert_eq!(pacer.state().pool.learned_rate, Some(learned));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_window_teaches_no_rate() {
         let pacer = Pacer::new(1_000_000);
-        pacer.throttled(Duration::from_secs(40));
+        pacer.throttled(None, Duration::from_secs(40));
         tokio::time::advance(Duration::from_secs(41)).await;
-        pacer.answered();
-        pacer.throttled(Duration::from_secs(40));
-        assert_eq!(pacer.state().learned_rate, None);
+        pacer.answered(None);
+        pacer.throttled(None, Duration::from_secs(40));
+        assert_eq!(pacer.state().pool.learned_rate, None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_learned_rate_spaces_the_slots() {
         let pacer = Pacer::new(1_000_000);
-        pacer.state().learned_rate = Some(10.0);
+        pacer.state().pool.learned_rate = Some(10.0);
         let stop = CancellationToken::new();
         let before = Instant::now();
         for _ in 0..5 {
-            assert!(pacer.admit(&stop).await);
+            assert!(pacer.admit(None, &stop).await);
         }
         assert!(
             before.elapsed() >= Duration::from_millis(400),
@@ -230,7 +427,7 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         for _ in 0..100 {
-            assert!(!pacer.admit(&stop).await);
+            assert!(!pacer.admit(Some(A), &stop).await);
         }
     }
 
@@ -238,8 +435,105 @@ mod tests {
     async fn stop_ends_the_wait() {
         let pacer = Pacer::new(1);
         let stop = CancellationToken::new();
-        pacer.throttled(Duration::from_secs(3600));
+        pacer.throttled(None, Duration::from_secs(3600));
         stop.cancel();
-        assert!(!pacer.admit(&stop).await);
+        assert!(!pacer.admit(None, &stop).await);
+    }
+
+    /// Two throttle events of A, with B answered in between: the limit is per pair.
+    async fn learn_per_customer(pacer: &Pacer) {
+        pacer.throttled(Some(A), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..10 {
+            pacer.answered(Some(A));
+            pacer.answered(Some(B));
+        }
+        pacer.throttled(Some(A), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_429_pauses_every_customer() {
+        let pacer = Pacer::new(1_000_000);
+        pacer.throttled(Some(A), Duration::from_secs(1));
+        assert_eq!(pacer.scope(), Scope::Partner);
+        assert!(pacer.paused_for(Some(B)).is_some());
+        assert!(pacer.ready_at(B) > Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_customer_throttled_again_while_others_are_answered_gets_its_own_lane() {
+        let pacer = Pacer::new(1_000_000);
+        learn_per_customer(&pacer).await;
+        assert_eq!(pacer.scope(), Scope::Customer);
+        assert!(pacer.paused_for(Some(A)).is_some());
+        assert!(pacer.paused_for(Some(B)).is_none(), "B goes on");
+        assert!(pacer.ready_at(B) <= Instant::now());
+        assert!(pacer.ready_at(A) > Instant::now());
+        // A's lane paces at A's rate: 10 answers in the 2 s between its events.
+        let rate = pacer.state().lanes[&A].learned_rate.unwrap();
+        assert!((rate - 5.0 * MARGIN).abs() < 0.1, "{rate}");
+        assert_eq!(pacer.state().pool.learned_rate, None);
+
+        let stop = CancellationToken::new();
+        let before = Instant::now();
+        assert!(pacer.admit(Some(B), &stop).await);
+        assert_eq!(
+            before.elapsed(),
+            Duration::ZERO,
+            "B is not held by A's pause"
+        );
+        assert!(pacer.admit(Some(A), &stop).await);
+        assert!(before.elapsed() >= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_throttled_customer_answered_says_nothing_about_the_scope() {
+        let pacer = Pacer::new(1_000_000);
+        pacer.throttled(Some(A), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..10 {
+            pacer.answered(Some(A));
+        }
+        pacer.throttled(Some(A), Duration::from_secs(1));
+        assert_eq!(pacer.scope(), Scope::Partner);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn others_throttled_during_the_pause_keep_it_pool_wide() {
+        let pacer = Pacer::new(1_000_000);
+        pacer.throttled(Some(A), Duration::from_secs(1));
+        pacer.throttled(Some(B), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for _ in 0..10 {
+            pacer.answered(Some(A));
+            pacer.answered(Some(B));
+        }
+        pacer.throttled(Some(A), Duration::from_secs(1));
+        assert_eq!(pacer.scope(), Scope::Partner);
+        assert!(pacer.paused_for(Some(B)).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_customer_throttled_before_anything_was_answered_means_partner_wide() {
+        let pacer = Pacer::new(1_000_000);
+        learn_per_customer(&pacer).await;
+        assert_eq!(pacer.scope(), Scope::Customer);
+        pacer.throttled(Some(B), Duration::from_secs(1));
+        assert_eq!(pacer.scope(), Scope::Partner);
+        assert!(
+            pacer.paused_for(Some(C)).is_some(),
+            "the whole pool waits again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_customer_throttled_after_answers_keeps_the_lanes() {
+        let pacer = Pacer::new(1_000_000);
+        learn_per_customer(&pacer).await;
+        pacer.answered(Some(C));
+        pacer.throttled(Some(B), Duration::from_secs(1));
+        assert_eq!(pacer.scope(), Scope::Customer);
+        assert!(pacer.paused_for(Some(B)).is_some());
+        assert!(pacer.paused_for(Some(C)).is_none());
     }
 }

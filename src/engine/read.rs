@@ -83,7 +83,7 @@ impl Dispatcher {
         let mut backoff = self.retry_policy().build();
         let mut renewed_after_401 = false;
         loop {
-            if !self.pacer.admit(&self.stop).await {
+            if !self.pacer.admit(None, &self.stop).await {
                 return Err(ReadFailure::new(
                     ReadFailureKind::Stopped,
                     "the run is stopping".into(),
@@ -107,13 +107,13 @@ impl Dispatcher {
             if exchange.http_status.is_some()
                 && !matches!(classified.verdict, Verdict::Throttled { .. })
             {
-                self.pacer.answered();
+                self.pacer.answered(None);
             }
             match classified.verdict {
                 Verdict::Succeeded { .. } => return Ok(body.unwrap_or(Value::Null)),
                 Verdict::Throttled { retry_after } => {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.throttled(retry_after);
+                    self.pacer.throttled(None, retry_after);
                     if started.elapsed() + retry_after > self.settings.max_elapsed {
                         return Err(failure(ReadFailureKind::Unavailable));
                     }

@@ -129,7 +129,12 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 settle(&mut outcomes, &remaining, outcome);
                 continue 'pass;
             }
-            if !shared.calls.pacer.admit(&shared.calls.stop).await {
+            if !shared
+                .calls
+                .pacer
+                .admit(Some(group.customer_id), &shared.calls.stop)
+                .await
+            {
                 break 'pass;
             }
             let token = match shared.calls.client.tokens.token().await {
@@ -157,7 +162,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
             };
             let verdict = exchange.classified.verdict;
             if exchange.http_status.is_some() && !matches!(verdict, Verdict::Throttled { .. }) {
-                shared.calls.pacer.answered();
+                shared.calls.pacer.answered(Some(group.customer_id));
             }
             if verdict != Verdict::Unauthorized {
                 renewed_after_401 = false;
@@ -173,8 +178,11 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 Verdict::Throttled { retry_after } => {
                     shared.calls.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     shared.observer.throttled(retry_after);
-                    tracing::info!("throttled (429): the whole pool waits {retry_after:?}");
-                    shared.calls.pacer.throttled(retry_after);
+                    tracing::info!(customer = %group.customer_id, "throttled (429): waiting {retry_after:?}");
+                    shared
+                        .calls
+                        .pacer
+                        .throttled(Some(group.customer_id), retry_after);
                     if started.elapsed() + retry_after > shared.calls.settings.max_elapsed {
                         let text = format!(
                             "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",

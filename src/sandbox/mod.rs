@@ -237,12 +237,20 @@ impl SandboxState {
     /// Charges one call against the hidden quota; `Some(retry_after_secs)` when it is spent.
     fn charge_quota(&mut self, customer: &str) -> Option<u64> {
         let throttle = self.scenario.throttle.clone()?;
-        let key = match throttle.per {
-            scenario::ThrottleScope::Partner => String::new(),
-            scenario::ThrottleScope::Customer => customer.to_lowercase(),
+        let (key, per_minute) = match throttle.per {
+            scenario::ThrottleScope::Partner => (String::new(), throttle.per_minute),
+            scenario::ThrottleScope::Customer => {
+                let own = self
+                    .scenario
+                    .customers
+                    .iter()
+                    .find(|c| c.id.to_string().eq_ignore_ascii_case(customer))
+                    .and_then(|c| c.quota_per_minute);
+                (customer.to_lowercase(), own.unwrap_or(throttle.per_minute))
+            }
         };
         let now = Instant::now();
-        let per_second = throttle.per_minute as f64 / 60.0;
+        let per_second = per_minute as f64 / 60.0;
         match throttle.mode {
             scenario::ThrottleMode::Bucket => {
                 let capacity = throttle.burst.unwrap_or((per_second.ceil() as u64).max(1)) as f64;
@@ -268,7 +276,7 @@ impl SandboxState {
                     *count = 0.0;
                     *marker = now;
                 }
-                if *count < throttle.per_minute as f64 {
+                if *count < per_minute as f64 {
                     *count += 1.0;
                     None
                 } else {
@@ -1448,6 +1456,28 @@ mod tests {
             s.charge_quota("b"),
             None,
             "another customer has its own quota"
+        );
+    }
+
+    #[test]
+    fn a_customer_can_have_its_own_quota() {
+        let a = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
+        let mut s = state(&format!(
+            "[throttle]\nmode = \"bucket\"\nper = \"customer\"\nper_minute = 60\nburst = 1\n\
+             [[customers]]\nid = \"{a}\"\nquota_per_minute = 6000\n"
+        ));
+        assert_eq!(s.charge_quota("b"), None);
+        assert_eq!(
+            s.charge_quota("b"),
+            Some(1),
+            "the default quota: 1 per second"
+        );
+        assert_eq!(s.charge_quota(&a.to_uppercase()), None);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            s.charge_quota(a),
+            None,
+            "100 per second refills within 20 ms"
         );
     }
 }

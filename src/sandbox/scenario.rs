@@ -129,6 +129,9 @@ pub struct CustomerScenario {
     pub conditional_access_blocked: bool,
     /// Turns Conditional-Access-blocked after this many licenseupdates calls to it.
     pub blocked_after_requests: Option<u64>,
+    /// With `throttle.per = "customer"`: this customer's own quota per minute (the API's
+    /// limits differ per partner+customer pair and are not published).
+    pub quota_per_minute: Option<u64>,
     /// Answers 403 as when the partner lacks the GDAP role for this customer.
     #[serde(default)]
     pub missing_gdap_role: bool,
