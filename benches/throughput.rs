@@ -71,6 +71,17 @@ const CASES: &[Case] = &[
         limit_per_minute: 1200.0,
         customers: 1,
     },
+    // A window per pair: Contoso gets 600 per 60 s window for its 900 groups (even-pacing
+    // ideal 90 s); the other two customers' 1,800 must not wait for Contoso's window.
+    Case {
+        name: "quota-window-per-customer",
+        groups: 2700,
+        scenario: "permissive = true\n[throttle]\nmode = \"window\"\nper = \"customer\"\nper_minute = 60000\nwindow_secs = 60\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n[[customers]]\nid = \"7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90\"\nquota_per_minute = 600\n",
+        requests_per_minute: 60_000,
+        concurrency: 8,
+        limit_per_minute: 1800.0,
+        customers: 3,
+    },
     Case {
         name: "ceiling",
         groups: 600,

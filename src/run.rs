@@ -144,8 +144,12 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let bytes = input::read_bytes(&opts.input)?;
     let input = input::parse(&opts.input, &bytes, opts.delimiter)?;
     if opts.dry_run {
+        drop(bytes);
         return plan_only(&opts, &input, started).await;
     }
+    // The parsed rows are all the run needs of the file from here on.
+    let input_hash = journal::content_hash(&bytes);
+    drop(bytes);
 
     let report_path = opts
         .report
@@ -165,7 +169,6 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let calls = Arc::clone(&connection.calls);
 
     let mut journal = Journal::open_for_run(&opts.settings.run.state_file)?;
-    let input_hash = journal::content_hash(&bytes);
     let resumable = if opts.fresh || opts.resend {
         None
     } else {
@@ -255,6 +258,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
         summary.insights = deployment_insights(&calls, touched).await;
     }
     summary.stats = calls.stats();
+    summary.advice = result.advice;
     summary.seat_shortages = seats.shortages().cloned().collect();
     summary.elapsed = started.elapsed();
     summary.report_path = Some(report_path);

@@ -51,6 +51,8 @@ pub struct RunSummary {
     pub seat_shortages: Vec<SeatLine>,
     /// Licenses deployed vs sold of the customers the run touched.
     pub insights: Vec<CustomerInsights>,
+    /// How to make a run like this faster (see `EngineSettings::concurrency_advice`).
+    pub advice: Option<String>,
     pub rows: Vec<ReportRow>,
 }
 
@@ -92,6 +94,7 @@ impl RunSummary {
             run_id: None,
             seat_shortages: Vec::new(),
             insights: Vec::new(),
+            advice: None,
             rows,
         }
     }
@@ -168,6 +171,9 @@ impl fmt::Display for RunSummary {
                 self.stats.retries,
                 self.stats.throttled
             )?;
+        }
+        if let Some(advice) = &self.advice {
+            writeln!(f, "  pace:        {advice}")?;
         }
         if !self.top_errors.is_empty() {
             let top: Vec<String> = self

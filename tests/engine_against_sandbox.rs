@@ -166,24 +166,28 @@ async fn retries_reuse_the_request_id_and_each_group_is_one_request() {
 }
 
 /// Partner Center may limit per partner+customer pair: once the 429s show that, a throttled
-/// customer waits out its Retry-After alone and the other customers go on.
-#[tokio::test]
-async fn a_customer_throttled_on_its_own_quota_does_not_hold_up_the_others() {
+/// customer waits out its Retry-After alone and the other customers go on. Contoso's own quota
+/// is `contoso_quota` (TOML lines); Fabrikam's is far from reached.
+async fn assert_a_throttled_customer_waits_alone(
+    throttle: &str,
+    contoso_quota: &str,
+    contoso_groups: usize,
+) {
     let sandbox = start(&format!(
-        "[throttle]\nmode = \"bucket\"\nper = \"customer\"\nper_minute = 60000\n\
+        "[throttle]\n{throttle}per = \"customer\"\nper_minute = 60000\n\
          [faults]\nlatency_ms = 20\n\
-         [[customers]]\nid = \"{CONTOSO}\"\nquota_per_minute = 300\n\
+         [[customers]]\nid = \"{CONTOSO}\"\n{contoso_quota}\
          [[customers]]\nid = \"{FABRIKAM}\"\n"
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut rows: Vec<String> = (0..30)
+    let mut rows: Vec<String> = (0..contoso_groups)
         .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
         .collect();
-    rows.extend((30..150).map(|i| format!("{FABRIKAM},{},SPB,,T", user_guid(i))));
+    rows.extend((1000..1120).map(|i| format!("{FABRIKAM},{},SPB,,T", user_guid(i))));
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let summary = run(options(&sandbox, &input)).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 150);
+    assert_eq!(summary.count(RowStatus::Succeeded), rows.len() as u64);
 
     let requests = sandbox.requests();
     let of = |customer: &str| -> Vec<_> {
@@ -197,35 +201,32 @@ async fn a_customer_throttled_on_its_own_quota_does_not_hold_up_the_others() {
         fabrikam.iter().all(|r| r.status != 429),
         "Fabrikam has room"
     );
-    let pauses: Vec<_> = contoso
+    let pauses: Vec<(std::time::SystemTime, Duration)> = contoso
         .iter()
         .filter(|r| r.status == 429)
-        .map(|r| r.at)
+        .map(|r| (r.at, Duration::from_secs(r.retry_after.unwrap())))
         .collect();
-    assert!(
-        pauses.len() >= 2,
-        "Contoso's quota was hit: {}",
-        pauses.len()
-    );
+    assert!(!pauses.is_empty(), "Contoso's quota was hit");
     // Requests already on the wire when a 429 left may land just after it.
     let during = |requests: &[&license_batch::sandbox::RecordedRequest],
-                  t: &std::time::SystemTime| {
+                  (t, wait): &(std::time::SystemTime, Duration)| {
         requests
             .iter()
             .filter(|r| {
-                r.at.duration_since(*t)
-                    .is_ok_and(|d| d > Duration::from_millis(100) && d < Duration::from_millis(900))
+                r.at.duration_since(*t).is_ok_and(|d| {
+                    d > Duration::from_millis(100) && d + Duration::from_millis(100) < *wait
+                })
             })
             .count()
     };
-    for t in &pauses {
+    for pause in &pauses {
         assert_eq!(
-            during(&contoso, t),
+            during(&contoso, pause),
             0,
-            "a Contoso request arrived during its Retry-After of {t:?}"
+            "a Contoso request arrived during its Retry-After of {pause:?}"
         );
     }
-    let fabrikam_during_pauses: usize = pauses.iter().map(|t| during(&fabrikam, t)).sum();
+    let fabrikam_during_pauses: usize = pauses.iter().map(|p| during(&fabrikam, p)).sum();
     assert!(
         fabrikam_during_pauses > 0,
         "Fabrikam went on while Contoso waited"
@@ -238,6 +239,54 @@ async fn a_customer_throttled_on_its_own_quota_does_not_hold_up_the_others() {
         "the customer with room finishes first"
     );
     assert_request_ids_are_idempotent(&sandbox);
+}
+
+/// A token bucket per pair: two throttle events of Contoso alone tell it.
+#[tokio::test]
+async fn a_customer_throttled_on_its_own_bucket_does_not_hold_up_the_others() {
+    assert_a_throttled_customer_waits_alone("mode = \"bucket\"\n", "quota_per_minute = 300\n", 30)
+        .await;
+}
+
+/// A fixed window per pair: the one long Retry-After is told from the other customers' calls
+/// that were in flight with Contoso's and were answered.
+#[tokio::test]
+async fn a_customer_throttled_on_its_own_window_does_not_hold_up_the_others() {
+    assert_a_throttled_customer_waits_alone(
+        "mode = \"window\"\nwindow_secs = 5\n",
+        "quota_per_minute = 6\n",
+        9,
+    )
+    .await;
+}
+
+/// Little's law: when the calls are slow and the pool small, the summary says which
+/// concurrency would reach the ceiling.
+#[tokio::test]
+async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_would_do() {
+    let sandbox = start("[faults]\nlatency_ms = 200\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..12)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.requests_per_minute = 6000;
+    opts.settings.limits.concurrency = 2;
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 12);
+    let latency = summary.stats.mean_latency.unwrap();
+    assert!(latency >= Duration::from_millis(200), "{latency:?}");
+    let advice = summary.advice.clone().expect("the pool set the pace");
+    // 100/s at >= 0.2 s each needs >= 20 in flight, plus a fifth.
+    let needed: usize = advice
+        .split("--concurrency ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{advice}"));
+    assert!((24..=40).contains(&needed), "{advice}");
+    assert!(summary.to_string().contains("pace:"), "{summary}");
 }
 
 #[tokio::test]

@@ -162,6 +162,9 @@ pub struct Stats {
     pub reads: AtomicU64,
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
+    /// License updates that got an answer, and the time they took together.
+    answered: AtomicU64,
+    answer_micros: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -170,16 +173,52 @@ pub struct StatsSnapshot {
     pub reads: u64,
     pub retries: u64,
     pub throttled: u64,
+    /// Mean time a license update took to be answered.
+    pub mean_latency: Option<Duration>,
 }
 
 impl Stats {
+    fn answered(&self, took: Duration) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.answer_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> StatsSnapshot {
+        let answered = self.answered.load(Ordering::Relaxed);
         StatsSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
+            mean_latency: (answered > 0).then(|| {
+                Duration::from_micros(self.answer_micros.load(Ordering::Relaxed) / answered)
+            }),
         }
+    }
+}
+
+impl EngineSettings {
+    /// Little's law: `concurrency` calls in flight that take `latency` each carry at most
+    /// `concurrency / latency` per second. When that is under the ceiling, the pool and not
+    /// the API set the pace: the advice names the concurrency that would reach the ceiling
+    /// (with a fifth more for the calls slower than the mean).
+    pub fn concurrency_advice(&self, latency: Duration) -> Option<String> {
+        let ceiling = self.requests_per_minute as f64 / 60.0;
+        let carried = self.concurrency as f64 / latency.as_secs_f64().max(1e-6);
+        if carried >= ceiling * 0.95 {
+            return None;
+        }
+        let needed = (ceiling * latency.as_secs_f64() * 1.2).ceil() as usize;
+        Some(format!(
+            "the pool set the pace, not the API: {} requests in flight at {:.2} s each carry at \
+             most {:.0}/min of the {}/min ceiling; --concurrency {needed} (limits.concurrency) \
+             would reach it",
+            self.concurrency,
+            latency.as_secs_f64(),
+            carried * 60.0,
+            self.requests_per_minute
+        ))
     }
 }
 
@@ -188,6 +227,8 @@ impl Stats {
 pub struct EngineReport {
     pub stats: StatsSnapshot,
     pub completion: Completion,
+    /// How to make a run like this faster, when the pool's own size held it back.
+    pub advice: Option<String>,
 }
 
 /// Why a customer gets no more requests.
@@ -445,8 +486,56 @@ pub async fn execute(
         None if shared.calls.stop.is_cancelled() => Completion::Interrupted,
         None => Completion::Finished,
     };
+    let stats = shared.calls.stats();
+    // Only a run that kept the whole pool busy, and was not slowed by the API's quota, shows
+    // that the pool's size was the limit.
+    let advice = stats
+        .mean_latency
+        .filter(|_| stats.throttled == 0 && stats.requests >= 4 * workers as u64)
+        .and_then(|latency| shared.calls.settings.concurrency_advice(latency));
+    if let Some(advice) = &advice {
+        tracing::warn!("{advice}");
+    }
     EngineReport {
-        stats: shared.calls.stats(),
+        stats,
         completion,
+        advice,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(requests_per_minute: u32, concurrency: usize) -> EngineSettings {
+        EngineSettings {
+            requests_per_minute,
+            concurrency,
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(900),
+            min_retry_delay: Duration::from_millis(500),
+            max_failure_ratio: 0.5,
+            failure_ratio_min_groups: 100,
+        }
+    }
+
+    #[test]
+    fn advice_when_the_pool_cannot_carry_the_ceiling_at_the_measured_latency() {
+        // 8 in flight at 0.5 s carry 960/min of 3,000/min: 30 would reach it (25 and a fifth).
+        let advice = settings(3000, 8)
+            .concurrency_advice(Duration::from_millis(500))
+            .unwrap();
+        assert!(advice.contains("at most 960/min"), "{advice}");
+        assert!(advice.contains("--concurrency 30 "), "{advice}");
+        // The defaults (300/min, 8 in flight) carry up to 1.6 s per call.
+        assert_eq!(
+            settings(300, 8).concurrency_advice(Duration::from_millis(1500)),
+            None
+        );
+        assert!(
+            settings(300, 8)
+                .concurrency_advice(Duration::from_secs(2))
+                .is_some()
+        );
     }
 }

@@ -121,8 +121,11 @@ impl Allowance {
             self.learned_rate = Some(rate);
             self.last_probe = now;
         }
-        let slot = self.next_slot.max(now);
-        self.next_slot = slot + Duration::from_secs_f64(1.0 / rate);
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        // A slot that no worker was waiting for is not lost (up to one interval back): the
+        // rate is kept on average, not only while some worker happens to wait in `admit`.
+        let slot = self.next_slot.max(now.checked_sub(interval).unwrap_or(now));
+        self.next_slot = slot + interval;
         Some(slot)
     }
 
@@ -136,11 +139,18 @@ impl Allowance {
     }
 }
 
-/// The last throttle event: whose it was, and what happened during and since it.
+/// The last throttle event of a customer: when, and what other customers' calls did around it.
 struct EventMark {
-    customer: Option<Uuid>,
+    customer: Uuid,
+    at: Instant,
+    /// The Retry-After was a fixed window's.
+    window_like: bool,
     /// [`Pacing::answers`] when it happened.
     answers_at: u64,
+    /// Other customers' calls sent before it and answered (not 429) after it.
+    others_answered_in_flight: u32,
+    /// Other customers' calls sent after it and answered.
+    others_answered_after: u32,
     /// Another customer was throttled during its pause.
     others_throttled: bool,
 }
@@ -161,15 +171,43 @@ impl Pacing {
             .or_insert_with(|| Allowance::new(now))
     }
 
-    fn answered(&mut self, lane: Option<Uuid>, now: Instant) {
+    fn answered(&mut self, lane: Option<Uuid>, sent_at: Instant, now: Instant) {
         self.answers += 1;
         self.pool.answered_since_event += 1;
-        if let Some(customer) = lane {
-            self.lane(customer, now).answered_since_event += 1;
+        let Some(customer) = lane else { return };
+        self.lane(customer, now).answered_since_event += 1;
+        let Some(mark) = &mut self.last_event else {
+            return;
+        };
+        if customer == mark.customer {
+            return;
+        }
+        if sent_at < mark.at {
+            mark.others_answered_in_flight += 1;
+        } else {
+            mark.others_answered_after += 1;
+        }
+        // A fixed window is waited out in one long pause, so the scope cannot wait for a
+        // second event: the calls of other customers that were in flight with the throttled
+        // one tell it. Under the partner's window they would have been throttled too.
+        let per_pair = self.scope == Scope::Partner
+            && mark.window_like
+            && !mark.others_throttled
+            && mark.others_answered_in_flight >= 2
+            && self.pool.paused_for(now).is_some();
+        if per_pair {
+            let throttled = mark.customer;
+            self.limit_per_customer(throttled);
         }
     }
 
-    fn throttled(&mut self, lane: Option<Uuid>, retry_after: Duration, now: Instant) {
+    fn throttled(
+        &mut self,
+        lane: Option<Uuid>,
+        sent_at: Instant,
+        retry_after: Duration,
+        now: Instant,
+    ) {
         let Some(customer) = lane else {
             // A call for no customer in particular spends the partner's allowance.
             self.pool.throttle(now, retry_after, Some("this partner"));
@@ -184,44 +222,40 @@ impl Pacing {
             Scope::Partner => {
                 if !self.pool.throttle(now, retry_after, Some("this partner")) {
                     if let Some(mark) = &mut self.last_event
-                        && mark.customer != Some(customer)
+                        && mark.customer != customer
                     {
                         mark.others_throttled = true;
                     }
                     return;
                 }
+                // A bucket: the same customer throttled again, nobody else throttled, and
+                // other customers answered in between.
                 let per_pair = self.last_event.as_ref().is_some_and(|mark| {
-                    mark.customer == Some(customer)
+                    mark.customer == customer
                         && !mark.others_throttled
                         && self.answers - mark.answers_at > answered_by_lane
                 });
-                self.mark_event(customer);
+                self.mark_event(customer, retry_after, now);
                 if per_pair {
-                    tracing::info!(
-                        "the API throttles per customer: customer {customer} waits alone, the \
-                         others go on"
-                    );
-                    self.scope = Scope::Customer;
-                    // The pool-wide pause and rate were this customer's; its lane keeps them.
-                    self.pool.paused_until = None;
-                    self.pool.learned_rate = None;
+                    self.limit_per_customer(customer);
                 }
             }
             Scope::Customer => {
                 if !lane_event {
                     return;
                 }
+                // Another customer waits out its own 429, nothing sent to anyone else since
+                // was answered, and a call sent since is throttled: the partner's limit.
                 let partner_wide = self.last_event.as_ref().is_some_and(|mark| {
-                    mark.customer.is_some_and(|other| {
-                        other != customer
-                            && self.answers == mark.answers_at
-                            && self
-                                .lanes
-                                .get(&other)
-                                .is_some_and(|l| l.paused_for(now).is_some())
-                    })
+                    mark.customer != customer
+                        && sent_at >= mark.at
+                        && mark.others_answered_after == 0
+                        && self
+                            .lanes
+                            .get(&mark.customer)
+                            .is_some_and(|l| l.paused_for(now).is_some())
                 });
-                self.mark_event(customer);
+                self.mark_event(customer, retry_after, now);
                 if partner_wide {
                     tracing::info!(
                         "the API throttles per partner after all: the whole pool waits again"
@@ -233,10 +267,25 @@ impl Pacing {
         }
     }
 
-    fn mark_event(&mut self, customer: Uuid) {
+    /// From now on a 429 pauses and teaches only its customer's lane.
+    fn limit_per_customer(&mut self, throttled: Uuid) {
+        tracing::info!(
+            "the API throttles per customer: customer {throttled} waits alone, the others go on"
+        );
+        self.scope = Scope::Customer;
+        // The pool-wide pause and rate were this customer's; its lane keeps them.
+        self.pool.paused_until = None;
+        self.pool.learned_rate = None;
+    }
+
+    fn mark_event(&mut self, customer: Uuid, retry_after: Duration, now: Instant) {
         self.last_event = Some(EventMark {
-            customer: Some(customer),
+            customer,
+            at: now,
+            window_like: retry_after >= WINDOW_LIKE,
             answers_at: self.answers,
+            others_answered_in_flight: 0,
+            others_answered_after: 0,
             others_throttled: false,
         });
     }
@@ -289,16 +338,17 @@ impl Pacer {
         self.state().scope
     }
 
-    /// A request (for `lane`'s customer, if any) was answered with anything but a 429: it used
-    /// the API's allowance.
-    pub fn answered(&self, lane: Option<Uuid>) {
-        self.state().answered(lane, Instant::now());
+    /// A call (for `lane`'s customer, if any) sent at `sent_at` was answered with anything but
+    /// a 429: it used the API's allowance.
+    pub fn answered(&self, lane: Option<Uuid>, sent_at: Instant) {
+        self.state().answered(lane, sent_at, Instant::now());
     }
 
-    /// A 429: pauses the whole pool, or only `lane` once the limit is known to be per
-    /// customer, for `retry_after`, and learns from it (see the module docs).
-    pub fn throttled(&self, lane: Option<Uuid>, retry_after: Duration) {
-        self.state().throttled(lane, retry_after, Instant::now());
+    /// A 429 of a call sent at `sent_at`: pauses the whole pool, or only `lane` once the limit
+    /// is known to be per customer, for `retry_after`, and learns from it (see the module docs).
+    pub fn throttled(&self, lane: Option<Uuid>, sent_at: Instant, retry_after: Duration) {
+        self.state()
+            .throttled(lane, sent_at, retry_after, Instant::now());
     }
 
     /// How long a call for `lane` would still wait for a pause, if it would.
@@ -363,8 +413,8 @@ mod tests {
     #[tokio::test]
     async fn pause_extends_but_never_shortens() {
         let pacer = Pacer::new(60_000);
-        pacer.throttled(None, Duration::from_secs(5));
-        pacer.throttled(None, Duration::from_secs(1));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(5));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(1));
         let left = pacer.paused_for(None).unwrap();
         assert!(left > Duration::from_secs(4), "{left:?}");
     }
@@ -373,7 +423,7 @@ mod tests {
     async fn admit_waits_out_a_pause() {
         let pacer = Pacer::new(60_000);
         let stop = CancellationToken::new();
-        pacer.throttled(None, Duration::from_secs(3));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(3));
         let before = Instant::now();
         assert!(pacer.admit(None, &stop).await);
         assert!(before.elapsed() >= Duration::from_secs(3));
@@ -382,26 +432,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_bucket_refill_rate_is_learned_between_two_throttle_events() {
         let pacer = Pacer::new(1_000_000);
-        pacer.throttled(None, Duration::from_secs(1));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         for _ in 0..100 {
-            pacer.answered(None);
+            pacer.answered(None, Instant::now());
         }
-        pacer.throttled(None, Duration::from_secs(1));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(1));
         let learned = pacer.state().pool.learned_rate.unwrap();
         assert!((learned - 50.0 * MARGIN).abs() < 0.5, "{learned}");
         // 429s of requests in flight during the pause are the same event: nothing changes.
-        pacer.throttled(None, Duration::from_secs(1));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.state().pool.learned_rate, Some(learned));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_window_teaches_no_rate() {
         let pacer = Pacer::new(1_000_000);
-        pacer.throttled(None, Duration::from_secs(40));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(40));
         tokio::time::advance(Duration::from_secs(41)).await;
-        pacer.answered(None);
-        pacer.throttled(None, Duration::from_secs(40));
+        pacer.answered(None, Instant::now());
+        pacer.throttled(None, Instant::now(), Duration::from_secs(40));
         assert_eq!(pacer.state().pool.learned_rate, None);
     }
 
@@ -421,6 +471,23 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_nobody_waited_for_is_taken_late_not_lost() {
+        let pacer = Pacer::new(1_000_000);
+        pacer.state().pool.learned_rate = Some(10.0);
+        let stop = CancellationToken::new();
+        assert!(pacer.admit(None, &stop).await);
+        // Nobody asks for 250 ms: the slot due at 100 ms is still there, the one at 200 ms
+        // too; nothing earlier.
+        tokio::time::advance(Duration::from_millis(250)).await;
+        let before = Instant::now();
+        assert!(pacer.admit(None, &stop).await);
+        assert!(pacer.admit(None, &stop).await);
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        assert!(pacer.admit(None, &stop).await);
+        assert_eq!(before.elapsed(), Duration::from_millis(100));
+    }
+
     #[tokio::test]
     async fn a_stopped_run_is_never_admitted_even_with_a_free_slot() {
         let pacer = Pacer::new(60_000);
@@ -435,26 +502,26 @@ mod tests {
     async fn stop_ends_the_wait() {
         let pacer = Pacer::new(1);
         let stop = CancellationToken::new();
-        pacer.throttled(None, Duration::from_secs(3600));
+        pacer.throttled(None, Instant::now(), Duration::from_secs(3600));
         stop.cancel();
         assert!(!pacer.admit(None, &stop).await);
     }
 
     /// Two throttle events of A, with B answered in between: the limit is per pair.
     async fn learn_per_customer(pacer: &Pacer) {
-        pacer.throttled(Some(A), Duration::from_secs(1));
+        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         for _ in 0..10 {
-            pacer.answered(Some(A));
-            pacer.answered(Some(B));
+            pacer.answered(Some(A), Instant::now());
+            pacer.answered(Some(B), Instant::now());
         }
-        pacer.throttled(Some(A), Duration::from_secs(1));
+        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_first_429_pauses_every_customer() {
         let pacer = Pacer::new(1_000_000);
-        pacer.throttled(Some(A), Duration::from_secs(1));
+        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Partner);
         assert!(pacer.paused_for(Some(B)).is_some());
         assert!(pacer.ready_at(B) > Instant::now());
@@ -489,28 +556,56 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn only_the_throttled_customer_answered_says_nothing_about_the_scope() {
         let pacer = Pacer::new(1_000_000);
-        pacer.throttled(Some(A), Duration::from_secs(1));
+        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         for _ in 0..10 {
-            pacer.answered(Some(A));
+            pacer.answered(Some(A), Instant::now());
         }
-        pacer.throttled(Some(A), Duration::from_secs(1));
+        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Partner);
     }
 
     #[tokio::test(start_paused = true)]
     async fn others_throttled_during_the_pause_keep_it_pool_wide() {
         let pacer = Pacer::new(1_000_000);
-        pacer.throttled(Some(A), Duration::from_secs(1));
-        pacer.throttled(Some(B), Duration::from_secs(1));
+        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
+        pacer.throttled(Some(B), Instant::now(), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         for _ in 0..10 {
-            pacer.answered(Some(A));
-            pacer.answered(Some(B));
+            pacer.answered(Some(A), Instant::now());
+            pacer.answered(Some(B), Instant::now());
         }
-        pacer.throttled(Some(A), Duration::from_secs(1));
+        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Partner);
         assert!(pacer.paused_for(Some(B)).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_of_one_customer_is_told_by_the_calls_in_flight_with_it() {
+        let pacer = Pacer::new(1_000_000);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        pacer.throttled(Some(A), sent, Duration::from_secs(40));
+        assert_eq!(pacer.scope(), Scope::Partner, "one answer is not enough");
+        pacer.answered(Some(B), sent);
+        assert_eq!(pacer.scope(), Scope::Partner);
+        pacer.answered(Some(C), sent);
+        assert_eq!(pacer.scope(), Scope::Customer);
+        assert!(pacer.paused_for(Some(B)).is_none());
+        assert!(pacer.paused_for(Some(A)).unwrap() > Duration::from_secs(39));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partner_window_throttles_the_calls_in_flight_too() {
+        let pacer = Pacer::new(1_000_000);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        pacer.throttled(Some(A), sent, Duration::from_secs(40));
+        pacer.throttled(Some(B), sent, Duration::from_secs(40));
+        pacer.answered(Some(C), sent);
+        pacer.answered(Some(C), sent);
+        assert_eq!(pacer.scope(), Scope::Partner);
+        assert!(pacer.paused_for(Some(C)).is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -518,7 +613,7 @@ mod tests {
         let pacer = Pacer::new(1_000_000);
         learn_per_customer(&pacer).await;
         assert_eq!(pacer.scope(), Scope::Customer);
-        pacer.throttled(Some(B), Duration::from_secs(1));
+        pacer.throttled(Some(B), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Partner);
         assert!(
             pacer.paused_for(Some(C)).is_some(),
@@ -530,8 +625,8 @@ mod tests {
     async fn another_customer_throttled_after_answers_keeps_the_lanes() {
         let pacer = Pacer::new(1_000_000);
         learn_per_customer(&pacer).await;
-        pacer.answered(Some(C));
-        pacer.throttled(Some(B), Duration::from_secs(1));
+        pacer.answered(Some(C), Instant::now());
+        pacer.throttled(Some(B), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Customer);
         assert!(pacer.paused_for(Some(B)).is_some());
         assert!(pacer.paused_for(Some(C)).is_none());

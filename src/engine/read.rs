@@ -95,6 +95,7 @@ impl Dispatcher {
                 .token()
                 .await
                 .map_err(|e| ReadFailure::new(ReadFailureKind::Credential, e.to_string()))?;
+            let sent_at = tokio::time::Instant::now();
             let (exchange, body) = self.client.get_json(url.clone(), &token).await;
             self.stats.reads.fetch_add(1, Ordering::Relaxed);
             let classified = exchange.classified;
@@ -107,13 +108,13 @@ impl Dispatcher {
             if exchange.http_status.is_some()
                 && !matches!(classified.verdict, Verdict::Throttled { .. })
             {
-                self.pacer.answered(None);
+                self.pacer.answered(None, sent_at);
             }
             match classified.verdict {
                 Verdict::Succeeded { .. } => return Ok(body.unwrap_or(Value::Null)),
                 Verdict::Throttled { retry_after } => {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.throttled(None, retry_after);
+                    self.pacer.throttled(None, sent_at, retry_after);
                     if started.elapsed() + retry_after > self.settings.max_elapsed {
                         return Err(failure(ReadFailureKind::Unavailable));
                     }

@@ -144,6 +144,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     break 'pass;
                 }
             };
+            let sent_at = tokio::time::Instant::now();
             let exchange = shared
                 .calls
                 .client
@@ -151,6 +152,9 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 .await;
             attempts += 1;
             shared.calls.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if exchange.http_status.is_some() {
+                shared.calls.stats.answered(sent_at.elapsed());
+            }
             last.record(request_id, &exchange);
             let message = exchange.classified.message.clone();
             tracing::debug!(
@@ -162,7 +166,10 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
             };
             let verdict = exchange.classified.verdict;
             if exchange.http_status.is_some() && !matches!(verdict, Verdict::Throttled { .. }) {
-                shared.calls.pacer.answered(Some(group.customer_id));
+                shared
+                    .calls
+                    .pacer
+                    .answered(Some(group.customer_id), sent_at);
             }
             if verdict != Verdict::Unauthorized {
                 renewed_after_401 = false;
@@ -182,7 +189,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     shared
                         .calls
                         .pacer
-                        .throttled(Some(group.customer_id), retry_after);
+                        .throttled(Some(group.customer_id), sent_at, retry_after);
                     if started.elapsed() + retry_after > shared.calls.settings.max_elapsed {
                         let text = format!(
                             "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",

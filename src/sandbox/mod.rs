@@ -56,6 +56,8 @@ pub struct RecordedRequest {
     pub applied: bool,
     /// The fault injected into this call, if any.
     pub fault: Option<&'static str>,
+    /// The Retry-After of a 429, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 mod humantime_serde_compat {
@@ -856,10 +858,15 @@ fn record_and_answer(
         replay: false,
         applied: false,
         fault: None,
+        retry_after: None,
     };
     let (status, extra_headers, answer, definitive) =
         answer_license_update(&mut state, customer, user, headers, &body_json, &mut record);
     record.status = status;
+    record.retry_after = extra_headers
+        .iter()
+        .find(|(name, _)| *name == "retry-after")
+        .and_then(|(_, value)| value.parse().ok());
     if definitive
         && let Some(id) = &request_id
         && !record.replay
