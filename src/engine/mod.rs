@@ -1,5 +1,7 @@
-//! The worker pool: takes the open groups of a run, sends each as one LicenseUpdate through the
-//! pacer (see [`worker`]), and hands every outcome to the [`Recorder`] (the journal).
+//! The worker pool: takes the open groups of a run from the customers in turn (skipping a
+//! customer that waits out its own Retry-After, see [`pacing`]), sends each as one
+//! LicenseUpdate through the pacer (see [`worker`]), and hands every outcome to the
+//! [`Recorder`] (the journal).
 //! Customer-level refusals stop traffic to that customer; credential failures and the failure
 //! threshold abort the run, leaving what is not finished pending for a resume.
 
