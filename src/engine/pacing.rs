@@ -145,8 +145,6 @@ struct EventMark {
     at: Instant,
     /// The Retry-After was a fixed window's.
     window_like: bool,
-    /// [`Pacing::answers`] when it happened.
-    answers_at: u64,
     /// Other customers' calls sent before it and answered (not 429) after it.
     others_answered_in_flight: u32,
     /// Other customers' calls sent after it and answered.
@@ -159,8 +157,6 @@ struct Pacing {
     scope: Scope,
     pool: Allowance,
     lanes: HashMap<Uuid, Allowance>,
-    /// Every answer (anything but a 429) so far.
-    answers: u64,
     last_event: Option<EventMark>,
 }
 
@@ -172,7 +168,6 @@ impl Pacing {
     }
 
     fn answered(&mut self, lane: Option<Uuid>, sent_at: Instant, now: Instant) {
-        self.answers += 1;
         self.pool.answered_since_event += 1;
         let Some(customer) = lane else { return };
         self.lane(customer, now).answered_since_event += 1;
@@ -216,7 +211,6 @@ impl Pacing {
         let per_customer = self.scope == Scope::Customer;
         let lane_label = format!("customer {customer}");
         let lane = self.lane(customer, now);
-        let answered_by_lane = lane.answered_since_event;
         let lane_event = lane.throttle(now, retry_after, per_customer.then_some(&lane_label));
         match self.scope {
             Scope::Partner => {
@@ -233,7 +227,7 @@ impl Pacing {
                 let per_pair = self.last_event.as_ref().is_some_and(|mark| {
                     mark.customer == customer
                         && !mark.others_throttled
-                        && self.answers - mark.answers_at > answered_by_lane
+                        && mark.others_answered_in_flight + mark.others_answered_after > 0
                 });
                 self.mark_event(customer, retry_after, now);
                 if per_pair {
@@ -283,7 +277,6 @@ impl Pacing {
             customer,
             at: now,
             window_like: retry_after >= WINDOW_LIKE,
-            answers_at: self.answers,
             others_answered_in_flight: 0,
             others_answered_after: 0,
             others_throttled: false,
@@ -323,7 +316,6 @@ impl Pacer {
                 scope: Scope::Partner,
                 pool: Allowance::new(now),
                 lanes: HashMap::new(),
-                answers: 0,
                 last_event: None,
             }),
         }

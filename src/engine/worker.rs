@@ -152,9 +152,6 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 .await;
             attempts += 1;
             shared.calls.stats.requests.fetch_add(1, Ordering::Relaxed);
-            if exchange.http_status.is_some() {
-                shared.calls.stats.answered(sent_at.elapsed());
-            }
             last.record(request_id, &exchange);
             let message = exchange.classified.message.clone();
             tracing::debug!(
@@ -165,11 +162,14 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                 last.outcome(OperationStatus::Failed, attempts, text)
             };
             let verdict = exchange.classified.verdict;
-            if exchange.http_status.is_some() && !matches!(verdict, Verdict::Throttled { .. }) {
-                shared
-                    .calls
-                    .pacer
-                    .answered(Some(group.customer_id), sent_at);
+            if exchange.http_status.is_some() {
+                shared.calls.stats.answered(sent_at.elapsed());
+                if !matches!(verdict, Verdict::Throttled { .. }) {
+                    shared
+                        .calls
+                        .pacer
+                        .answered(Some(group.customer_id), sent_at);
+                }
             }
             if verdict != Verdict::Unauthorized {
                 renewed_after_401 = false;

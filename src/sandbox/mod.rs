@@ -94,6 +94,8 @@ struct Customer {
     name: String,
     conditional_access_blocked: bool,
     blocked_after_requests: Option<u64>,
+    /// This pair's own quota per minute, with a per-customer throttle.
+    quota_per_minute: Option<u64>,
     calls: u64,
     missing_gdap_role: bool,
     users: Option<HashSet<String>>,
@@ -107,6 +109,7 @@ impl Customer {
             name,
             conditional_access_blocked: false,
             blocked_after_requests: None,
+            quota_per_minute: None,
             calls: 0,
             missing_gdap_role: false,
             users: None,
@@ -126,11 +129,21 @@ impl Customer {
         }
     }
 
+    /// The customers a scenario defines, by ID.
+    fn all_of(scenario: &Scenario) -> Result<HashMap<Uuid, Customer>, String> {
+        scenario
+            .customers
+            .iter()
+            .map(|c| Ok((c.id, Customer::from_scenario(c)?)))
+            .collect()
+    }
+
     fn from_scenario(c: &scenario::CustomerScenario) -> Result<Customer, String> {
         let mut customer =
             Customer::with_catalog(c.name.clone().unwrap_or_else(|| c.id.to_string()));
         customer.conditional_access_blocked = c.conditional_access_blocked;
         customer.blocked_after_requests = c.blocked_after_requests;
+        customer.quota_per_minute = c.quota_per_minute;
         customer.missing_gdap_role = c.missing_gdap_role;
         customer.users = c
             .users
@@ -242,11 +255,9 @@ impl SandboxState {
         let (key, per_minute) = match throttle.per {
             scenario::ThrottleScope::Partner => (String::new(), throttle.per_minute),
             scenario::ThrottleScope::Customer => {
-                let own = self
-                    .scenario
-                    .customers
-                    .iter()
-                    .find(|c| c.id.to_string().eq_ignore_ascii_case(customer))
+                let own = Uuid::try_parse(customer)
+                    .ok()
+                    .and_then(|id| self.customers.get(&id))
                     .and_then(|c| c.quota_per_minute);
                 (customer.to_lowercase(), own.unwrap_or(throttle.per_minute))
             }
@@ -324,10 +335,7 @@ impl Drop for Sandbox {
 impl Sandbox {
     /// Starts the simulator on `addr` (port 0 picks a free one).
     pub async fn start(scenario: Scenario, addr: SocketAddr) -> Result<Sandbox, String> {
-        let mut customers = HashMap::new();
-        for c in &scenario.customers {
-            customers.insert(c.id, Customer::from_scenario(c)?);
-        }
+        let customers = Customer::all_of(&scenario)?;
         let state = Arc::new(Mutex::new(SandboxState::new(scenario, customers)));
         let app = Router::new()
             .route("/{tenant}/oauth2/token", post(token_v1))
@@ -1439,7 +1447,9 @@ mod tests {
     use super::*;
 
     fn state(throttle: &str) -> SandboxState {
-        SandboxState::new(toml::from_str(throttle).unwrap(), HashMap::new())
+        let scenario: Scenario = toml::from_str(throttle).unwrap();
+        let customers = Customer::all_of(&scenario).unwrap();
+        SandboxState::new(scenario, customers)
     }
 
     #[test]
