@@ -599,15 +599,15 @@ fn rewrite_report(args: &ReportArgs) -> Result<(), String> {
         Some(path) => path.clone(),
         None => {
             journal
-                .load_run(run_id)
+                .run_record(run_id)
                 .map_err(|e| e.to_string())?
                 .report_path
         }
     };
-    let rows = write_report_from_journal(&journal, run_id, &path)?;
+    let tally = write_report_from_journal(&journal, run_id, &path)?;
     println!(
         "report of run {run_id}: {} rows written to {}",
-        rows.len(),
+        tally.rows(),
         path.display()
     );
     Ok(())

@@ -2,7 +2,6 @@
 //! `result_*` columns; written atomically (temp file + rename), with formula-like cells
 //! neutralised for spreadsheets.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -59,7 +58,76 @@ pub struct ReportRow {
     pub warnings: Vec<String>,
 }
 
-/// Joins the planned rows and the outcomes into one report row per input row.
+/// The report row of an input row that is invalid.
+pub fn invalid_row(
+    line: u64,
+    customer_id: Option<Uuid>,
+    message: String,
+    sku_id: Option<Uuid>,
+    license_group: Option<LicenseGroup>,
+) -> ReportRow {
+    ReportRow {
+        line,
+        customer_id,
+        status: RowStatus::Invalid,
+        sku_id,
+        license_group,
+        http_status: None,
+        error_code: None,
+        message,
+        attempts: 0,
+        request_id: None,
+        correlation_id: None,
+        finished_at: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// The report row of an input row planned for sending, with its operation's outcome.
+/// `same_as`: the line of the operation's first row when that is another row (identical rows
+/// are sent once).
+pub fn sent_row(
+    line: u64,
+    customer_id: Option<Uuid>,
+    sku_id: Option<Uuid>,
+    license_group: Option<LicenseGroup>,
+    outcome: &OperationOutcome,
+    same_as: Option<u64>,
+) -> ReportRow {
+    let message = match same_as {
+        Some(first) if outcome.message.is_empty() => {
+            format!("same operation as line {first}, sent once")
+        }
+        Some(first) => format!(
+            "same operation as line {first}, sent once; {}",
+            outcome.message
+        ),
+        None => outcome.message.clone(),
+    };
+    ReportRow {
+        line,
+        customer_id,
+        status: match outcome.status {
+            OperationStatus::Succeeded => RowStatus::Succeeded,
+            OperationStatus::Failed => RowStatus::Failed,
+            OperationStatus::Skipped => RowStatus::Skipped,
+            OperationStatus::Pending => RowStatus::Pending,
+        },
+        sku_id,
+        license_group,
+        http_status: outcome.http_status,
+        error_code: outcome.error_code.clone(),
+        message,
+        attempts: outcome.attempts,
+        request_id: outcome.request_id,
+        correlation_id: outcome.correlation_id,
+        finished_at: outcome.finished_at,
+        warnings: outcome.warnings.clone(),
+    }
+}
+
+/// Joins an in-memory plan and its outcomes (per group and operation) into one report row
+/// per input row; a run reads the same rows from the journal.
 pub fn build(plan: &Plan, outcomes: &[Vec<OperationOutcome>]) -> Vec<ReportRow> {
     plan.rows
         .iter()
@@ -69,71 +137,28 @@ pub fn build(plan: &Plan, outcomes: &[Vec<OperationOutcome>]) -> Vec<ReportRow> 
                 message,
                 sku_id,
                 license_group,
-            } => ReportRow {
-                line: row.line,
-                customer_id: row.customer_id,
-                status: RowStatus::Invalid,
-                sku_id: *sku_id,
-                license_group: *license_group,
-                http_status: None,
-                error_code: None,
-                message: message.clone(),
-                attempts: 0,
-                request_id: None,
-                correlation_id: None,
-                finished_at: None,
-                warnings: Vec::new(),
-            },
+            } => invalid_row(
+                row.line,
+                row.customer_id,
+                message.clone(),
+                *sku_id,
+                *license_group,
+            ),
             RowPlan::Send { group, operation } => {
                 let g = &plan.groups[*group];
                 let op = &g.operations[*operation];
-                let outcome = &outcomes[*group][*operation];
-                let mut message = outcome.message.clone();
-                if let Some(&first) = op.rows.first()
-                    && first != index
-                {
-                    let note = format!(
-                        "same operation as line {}, sent once",
-                        plan.rows[first].line
-                    );
-                    message = if message.is_empty() {
-                        note
-                    } else {
-                        format!("{note}; {message}")
-                    };
-                }
-                ReportRow {
-                    line: row.line,
-                    customer_id: Some(g.customer_id),
-                    status: match outcome.status {
-                        OperationStatus::Succeeded => RowStatus::Succeeded,
-                        OperationStatus::Failed => RowStatus::Failed,
-                        OperationStatus::Skipped => RowStatus::Skipped,
-                        OperationStatus::Pending => RowStatus::Pending,
-                    },
-                    sku_id: Some(op.sku_id),
-                    license_group: Some(g.license_group),
-                    http_status: outcome.http_status,
-                    error_code: outcome.error_code.clone(),
-                    message,
-                    attempts: outcome.attempts,
-                    request_id: outcome.request_id,
-                    correlation_id: outcome.correlation_id,
-                    finished_at: outcome.finished_at,
-                    warnings: outcome.warnings.clone(),
-                }
+                let same_as = (op.first_row != index).then(|| plan.rows[op.first_row].line);
+                sent_row(
+                    row.line,
+                    Some(g.customer_id),
+                    Some(op.sku_id),
+                    Some(g.license_group),
+                    &outcomes[*group][*operation],
+                    same_as,
+                )
             }
         })
         .collect()
-}
-
-/// The input side of the report: the carried header names and each row's carried cells.
-#[derive(Debug, Clone)]
-pub struct InputColumns<'a> {
-    pub delimiter: u8,
-    pub headers: &'a [String],
-    /// Parallel to the report rows.
-    pub cells: &'a [Vec<String>],
 }
 
 /// `<input stem>.report.csv` next to the input.
@@ -163,29 +188,33 @@ fn opt<T: ToString>(value: &Option<T>) -> String {
     value.as_ref().map(T::to_string).unwrap_or_default()
 }
 
-/// Writes the report atomically: a temporary file beside the target, then a rename.
-pub fn write(path: &Path, input: &InputColumns<'_>, rows: &[ReportRow]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // A fixed temporary name beside the target: a run killed while writing leaves one stale
-    // file that the next write of the same report simply replaces.
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "report.csv".into());
-    let temp_path = dir.join(format!(".{file_name}.tmp"));
-    let mut temp = std::fs::File::create(&temp_path)?;
-    {
+/// Writes the report row by row into a temporary file beside the target, which
+/// [`ReportWriter::finish`] renames over it: readers see the old report or the whole new one.
+pub struct ReportWriter {
+    path: PathBuf,
+    temp_path: PathBuf,
+    writer: csv::Writer<std::io::BufWriter<std::fs::File>>,
+}
+
+impl ReportWriter {
+    /// Creates the temporary file and writes the header: the carried input columns, then
+    /// the `result_*` columns.
+    pub fn create(path: &Path, delimiter: u8, headers: &[String]) -> std::io::Result<Self> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // A fixed temporary name beside the target: a run killed while writing leaves one
+        // stale file that the next write of the same report simply replaces.
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "report.csv".into());
+        let temp_path = dir.join(format!(".{file_name}.tmp"));
         let mut writer = csv::WriterBuilder::new()
-            .delimiter(input.delimiter)
-            .from_writer(std::io::BufWriter::new(&mut temp));
-        let header = input
-            .headers
-            .iter()
-            .map(String::as_str)
-            .chain(RESULT_COLUMNS);
+            .delimiter(delimiter)
+            .from_writer(std::io::BufWriter::new(std::fs::File::create(&temp_path)?));
+        let header = headers.iter().map(String::as_str).chain(RESULT_COLUMNS);
         writer.write_record(
             header
                 .map(neutralise)
@@ -193,40 +222,57 @@ pub fn write(path: &Path, input: &InputColumns<'_>, rows: &[ReportRow]) -> std::
                 .iter()
                 .map(|c| c.as_ref()),
         )?;
-        for (cells, report) in input.cells.iter().zip(rows) {
-            let results = [
-                report.line.to_string(),
-                report.status.as_str().to_string(),
-                opt(&report.sku_id),
-                report
-                    .license_group
-                    .map(|g| g.as_str().to_string())
-                    .unwrap_or_default(),
-                opt(&report.http_status),
-                opt(&report.error_code),
-                report.message.clone(),
-                report.attempts.to_string(),
-                opt(&report.request_id),
-                opt(&report.correlation_id),
-                report
-                    .finished_at
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                    .unwrap_or_default(),
-                report.warnings.join("; "),
-            ];
-            let cells = cells
-                .iter()
-                .map(String::as_str)
-                .chain(results.iter().map(String::as_str))
-                .map(neutralise);
-            writer.write_record(cells.collect::<Vec<_>>().iter().map(|c| c.as_ref()))?;
-        }
-        writer.flush()?;
+        Ok(ReportWriter {
+            path: path.to_path_buf(),
+            temp_path,
+            writer,
+        })
     }
-    temp.flush()?;
-    temp.sync_all()?;
-    drop(temp);
-    std::fs::rename(&temp_path, path)
+
+    /// One input row: its carried cells, then its results.
+    pub fn write(&mut self, cells: &[String], report: &ReportRow) -> std::io::Result<()> {
+        let results = [
+            report.line.to_string(),
+            report.status.as_str().to_string(),
+            opt(&report.sku_id),
+            report
+                .license_group
+                .map(|g| g.as_str().to_string())
+                .unwrap_or_default(),
+            opt(&report.http_status),
+            opt(&report.error_code),
+            report.message.clone(),
+            report.attempts.to_string(),
+            opt(&report.request_id),
+            opt(&report.correlation_id),
+            report
+                .finished_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .unwrap_or_default(),
+            report.warnings.join("; "),
+        ];
+        let cells = cells
+            .iter()
+            .map(String::as_str)
+            .chain(results.iter().map(String::as_str))
+            .map(neutralise);
+        self.writer
+            .write_record(cells.collect::<Vec<_>>().iter().map(|c| c.as_ref()))?;
+        Ok(())
+    }
+
+    /// Makes the file durable and puts it in place of the report.
+    pub fn finish(self) -> std::io::Result<()> {
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.temp_path, &self.path)
+    }
 }
 
 /// Fails early (before anything is sent) when the report's folder is not writable.

@@ -2,8 +2,8 @@
 //! preflight, record the run in the journal (or resume it), drive the engine, write the report
 //! from the journal, and summarise with deployment insights.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,20 +17,21 @@ use crate::api::models;
 use crate::api::{ApiClient, http_client};
 use crate::config::{EnvSecrets, Settings};
 use crate::engine::{
-    self, Dispatcher, EngineSettings, GroupWork, Observer, OperationOutcome, OperationStatus, Pass,
-    ReadFailure, ReadFailureKind,
+    self, Dispatcher, EngineSettings, Observer, OperationOutcome, OperationStatus, ReadFailure,
+    ReadFailureKind, Work,
 };
 use crate::error::Error;
-use crate::input::{self, InputFile};
+use crate::input::{self, Record};
+use crate::journal::read::WorkPages;
 use crate::journal::writer::JournalWriter;
-use crate::journal::{self, Journal, LoadedRun, NewRun};
-use crate::plan::{self, Plan, RowPlan};
+use crate::journal::{self, Draft, Journal, NewRun};
+use crate::plan;
 use crate::progress::ProgressBar;
-use crate::report::{self, InputColumns};
+use crate::report::{self, ReportWriter, RowStatus};
 use crate::sandbox::{Sandbox, Scenario};
 use crate::secret::Secret;
-use crate::summary::{Completion, CustomerInsights, RunSummary};
-use crate::tenant::preflight::{self, SeatCheck};
+use crate::summary::{Completion, CustomerInsights, RunSummary, Tally};
+use crate::tenant::preflight::{self, PreflightMode, SeatCheck};
 use crate::tenant::{CustomerCatalog, TenantCatalog};
 
 /// Which API the run talks to.
@@ -141,15 +142,12 @@ pub async fn connect(
 
 pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let started = Instant::now();
-    let bytes = input::read_bytes(&opts.input)?;
-    let input = input::parse(&opts.input, &bytes, opts.delimiter)?;
+    let scan = input::scan_file(&opts.input, opts.delimiter)?;
+    let customers = customers_of(&opts.input, &scan)?;
+    tracing::debug!("input scanned and read in {:?}", started.elapsed());
     if opts.dry_run {
-        drop(bytes);
-        return plan_only(&opts, &input, started).await;
+        return plan_only(&opts, &scan, customers, started).await;
     }
-    // The parsed rows are all the run needs of the file from here on.
-    let input_hash = journal::content_hash(&bytes);
-    drop(bytes);
 
     let report_path = opts
         .report
@@ -172,7 +170,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let resumable = if opts.fresh || opts.resend {
         None
     } else {
-        journal.resumable_run(&input_hash, &connection.target)?
+        journal.resumable_run(&scan.hash, &connection.target)?
     };
     let (run_id, seats) = match resumable {
         Some(id) => {
@@ -180,61 +178,63 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
             (id, SeatCheck::default())
         }
         None => {
-            let tenants = TenantCatalog::fetch(&connection.calls, customers_of(&input))
+            let tenants = TenantCatalog::fetch(&connection.calls, customers.iter().copied())
                 .await
                 .map_err(read_failure_error)?;
-            let prepared = prepare(tenants, &connection.target, &input, Some(&journal), &opts)?;
-            let id = journal.create_run(NewRun {
-                input: &input,
-                input_hash: &input_hash,
-                plan: &prepared.plan,
+            let rows = input::read_file(&opts.input, &scan)?;
+            let header = rows.header.clone();
+            let mut draft = journal.draft(NewRun {
+                input_path: &opts.input,
+                input_hash: &scan.hash,
+                delimiter: header.delimiter,
+                headers: carried_headers(&header),
                 target: &connection.target,
                 report_path: &report_path,
                 settings_json: settings_json(&opts.settings),
-                presettled: &prepared.presettled,
             })?;
-            (id, prepared.seats)
+            let seats = plan_into(
+                &mut draft,
+                rows,
+                &tenants,
+                &customers,
+                (!opts.resend).then_some(connection.target.as_str()),
+                opts.settings.run.preflight,
+            )?;
+            (draft.commit()?, seats)
         }
     };
-    let blank_lines = input.blank_lines.len();
-    drop(input);
-    let loaded = journal.load_run(run_id)?;
-    let work = open_work(&loaded);
-    let groups = Arc::new(loaded.plan.groups.clone());
-    let touched: BTreeSet<Uuid> = work.iter().map(|w| groups[w.group].customer_id).collect();
+    drop(customers);
+    let record = journal.run_record(run_id)?;
+    let (open_groups, total_rows, open_rows) = journal.open_counts(run_id)?;
+    let touched = journal.open_customers(run_id)?;
 
-    let total_rows = loaded.plan.rows.len() as u64;
     let observer: Arc<dyn Observer> = if opts.progress {
-        Arc::new(ProgressBar::start(
-            total_rows,
-            total_rows - open_rows(&loaded),
-        ))
+        Arc::new(ProgressBar::start(total_rows, total_rows - open_rows))
     } else {
         Arc::new(engine::Silent)
     };
     tracing::info!(
         run = run_id,
         rows = total_rows,
-        requests = work.len(),
-        "sending {} license updates",
-        work.len()
+        requests = open_groups,
+        "sending {open_groups} license updates"
     );
 
+    let journal_error = |message: String| {
+        Error::Journal(journal::JournalError::Io {
+            path: journal.path().display().to_string(),
+            message,
+        })
+    };
     let writer = Arc::new(
-        JournalWriter::start(
-            journal.path(),
-            run_id,
-            &connection.target,
-            Arc::clone(&groups),
-        )
-        .map_err(|message| {
-            Error::Journal(journal::JournalError::Io {
-                path: journal.path().display().to_string(),
-                message,
-            })
-        })?,
+        JournalWriter::start(journal.path(), run_id, &connection.target).map_err(journal_error)?,
     );
-    let result = engine::execute(Arc::clone(&calls), groups, work, observer, writer.clone()).await;
+    let work = Work {
+        customers: touched.clone(),
+        groups: open_groups,
+        source: Box::new(WorkPages::open(journal.path(), run_id)?),
+    };
+    let result = engine::execute(Arc::clone(&calls), work, observer, writer.clone()).await;
     let mut completion = result.completion;
     if let Err(error) = writer.finish() {
         completion = Completion::Aborted(format!("cannot write the journal: {error}"));
@@ -243,8 +243,8 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     // The report first: a run is marked finished only once its report exists, so a crash while
     // writing it resumes this run (which then only writes the report).
     let mut summary = match write_report_from_journal(&journal, run_id, &report_path) {
-        Ok(rows) => RunSummary::new(rows, completion),
-        Err(error) => RunSummary::new(Vec::new(), Completion::Aborted(error)),
+        Ok(tally) => RunSummary::new(tally, completion),
+        Err(error) => RunSummary::new(Tally::default(), Completion::Aborted(error)),
     };
     let (outcome, message) = match &summary.completion {
         Completion::Finished | Completion::Planned => ("finished", None),
@@ -262,24 +262,33 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     summary.seat_shortages = seats.shortages().cloned().collect();
     summary.elapsed = started.elapsed();
     summary.report_path = Some(report_path);
-    summary.blank_lines = blank_lines;
+    summary.blank_lines = record.blank_lines;
     summary.run_id = Some(run_id);
     Ok(summary)
 }
 
-/// A plan ready to be recorded: resolved against the tenants, with the outcomes decided before
-/// anything is sent.
-struct Prepared {
-    plan: Plan,
-    presettled: HashMap<(usize, usize), OperationOutcome>,
-    seats: SeatCheck,
+/// What an operation without a definitive outcome says in the report of a run.
+const NOT_FINISHED: &str = "not finished yet: run the same command again to resume";
+
+/// The customers of the valid rows: whose subscriptions are read before planning. A pass of
+/// its own over the file, so that planning can resolve each row as it is read.
+fn customers_of(path: &Path, scan: &input::Scan) -> Result<BTreeSet<Uuid>, Error> {
+    let mut customers = BTreeSet::new();
+    for record in input::read_file(path, scan)? {
+        if let Record::Row(row) = record?
+            && let Ok(request) = row.request
+        {
+            customers.insert(request.customer_id);
+        }
+    }
+    Ok(customers)
 }
 
-fn customers_of(input: &InputFile) -> BTreeSet<Uuid> {
-    input
-        .rows
+fn carried_headers(header: &input::InputHeader) -> Vec<&str> {
+    header
+        .carried
         .iter()
-        .filter_map(|r| r.request.as_ref().ok().map(|r| r.customer_id))
+        .map(|&i| header.headers[i].as_str())
         .collect()
 }
 
@@ -290,40 +299,52 @@ fn read_failure_error(failure: ReadFailure) -> Error {
     }
 }
 
-/// Plans against the tenants and decides what is not sent: done before (unless `--resend`),
-/// refused customers, and the strict preflight's excess.
-fn prepare(
-    tenants: TenantCatalog,
-    target: &str,
-    input: &InputFile,
-    journal: Option<&Journal>,
-    opts: &RunOptions,
-) -> Result<Prepared, Error> {
-    let plan = plan::build(input, &tenants);
-    let mut presettled = match journal {
-        Some(journal) if !opts.resend => done_before(journal, &plan, target)?,
-        _ => HashMap::new(),
-    };
-    for (g, group) in plan.groups.iter().enumerate() {
-        if let Some(CustomerCatalog::Refused(failure)) = tenants.customer(group.customer_id) {
-            for o in 0..group.operations.len() {
-                presettled
-                    .entry((g, o))
-                    .or_insert_with(|| OperationOutcome {
-                        http_status: failure.http_status,
-                        error_code: failure.error_code.clone(),
-                        ..OperationOutcome::unsent(
-                            OperationStatus::Failed,
-                            format!(
-                                "not sent: reading the customer's subscriptions was refused: {}",
-                                failure.message
-                            ),
-                        )
-                    });
+/// Plans the file's rows into `draft` as they are read, then decides what is not sent: done
+/// before on `done_target` (none with `--resend`), refused customers, and the strict
+/// preflight's excess. Returns the seat check.
+fn plan_into<R: std::io::Read>(
+    draft: &mut Draft<'_>,
+    rows: input::Rows<R>,
+    tenants: &TenantCatalog,
+    customers: &BTreeSet<Uuid>,
+    done_target: Option<&str>,
+    mode: PreflightMode,
+) -> Result<SeatCheck, Error> {
+    let header = rows.header.clone();
+    let clock = Instant::now();
+    for record in rows {
+        match record? {
+            Record::Row(row) => {
+                draft.add_row(&row, &header, &plan::resolve_row(&header, &row, tenants))?
             }
+            Record::Blank(_) => draft.add_blank_line(),
         }
     }
-    let seats = preflight::check(&plan, &tenants, &presettled, opts.settings.run.preflight);
+    tracing::debug!(
+        "planning: rows read, resolved and recorded in {:?}",
+        clock.elapsed()
+    );
+    draft.group()?;
+    if let Some(target) = done_target {
+        draft.settle_done_before(target)?;
+    }
+    for &customer in customers {
+        if let Some(CustomerCatalog::Refused(failure)) = tenants.customer(customer) {
+            let outcome = OperationOutcome {
+                http_status: failure.http_status,
+                error_code: failure.error_code.clone(),
+                ..OperationOutcome::unsent(
+                    OperationStatus::Failed,
+                    format!(
+                        "not sent: reading the customer's subscriptions was refused: {}",
+                        failure.message
+                    ),
+                )
+            };
+            draft.settle_customer(customer, &outcome)?;
+        }
+    }
+    let seats = preflight::check(&draft.seat_needs()?, tenants, mode);
     for line in seats.shortages() {
         tracing::warn!(
             customer = %line.customer,
@@ -333,18 +354,18 @@ fn prepare(
             line.needed
         );
     }
-    presettled.extend(seats.skipped.clone());
-    Ok(Prepared {
-        plan,
-        presettled,
-        seats,
-    })
+    for excess in &seats.excess {
+        draft.settle_excess(excess.customer, excess.sku, excess.keep, &excess.outcome)?;
+    }
+    Ok(seats)
 }
 
-/// `run --dry-run` / `plan`: everything up to the first write, then the plan on stdout.
+/// `run --dry-run` / `plan`: everything up to the first write, then the plan on stdout. The
+/// plan is made in a scratch journal, exactly as a run makes it.
 async fn plan_only(
     opts: &RunOptions,
-    input: &InputFile,
+    scan: &input::Scan,
+    customers: BTreeSet<Uuid>,
     started: Instant,
 ) -> Result<RunSummary, Error> {
     let connection = match connect(
@@ -364,49 +385,74 @@ async fn plan_only(
     };
     let (tenants, target, note) = match &connection {
         Some(c) => (
-            TenantCatalog::fetch(&c.calls, customers_of(input))
+            TenantCatalog::fetch(&c.calls, customers.iter().copied())
                 .await
                 .map_err(read_failure_error)?,
-            c.target.clone(),
+            Some(c.target.as_str()),
             None,
         ),
         None => (
-            TenantCatalog::offline("offline", customers_of(input)),
-            String::new(),
+            TenantCatalog::offline("offline", customers.iter().copied()),
+            None,
             Some(
                 "offline (no credentials): names resolved from the built-in catalog, seats not checked",
             ),
         ),
     };
-    let journal = match &opts.settings.run.state_file {
-        path if path.exists() => Some(Journal::open_to_read(path)?),
+    let mut journal = Journal::scratch()?;
+    let state_file = &opts.settings.run.state_file;
+    let done_target = match target {
+        Some(target) if !opts.resend && state_file.exists() => {
+            journal.attach_prior(state_file)?;
+            Some(target)
+        }
         _ => None,
     };
-    let prepared = prepare(tenants, &target, input, journal.as_ref(), opts)?;
-    print!("{}", describe_plan(input, &prepared, &opts.settings, note));
-    let outcomes: Vec<Vec<OperationOutcome>> = prepared
-        .plan
-        .groups
-        .iter()
-        .enumerate()
-        .map(|(g, group)| {
-            (0..group.operations.len())
-                .map(|o| {
-                    prepared
-                        .presettled
-                        .get(&(g, o))
-                        .cloned()
-                        .unwrap_or_else(|| OperationOutcome::pending("would be sent"))
-                })
-                .collect()
+    let rows = input::read_file(&opts.input, scan)?;
+    let header = rows.header.clone();
+    let mut draft = journal.draft(NewRun::scratch(&header))?;
+    let seats = plan_into(
+        &mut draft,
+        rows,
+        &tenants,
+        &customers,
+        done_target,
+        opts.settings.run.preflight,
+    )?;
+    let run_id = draft.commit()?;
+
+    tracing::debug!("planning: done after {:?}", started.elapsed());
+    let mut tally = Tally::default();
+    journal
+        .each_report_row(run_id, "would be sent", |_, row| {
+            tally.add(&row);
+            Ok(())
         })
-        .collect();
-    let mut summary = RunSummary::new(
-        report::build(&prepared.plan, &outcomes),
-        Completion::Planned,
-    );
-    summary.seat_shortages = prepared.seats.shortages().cloned().collect();
-    summary.blank_lines = input.blank_lines.len();
+        .map_err(|message| {
+            Error::Journal(journal::JournalError::Io {
+                path: "(scratch)".into(),
+                message,
+            })
+        })?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    describe_plan(
+        &mut out,
+        &journal,
+        run_id,
+        &tally,
+        &seats,
+        &opts.settings,
+        note,
+    )
+    .and_then(|()| out.flush())
+    .map_err(|source| Error::Write {
+        path: PathBuf::from("(standard output)"),
+        source,
+    })?;
+    drop(out);
+    let mut summary = RunSummary::new(tally, Completion::Planned);
+    summary.seat_shortages = seats.shortages().cloned().collect();
+    summary.blank_lines = journal.run_record(run_id)?.blank_lines;
     summary.elapsed = started.elapsed();
     if let Some(c) = &connection {
         summary.stats = c.calls.stats();
@@ -436,100 +482,25 @@ pub async fn deployment_insights(
         .collect()
 }
 
-/// Rewrites a run's report from the journal (also `license-batch report`).
+/// Rewrites a run's report from the journal (also `license-batch report`), row by row;
+/// returns the counts of what it wrote.
 pub fn write_report_from_journal(
     journal: &Journal,
     run_id: i64,
     path: &Path,
-) -> Result<Vec<report::ReportRow>, String> {
-    let loaded = journal.load_run(run_id).map_err(|e| e.to_string())?;
-    let rows = report::build(&loaded.plan, &loaded.outcomes_for_report());
-    let columns = InputColumns {
-        delimiter: loaded.delimiter,
-        headers: &loaded.headers,
-        cells: &loaded.cells,
-    };
-    report::write(path, &columns, &rows)
-        .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
-    Ok(rows)
-}
-
-/// Operations that already succeeded on this target in an earlier run: not sent again.
-fn done_before(
-    journal: &Journal,
-    plan: &Plan,
-    target: &str,
-) -> Result<HashMap<(usize, usize), OperationOutcome>, Error> {
-    let mut settled = HashMap::new();
-    for (g, group) in plan.groups.iter().enumerate() {
-        for (o, op) in group.operations.iter().enumerate() {
-            if let Some(done) =
-                journal.done_before(target, group.customer_id, &group.user, op.sku_id, op.action)?
-            {
-                let mut outcome = OperationOutcome::unsent(
-                    OperationStatus::Succeeded,
-                    format!(
-                        "already done in run {} on {}; not sent again (--resend sends it)",
-                        done.run_id, done.finished_at
-                    ),
-                );
-                outcome.finished_at = humantime::parse_rfc3339(&done.finished_at).ok();
-                settled.insert((g, o), outcome);
-            }
-        }
-    }
-    Ok(settled)
-}
-
-/// The groups of a loaded run that still have open operations, as the passes (operations
-/// sharing a recorded request ID) they were being sent in.
-fn open_work(run: &LoadedRun) -> Vec<GroupWork> {
-    run.outcomes
-        .iter()
-        .enumerate()
-        .filter_map(|(group, ops)| {
-            let mut passes: Vec<Pass> = Vec::new();
-            let mut previous_attempts = 0;
-            for (op, outcome) in ops.iter().enumerate() {
-                if outcome
-                    .as_ref()
-                    .is_some_and(|o| o.status != OperationStatus::Pending)
-                {
-                    continue;
-                }
-                previous_attempts =
-                    previous_attempts.max(outcome.as_ref().map_or(0, |o| o.attempts));
-                let request_id = run.send_ids[group][op];
-                match passes.iter_mut().find(|p| p.request_id == request_id) {
-                    Some(pass) => pass.operations.push(op),
-                    None => passes.push(Pass {
-                        request_id,
-                        operations: vec![op],
-                    }),
-                }
-            }
-            (!passes.is_empty()).then_some(GroupWork {
-                group,
-                passes,
-                previous_attempts,
-            })
-        })
-        .collect()
-}
-
-/// Rows whose operation is still open.
-fn open_rows(run: &LoadedRun) -> u64 {
-    run.plan
-        .groups
-        .iter()
-        .zip(&run.outcomes)
-        .flat_map(|(g, ops)| g.operations.iter().zip(ops))
-        .filter(|(_, o)| {
-            o.as_ref()
-                .is_none_or(|o| o.status == OperationStatus::Pending)
-        })
-        .map(|(op, _)| op.rows.len() as u64)
-        .sum()
+) -> Result<Tally, String> {
+    let record = journal.run_record(run_id).map_err(|e| e.to_string())?;
+    let cannot = |e: std::io::Error| format!("cannot write the report {}: {e}", path.display());
+    let mut writer =
+        ReportWriter::create(path, record.delimiter, &record.headers).map_err(cannot)?;
+    let mut tally = Tally::default();
+    journal.each_report_row(run_id, NOT_FINISHED, |cells, row| {
+        writer.write(&cells, &row).map_err(cannot)?;
+        tally.add(&row);
+        Ok(())
+    })?;
+    writer.finish().map_err(cannot)?;
+    Ok(tally)
 }
 
 /// "Done" is keyed by the API target: base URL and partner tenant.
@@ -615,89 +586,92 @@ pub fn credentials(settings: &Settings, secrets: &EnvSecrets) -> Result<Credenti
 }
 
 /// The plan as `plan` / `--dry-run` prints it: requests per customer, the seat table, what is
-/// not sent and why, invalid rows, and the time at the configured ceiling.
+/// not sent and why, invalid rows, and the time at the configured ceiling. Written as it is
+/// read from the journal: a sheet with a million invalid rows prints them without holding
+/// them.
 fn describe_plan(
-    input: &InputFile,
-    prepared: &Prepared,
+    out: &mut impl Write,
+    journal: &Journal,
+    run_id: i64,
+    tally: &Tally,
+    seats: &SeatCheck,
     settings: &Settings,
     note: Option<&str>,
-) -> String {
-    let plan = &prepared.plan;
-    let mut out = String::new();
-    let mut per_customer: BTreeMap<Uuid, (usize, usize)> = BTreeMap::new();
-    let mut to_send = 0;
-    for (g, group) in plan.groups.iter().enumerate() {
-        let open = (0..group.operations.len()).any(|o| !prepared.presettled.contains_key(&(g, o)));
-        let entry = per_customer.entry(group.customer_id).or_default();
-        if open {
-            entry.0 += 1;
-            to_send += 1;
-        }
-        entry.1 += group.operations.iter().map(|o| o.rows.len()).sum::<usize>();
-    }
-    let _ = writeln!(
+) -> std::io::Result<()> {
+    let io = |e: journal::JournalError| std::io::Error::other(e.to_string());
+    let per_customer = journal.requests_per_customer(run_id).map_err(io)?;
+    let to_send: u64 = per_customer.iter().map(|(_, requests, _)| requests).sum();
+    writeln!(
         out,
         "plan: {} rows, {} license updates to send, {} invalid rows",
-        input.rows.len(),
+        tally.rows(),
         to_send,
-        plan.invalid_rows()
-    );
+        tally.count(RowStatus::Invalid)
+    )?;
     if let Some(note) = note {
-        let _ = writeln!(out, "  {note}");
+        writeln!(out, "  {note}")?;
     }
-    let _ = writeln!(out, "  {:<38} {:>8} {:>6}", "customer", "requests", "rows");
-    for (customer, (requests, rows)) in &per_customer {
-        let _ = writeln!(out, "  {customer:<38} {requests:>8} {rows:>6}");
+    writeln!(out, "  {:<38} {:>8} {:>6}", "customer", "requests", "rows")?;
+    for (customer, requests, rows) in &per_customer {
+        writeln!(out, "  {customer:<38} {requests:>8} {rows:>6}")?;
     }
-    if !prepared.seats.lines.is_empty() {
-        let _ = writeln!(out, "  seats:");
-        let _ = writeln!(
+    if !seats.lines.is_empty() {
+        writeln!(out, "  seats:")?;
+        writeln!(
             out,
             "  {:<38} {:<34} {:>9} {:>6} {:>8}",
             "customer", "product", "available", "needed", "shortage"
-        );
-        for line in &prepared.seats.lines {
+        )?;
+        for line in &seats.lines {
             let available = line.available.map_or("?".to_string(), |a| a.to_string());
             let shortage = match line.shortage() {
                 0 => String::new(),
                 n => n.to_string(),
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "  {:<38} {:<34} {:>9} {:>6} {:>8}",
                 line.customer, line.label, available, line.needed, shortage
-            );
+            )?;
         }
     }
     // What is not sent, one line per reason with the input lines it covers.
-    let mut not_sent: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for ((g, o), outcome) in &prepared.presettled {
-        let reason = outcome
-            .message
-            .strip_prefix("not sent: ")
-            .unwrap_or(&outcome.message);
-        let lines = plan.groups[*g].operations[*o]
-            .rows
-            .iter()
-            .map(|&r| plan.rows[r].line);
-        not_sent.entry(reason).or_default().extend(lines);
+    let mut reason: Option<String> = None;
+    let mut failure = None;
+    journal
+        .each_unsent_line(run_id, |message, line| {
+            let text = message.strip_prefix("not sent: ").unwrap_or(message);
+            let step = match &reason {
+                Some(current) if current == text => write!(out, ", {line}"),
+                Some(current) => write!(out, "): {current}\n  not sent (lines {line}"),
+                None => write!(out, "  not sent (lines {line}"),
+            };
+            if reason.as_deref() != Some(text) {
+                reason = Some(text.to_string());
+            }
+            failure = failure.take().or(step.err());
+        })
+        .map_err(io)?;
+    if let Some(error) = failure.take() {
+        return Err(error);
     }
-    for (reason, mut lines) in not_sent {
-        lines.sort_unstable();
-        let lines: Vec<String> = lines.iter().map(u64::to_string).collect();
-        let _ = writeln!(out, "  not sent (lines {}): {reason}", lines.join(", "));
+    if let Some(reason) = reason {
+        writeln!(out, "): {reason}")?;
     }
-    for row in &plan.rows {
-        if let RowPlan::Invalid { message, .. } = &row.plan {
-            let _ = writeln!(out, "  invalid line {}: {message}", row.line);
-        }
+    journal
+        .each_invalid_row(run_id, |line, message| {
+            let step = writeln!(out, "  invalid line {line}: {message}");
+            failure = failure.take().or(step.err());
+        })
+        .map_err(io)?;
+    if let Some(error) = failure {
+        return Err(error);
     }
     let minutes = to_send as f64 / settings.limits.requests_per_minute as f64;
-    let _ = writeln!(
+    writeln!(
         out,
         "  at {} requests/minute the run takes at least {}",
         settings.limits.requests_per_minute,
         humantime::format_duration(Duration::from_secs((minutes * 60.0).ceil() as u64))
-    );
-    out
+    )
 }

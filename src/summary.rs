@@ -53,40 +53,57 @@ pub struct RunSummary {
     pub insights: Vec<CustomerInsights>,
     /// How to make a run like this faster (see `EngineSettings::concurrency_advice`).
     pub advice: Option<String>,
-    pub rows: Vec<ReportRow>,
+}
+
+/// Counts of report rows, taken one row at a time as the report is written.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    counts: BTreeMap<RowStatus, u64>,
+    per_customer: BTreeMap<String, BTreeMap<RowStatus, u64>>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    pub fn add(&mut self, row: &ReportRow) {
+        *self.counts.entry(row.status).or_default() += 1;
+        let customer = row
+            .customer_id
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "(no valid customer)".into());
+        *self
+            .per_customer
+            .entry(customer)
+            .or_default()
+            .entry(row.status)
+            .or_default() += 1;
+        if row.status == RowStatus::Failed {
+            let key = row.error_code.clone().unwrap_or_else(|| {
+                row.http_status
+                    .map_or("no response".into(), |s| format!("HTTP {s}"))
+            });
+            *self.errors.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Rows counted so far.
+    pub fn rows(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn count(&self, status: RowStatus) -> u64 {
+        self.counts.get(&status).copied().unwrap_or(0)
+    }
 }
 
 impl RunSummary {
-    pub fn new(rows: Vec<ReportRow>, completion: Completion) -> Self {
-        let mut counts = BTreeMap::new();
-        let mut per_customer: BTreeMap<String, BTreeMap<RowStatus, u64>> = BTreeMap::new();
-        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-        for row in &rows {
-            *counts.entry(row.status).or_default() += 1;
-            let customer = row
-                .customer_id
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "(no valid customer)".into());
-            *per_customer
-                .entry(customer)
-                .or_default()
-                .entry(row.status)
-                .or_default() += 1;
-            if row.status == RowStatus::Failed {
-                let key = row.error_code.clone().unwrap_or_else(|| {
-                    row.http_status
-                        .map_or("no response".into(), |s| format!("HTTP {s}"))
-                });
-                *errors.entry(key).or_default() += 1;
-            }
-        }
-        let mut top_errors: Vec<(String, u64)> = errors.into_iter().collect();
+    pub fn new(tally: Tally, completion: Completion) -> Self {
+        let mut top_errors: Vec<(String, u64)> = tally.errors.into_iter().collect();
         top_errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         RunSummary {
             completion,
-            counts,
+            counts: tally.counts,
             top_errors,
-            per_customer,
+            per_customer: tally.per_customer,
             elapsed: Duration::ZERO,
             stats: StatsSnapshot::default(),
             report_path: None,
@@ -95,7 +112,6 @@ impl RunSummary {
             seat_shortages: Vec::new(),
             insights: Vec::new(),
             advice: None,
-            rows,
         }
     }
 

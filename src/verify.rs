@@ -53,7 +53,8 @@ pub async fn verify(report: &Path, calls: &Arc<Dispatcher>) -> Result<Verificati
     let bytes = input::read_bytes(report)?;
     let file = input::parse(report, &bytes, None)?;
     let column = |name: &str| {
-        file.headers
+        file.header
+            .headers
             .iter()
             .position(|h| h == name)
             .ok_or_else(|| InputError {

@@ -102,14 +102,16 @@ proptest! {
             }
         }
         prop_assert!(model.windows(2).all(|w| w[0].line < w[1].line), "input order kept");
-        // Every operation's rows point back at distinct input rows.
-        let mut seen = vec![false; input.rows.len()];
-        for group in &plan.groups {
-            for op in &group.operations {
-                for &r in &op.rows {
-                    prop_assert!(!seen[r], "row {r} planned twice");
-                    seen[r] = true;
-                }
+        // Every operation is asked for by exactly the rows that point at it, the first of
+        // them being the one it names.
+        for (g, group) in plan.groups.iter().enumerate() {
+            for (o, op) in group.operations.iter().enumerate() {
+                let asking: Vec<usize> = plan.rows.iter().enumerate()
+                    .filter(|(_, r)| r.plan == license_batch::plan::RowPlan::Send { group: g, operation: o })
+                    .map(|(i, _)| i)
+                    .collect();
+                prop_assert_eq!(asking.len() as u64, op.row_count);
+                prop_assert_eq!(asking.first().copied(), Some(op.first_row));
             }
         }
     }

@@ -274,7 +274,8 @@ mod tests {
             sku_id: "f8a1db68-be16-40ed-86d5-cb42ce701560".parse().unwrap(),
             action: Action::Assign,
             excluded_plans: vec![],
-            rows: vec![0],
+            first_row: 0,
+            row_count: 1,
         };
         let json = serde_json::to_value(LicenseUpdateRequest::for_operations([&op])).unwrap();
         let expected = serde_json::json!({

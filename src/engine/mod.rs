@@ -141,13 +141,50 @@ pub struct Pass {
 /// One group to send: its open operations, as the requests (passes) the journal recorded.
 #[derive(Debug, Clone)]
 pub struct GroupWork {
+    /// The group's index in the run.
     pub group: usize,
+    pub request: Group,
     pub passes: Vec<Pass>,
     /// Attempts made for this group before a resume; counting continues from here.
     pub previous_attempts: u32,
 }
 
 impl GroupWork {
+    /// The work left of a group: its operations without a definitive outcome, as the passes
+    /// (operations sharing a recorded request ID) they were being sent in; `None` when none
+    /// is left.
+    pub fn open(
+        group: usize,
+        request: Group,
+        outcomes: &[Option<OperationOutcome>],
+        send_ids: &[Uuid],
+    ) -> Option<GroupWork> {
+        let mut passes: Vec<Pass> = Vec::new();
+        let mut previous_attempts = 0;
+        for (op, (outcome, &request_id)) in outcomes.iter().zip(send_ids).enumerate() {
+            if outcome
+                .as_ref()
+                .is_some_and(|o| o.status != OperationStatus::Pending)
+            {
+                continue;
+            }
+            previous_attempts = previous_attempts.max(outcome.as_ref().map_or(0, |o| o.attempts));
+            match passes.iter_mut().find(|p| p.request_id == request_id) {
+                Some(pass) => pass.operations.push(op),
+                None => passes.push(Pass {
+                    request_id,
+                    operations: vec![op],
+                }),
+            }
+        }
+        (!passes.is_empty()).then_some(GroupWork {
+            group,
+            request,
+            passes,
+            previous_attempts,
+        })
+    }
+
     pub fn operations(&self) -> impl Iterator<Item = usize> + '_ {
         self.passes
             .iter()
@@ -279,7 +316,6 @@ impl Dispatcher {
 
 struct Shared {
     calls: Arc<Dispatcher>,
-    groups: Arc<Vec<Group>>,
     queue: Mutex<Lanes>,
     recorder: Arc<dyn Recorder>,
     observer: Arc<dyn Observer>,
@@ -287,56 +323,82 @@ struct Shared {
     blocked: Mutex<HashMap<Uuid, CustomerBlock>>,
 }
 
+/// Where the engine takes its groups from: the journal, a page per customer at a time, so
+/// the pool holds a few groups per customer rather than the whole run.
+pub trait WorkSource: Send {
+    /// Up to `limit` open groups of `customer` after those already returned; none when it
+    /// has no more.
+    fn next_of(&mut self, customer: Uuid, limit: usize) -> Result<Vec<GroupWork>, String>;
+}
+
+/// The work of a run: its customers with open groups (in the order they appear), how many
+/// groups are open, and where to read them.
+pub struct Work {
+    pub customers: Vec<Uuid>,
+    pub groups: u64,
+    pub source: Box<dyn WorkSource>,
+}
+
+/// Groups a lane reads ahead of its workers.
+const PAGE: usize = 64;
+
 /// The open groups per customer, taken in turn from the customers that may send now, so a
 /// customer waiting out its own Retry-After does not hold the workers (see [`pacing`]).
 struct Lanes {
-    /// In turn order; a lane goes to the back when a group is taken from it.
+    /// In turn order; a lane goes to the back when a group is taken from it. A lane's queue
+    /// is refilled from the source when it runs dry; a lane the source has nothing more for
+    /// is dropped.
     lanes: VecDeque<(Uuid, VecDeque<GroupWork>)>,
+    source: Box<dyn WorkSource>,
 }
 
 impl Lanes {
-    fn new(work: Vec<GroupWork>, groups: &[Group]) -> Self {
-        let mut lanes: Vec<(Uuid, VecDeque<GroupWork>)> = Vec::new();
-        let mut lane_of: HashMap<Uuid, usize> = HashMap::new();
-        for item in work {
-            let customer = groups[item.group].customer_id;
-            let lane = *lane_of.entry(customer).or_insert_with(|| {
-                lanes.push((customer, VecDeque::new()));
-                lanes.len() - 1
-            });
-            lanes[lane].1.push_back(item);
-        }
+    fn new(work: Work) -> Self {
         Lanes {
-            lanes: lanes.into(),
+            lanes: work
+                .customers
+                .into_iter()
+                .map(|c| (c, VecDeque::new()))
+                .collect(),
+            source: work.source,
         }
     }
 
     /// The next group: from the first lane in turn that may send now, else from the one that
-    /// may send soonest (its worker then waits in the pacer).
-    fn next(&mut self, pacer: &Pacer) -> Option<GroupWork> {
-        let pick = if pacer.scope() == pacing::Scope::Customer {
-            let now = tokio::time::Instant::now();
-            let mut soonest: Option<(usize, tokio::time::Instant)> = None;
-            for (index, (customer, _)) in self.lanes.iter().enumerate() {
-                let at = pacer.ready_at(*customer);
-                if at <= now {
-                    soonest = Some((index, at));
-                    break;
+    /// may send soonest (its worker then waits in the pacer). `Err`: the source failed.
+    fn next(&mut self, pacer: &Pacer) -> Result<Option<GroupWork>, String> {
+        loop {
+            let pick = if pacer.scope() == pacing::Scope::Customer {
+                let now = tokio::time::Instant::now();
+                let mut soonest: Option<(usize, tokio::time::Instant)> = None;
+                for (index, (customer, _)) in self.lanes.iter().enumerate() {
+                    let at = pacer.ready_at(*customer);
+                    if at <= now {
+                        soonest = Some((index, at));
+                        break;
+                    }
+                    if soonest.is_none_or(|(_, best)| at < best) {
+                        soonest = Some((index, at));
+                    }
                 }
-                if soonest.is_none_or(|(_, best)| at < best) {
-                    soonest = Some((index, at));
+                match soonest {
+                    Some((index, _)) => index,
+                    None => return Ok(None),
                 }
+            } else {
+                0
+            };
+            let Some((customer, mut queue)) = self.lanes.remove(pick) else {
+                return Ok(None);
+            };
+            if queue.is_empty() {
+                queue.extend(self.source.next_of(customer, PAGE)?);
             }
-            soonest?.0
-        } else {
-            0
-        };
-        let (customer, mut queue) = self.lanes.remove(pick)?;
-        let work = queue.pop_front();
-        if !queue.is_empty() {
-            self.lanes.push_back((customer, queue));
+            if let Some(work) = queue.pop_front() {
+                self.lanes.push_back((customer, queue));
+                return Ok(Some(work));
+            }
         }
-        work
     }
 }
 
@@ -424,16 +486,14 @@ impl FailureRatio {
 /// group starts and requests already sent are allowed to finish.
 pub async fn execute(
     calls: Arc<Dispatcher>,
-    groups: Arc<Vec<Group>>,
-    work: Vec<GroupWork>,
+    work: Work,
     observer: Arc<dyn Observer>,
     recorder: Arc<dyn Recorder>,
 ) -> EngineReport {
-    let workers = calls.settings.concurrency.min(work.len()).max(1);
+    let workers = (calls.settings.concurrency as u64).min(work.groups).max(1) as usize;
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Lanes::new(work, &groups)),
+        queue: Mutex::new(Lanes::new(work)),
         calls,
-        groups,
         recorder,
         observer,
         abort_reason: Mutex::new(None),
@@ -452,11 +512,27 @@ pub async fn execute(
                     .lock()
                     .expect("queue lock")
                     .next(&shared.calls.pacer);
-                let Some(work) = next else {
-                    break;
+                let work = match next {
+                    Ok(Some(work)) => work,
+                    Ok(None) => break,
+                    Err(error) => {
+                        shared.abort(format!(
+                            "cannot read the run's groups from the journal: {error}"
+                        ));
+                        break;
+                    }
                 };
                 let outcomes = worker::run_group(&shared, &work).await;
-                if results_tx.send((work.group, outcomes)).is_err() {
+                let operations = &work.request.operations;
+                let settled_rows = outcomes
+                    .iter()
+                    .filter(|(_, o)| o.status != OperationStatus::Pending)
+                    .map(|(op, _)| operations[*op].row_count)
+                    .sum();
+                if results_tx
+                    .send((work.group, settled_rows, outcomes))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -465,13 +541,7 @@ pub async fn execute(
     drop(results_tx);
 
     let mut ratio = FailureRatio::default();
-    while let Some((group, outcomes)) = results.recv().await {
-        let operations = &shared.groups[group].operations;
-        let settled_rows = outcomes
-            .iter()
-            .filter(|(_, o)| o.status != OperationStatus::Pending)
-            .map(|(op, _)| operations[*op].rows.len() as u64)
-            .sum();
+    while let Some((group, settled_rows, outcomes)) = results.recv().await {
         shared.observer.group_finished(settled_rows);
         if let Some(reason) = ratio.observe(&outcomes, &shared.calls.settings) {
             shared.abort(reason);

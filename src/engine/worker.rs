@@ -88,7 +88,7 @@ fn new_pass(operations: Vec<usize>) -> Pass {
 
 /// Sends one group; returns an outcome for each of its open operations.
 pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, OperationOutcome)> {
-    let group = &shared.groups[work.group];
+    let group = &work.request;
     let operations = &group.operations;
     let mut outcomes: Vec<Option<OperationOutcome>> = vec![None; operations.len()];
     let mut passes: VecDeque<Pass> = work.passes.iter().cloned().collect();

@@ -1,10 +1,16 @@
-//! Reading the onboarding CSV: encoding checks, delimiter detection, header aliases, and one
-//! [`InputRow`] per data record with its validation result. Nothing is sent from here.
+//! Reading the onboarding CSV: a first pass for the file's hash and encoding problems
+//! ([`scan`]), then header aliases and one [`InputRow`] per data record with its validation
+//! result, streamed: memory does not grow with the file. Nothing is sent from here.
 
+mod scan;
 mod validate;
 
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+pub use scan::Scan;
 pub use validate::{Action, LicenseGroup, PlanRef, RowProblem, RowRequest, SkuRef};
 
 /// Why a file cannot be used at all (exit 2, nothing sent).
@@ -29,18 +35,32 @@ pub struct Columns {
     pub action: Option<usize>,
 }
 
-/// A parsed input file: the header, which columns go to the report, and every data row.
-#[derive(Debug)]
-pub struct InputFile {
+/// What the header row says: which columns go to the report and which hold which field.
+#[derive(Debug, Clone)]
+pub struct InputHeader {
     pub path: PathBuf,
     pub delimiter: u8,
     pub headers: Vec<String>,
     /// Columns carried to the report: every column except `result_*` ones of an earlier report.
     pub carried: Vec<usize>,
     pub columns: Columns,
+}
+
+/// A whole input file in memory (small files: tests, `verify`); a run streams [`Rows`].
+#[derive(Debug)]
+pub struct InputFile {
+    pub header: InputHeader,
     pub rows: Vec<InputRow>,
     /// Lines holding no value at all (e.g. trailing `,,,` from a spreadsheet); not data rows.
     pub blank_lines: Vec<u64>,
+}
+
+/// One record after the header.
+#[derive(Debug)]
+pub enum Record {
+    Row(InputRow),
+    /// A line holding no value at all (e.g. trailing `,,,` from a spreadsheet): not a data row.
+    Blank(u64),
 }
 
 /// One data record of the input.
@@ -114,182 +134,220 @@ fn normalize_header(name: &str) -> String {
         .collect()
 }
 
-/// Reads an input file's bytes (hashed by the journal, then [`parse`]d).
+/// Reads an input file's bytes (small files: `verify`, tests); a run uses [`scan_file`] and
+/// [`read_file`], which stream.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, InputError> {
-    std::fs::read(path).map_err(|e| InputError {
+    std::fs::read(path).map_err(|e| cannot_read(path, e))
+}
+
+fn cannot_read(path: &Path, e: std::io::Error) -> InputError {
+    InputError {
         path: path.display().to_string(),
         line: None,
         reason: format!("cannot read the file: {e}"),
         advice: "check the path and permissions".into(),
+    }
+}
+
+fn scan_error(path: &Path, error: scan::ScanError) -> InputError {
+    match error {
+        scan::ScanError::Io(e) => cannot_read(path, e),
+        scan::ScanError::Unusable(problem) => InputError {
+            path: path.display().to_string(),
+            line: problem.line,
+            reason: problem.reason.into(),
+            advice: problem.advice.into(),
+        },
+    }
+}
+
+/// The first pass over the file: its hash and delimiter, or why it cannot be used at all.
+pub fn scan_file(path: &Path, delimiter: Option<u8>) -> Result<Scan, InputError> {
+    let file = File::open(path).map_err(|e| cannot_read(path, e))?;
+    scan::scan(file, delimiter).map_err(|e| scan_error(path, e))
+}
+
+/// Opens the file for the second pass: the header is read and mapped, the rows follow.
+pub fn read_file(path: &Path, scan: &Scan) -> Result<Rows<BufReader<File>>, InputError> {
+    let file = File::open(path).map_err(|e| cannot_read(path, e))?;
+    let mut source = BufReader::with_capacity(64 * 1024, file);
+    let starts_with_bom = source
+        .fill_buf()
+        .map_err(|e| cannot_read(path, e))?
+        .starts_with(BOM);
+    if starts_with_bom {
+        source.consume(BOM.len());
+    }
+    read_rows(path, source, scan.delimiter)
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parses a whole file held in memory; see [`read_file`] for the streaming form.
+pub fn parse(path: &Path, bytes: &[u8], delimiter: Option<u8>) -> Result<InputFile, InputError> {
+    let scan = scan::scan(bytes, delimiter).map_err(|e| scan_error(path, e))?;
+    let rows = read_rows(
+        path,
+        bytes.strip_prefix(BOM).unwrap_or(bytes),
+        scan.delimiter,
+    )?;
+    let header = rows.header.clone();
+    let (mut data, mut blank_lines) = (Vec::new(), Vec::new());
+    for record in rows {
+        match record? {
+            Record::Row(row) => data.push(row),
+            Record::Blank(line) => blank_lines.push(line),
+        }
+    }
+    Ok(InputFile {
+        header,
+        rows: data,
+        blank_lines,
     })
 }
 
-/// Parses input bytes; see [`read`].
-pub fn parse(path: &Path, bytes: &[u8], delimiter: Option<u8>) -> Result<InputFile, InputError> {
+/// Reads the header of `source` (a file already [`scan`]ned and without its BOM).
+pub fn read_rows<R: Read>(path: &Path, source: R, delimiter: u8) -> Result<Rows<R>, InputError> {
     let fail = |line: Option<u64>, reason: String, advice: &str| InputError {
         path: path.display().to_string(),
         line,
         reason,
         advice: advice.to_string(),
     };
-
-    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
-        return Err(fail(
-            Some(1),
-            "the file is UTF-16 encoded".into(),
-            "save it as \"CSV UTF-8 (comma delimited)\" and run again",
-        ));
-    }
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if let Some(pos) = bytes.iter().position(|&b| b == 0) {
-        let line = 1 + bytes[..pos].iter().filter(|&&b| b == b'\n').count() as u64;
-        return Err(fail(
-            Some(line),
-            "the file contains NUL bytes: it is not a text CSV file".into(),
-            "export the sheet as CSV UTF-8 and run again",
-        ));
-    }
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(fail(
-            None,
-            "the file is empty".into(),
-            "it needs a header row (customer_id,user_id,sku) and at least one data row",
-        ));
-    }
-
-    let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(bytes));
-    if let Some(line) = unterminated_quote(bytes, delimiter) {
-        return Err(fail(
-            Some(line),
-            "a quoted cell opened here is never closed, so every line after it would be read as one cell"
-                .into(),
-            "close the quote; a \" inside a quoted cell must be doubled (\"\")",
-        ));
-    }
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .flexible(true)
-        .from_reader(bytes);
-
-    let mut records = reader.byte_records();
-    let header_record = records
-        .next()
-        .ok_or_else(|| fail(None, "the file has no header row".into(), ""))?
+        .from_reader(LineTracking::new(source));
+    let mut record = csv::ByteRecord::new();
+    let found = reader
+        .read_byte_record(&mut record)
         .map_err(|e| fail(Some(1), format!("cannot read the header: {e}"), ""))?;
-    let headers = decode_record(&header_record, 1, &[], path)?;
+    if !found {
+        return Err(fail(None, "the file has no header row".into(), ""));
+    }
+    let headers = decode_record(&record, 1, &[], path)?;
     let (columns, carried) =
         map_headers(&headers).map_err(|(reason, advice)| fail(Some(1), reason, &advice))?;
-
-    let mut rows = Vec::new();
-    let mut blank_lines = Vec::new();
-    let mut lines = LineCounter::default();
-    for record in records {
-        let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line());
-            fail(line, format!("not readable as CSV: {e}"), "")
-        })?;
-        let line = lines.line_at(bytes, record.position().map_or(0, |p| p.byte()) as usize);
-        let mut cells = decode_record(&record, line, &headers, path)?;
-        if cells.iter().all(|c| c.trim().is_empty()) {
-            blank_lines.push(line);
-            continue;
-        }
-        let request = if cells.len() != headers.len() {
-            Err(RowProblem::ragged(cells.len(), headers.len(), &cells))
-        } else {
-            validate::validate_row(&columns, &headers, &cells)
-        };
-        cells.resize(headers.len(), String::new());
-        rows.push(InputRow {
-            line,
-            cells,
-            request,
-        });
-    }
-
-    Ok(InputFile {
-        path: path.to_path_buf(),
-        delimiter,
-        headers,
-        carried,
-        columns,
-        rows,
-        blank_lines,
+    Ok(Rows {
+        header: InputHeader {
+            path: path.to_path_buf(),
+            delimiter,
+            headers,
+            carried,
+            columns,
+        },
+        reader,
+        record,
     })
 }
 
+/// The data records of a file, one at a time, each validated.
+pub struct Rows<R> {
+    pub header: InputHeader,
+    reader: csv::Reader<LineTracking<R>>,
+    record: csv::ByteRecord,
+}
+
+impl<R: Read> Iterator for Rows<R> {
+    type Item = Result<Record, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let header = &self.header;
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(e) => {
+                return Some(Err(InputError {
+                    path: header.path.display().to_string(),
+                    line: e.position().map(|p| p.line()),
+                    reason: format!("not readable as CSV: {e}"),
+                    advice: String::new(),
+                }));
+            }
+        }
+        let start = self.record.position().map_or(0, |p| p.byte());
+        let line = self.reader.get_mut().line_at(start);
+        Some(
+            decode_record(&self.record, line, &header.headers, &header.path).map(|mut cells| {
+                if cells.iter().all(|c| c.trim().is_empty()) {
+                    return Record::Blank(line);
+                }
+                let request = if cells.len() != header.headers.len() {
+                    Err(RowProblem::ragged(
+                        cells.len(),
+                        header.headers.len(),
+                        &cells,
+                    ))
+                } else {
+                    validate::validate_row(&header.columns, &header.headers, &cells)
+                };
+                cells.resize(header.headers.len(), String::new());
+                Record::Row(InputRow {
+                    line,
+                    cells,
+                    request,
+                })
+            }),
+        )
+    }
+}
+
 /// Line numbers from byte offsets. The csv crate's own line count is one short after a CRLF
-/// (a record "starts" at the `\n` of the previous line's `\r\n`), so count newlines ourselves,
-/// incrementally, since offsets only grow.
-#[derive(Default)]
-struct LineCounter {
-    offset: usize,
+/// (a record "starts" at the `\n` of the previous line's `\r\n`) and after skipped empty lines,
+/// so this reader, which the csv reader reads through, notes where the line breaks are. Only
+/// the breaks the csv reader has read ahead of the current record are kept.
+struct LineTracking<R> {
+    inner: R,
+    /// Offset of the next byte to hand out.
+    offset: u64,
+    /// Line breaks at or after the current record's start: (offset, is `\n`).
+    breaks: VecDeque<(u64, bool)>,
+    /// `\n`s before the first kept break.
     newlines: u64,
 }
 
-impl LineCounter {
-    fn line_at(&mut self, bytes: &[u8], start: usize) -> u64 {
-        let mut start = start.min(bytes.len());
-        while start < bytes.len() && matches!(bytes[start], b'\r' | b'\n') {
-            start += 1;
+impl<R> LineTracking<R> {
+    fn new(inner: R) -> Self {
+        LineTracking {
+            inner,
+            offset: 0,
+            breaks: VecDeque::new(),
+            newlines: 0,
         }
-        if start >= self.offset {
-            self.newlines += bytes[self.offset..start]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as u64;
-            self.offset = start;
-        }
-        self.newlines + 1
     }
-}
 
-/// The line where a quoted cell opens that the file never closes, following the csv crate's
-/// rules: a quote opens a quoted cell only at the start of a cell, and `""` inside it is a quote.
-fn unterminated_quote(bytes: &[u8], delimiter: u8) -> Option<u64> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum State {
-        CellStart,
-        Unquoted,
-        Quoted,
-        QuoteInQuoted,
-    }
-    let (mut state, mut line, mut opened_at) = (State::CellStart, 1u64, 0u64);
-    for &b in bytes {
-        state = match (state, b) {
-            (State::Quoted, b'"') => State::QuoteInQuoted,
-            (State::Quoted, _) => State::Quoted,
-            (State::QuoteInQuoted, b'"') => State::Quoted,
-            (State::CellStart, b'"') => {
-                opened_at = line;
-                State::Quoted
+    /// The line of a record whose bytes begin at `start` (offsets only grow).
+    fn line_at(&mut self, start: u64) -> u64 {
+        while let Some(&(at, newline)) = self.breaks.front() {
+            if at >= start {
+                break;
             }
-            (_, b'\n') => State::CellStart,
-            (_, b) if b == delimiter => State::CellStart,
-            (State::QuoteInQuoted, b'\r') => State::QuoteInQuoted,
-            _ => State::Unquoted,
-        };
-        if b == b'\n' {
-            line += 1;
+            self.newlines += u64::from(newline);
+            self.breaks.pop_front();
         }
+        // Breaks right at the start belong before the record: blank lines, or the `\n` of a
+        // CRLF that ended the previous one.
+        let leading = (start..)
+            .zip(&self.breaks)
+            .take_while(|(next, (at, _))| at == next)
+            .filter(|(_, (_, newline))| *newline)
+            .count() as u64;
+        self.newlines + leading + 1
     }
-    (state == State::Quoted).then_some(opened_at)
 }
 
-/// Counts `,` and `;` outside quotes on the header line; Excel in many locales writes `;`.
-fn detect_delimiter(bytes: &[u8]) -> u8 {
-    let (mut commas, mut semicolons, mut quoted) = (0usize, 0usize, false);
-    for &b in bytes {
-        match b {
-            b'"' => quoted = !quoted,
-            b'\n' if !quoted => break,
-            b',' if !quoted => commas += 1,
-            b';' if !quoted => semicolons += 1,
-            _ => {}
+impl<R: Read> Read for LineTracking<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        for (i, &b) in buf[..read].iter().enumerate() {
+            if b == b'\n' || b == b'\r' {
+                self.breaks.push_back((self.offset + i as u64, b == b'\n'));
+            }
         }
+        self.offset += read as u64;
+        Ok(read)
     }
-    if semicolons > commas { b';' } else { b',' }
 }
 
 fn decode_record(
@@ -397,10 +455,13 @@ mod tests {
         let text =
             format!("\u{feff}Tenant ID,UPN,Product-SKU,Ticket\r\n{C},ada@contoso.com,SPB,T-1\r\n");
         let file = parse_str(&text).unwrap();
-        assert_eq!(file.headers, ["Tenant ID", "UPN", "Product-SKU", "Ticket"]);
-        assert_eq!(file.columns.customer, 0);
-        assert_eq!(file.columns.sku, 2);
-        assert_eq!(file.carried, [0, 1, 2, 3]);
+        assert_eq!(
+            file.header.headers,
+            ["Tenant ID", "UPN", "Product-SKU", "Ticket"]
+        );
+        assert_eq!(file.header.columns.customer, 0);
+        assert_eq!(file.header.columns.sku, 2);
+        assert_eq!(file.header.carried, [0, 1, 2, 3]);
         let row = &file.rows[0];
         assert_eq!(row.line, 2);
         assert_eq!(row.cells[3], "T-1");
@@ -413,7 +474,7 @@ mod tests {
     fn semicolon_files_are_detected() {
         let text = format!("customer_id;user_id;sku;excluded_plans\n{C};{U};SPB;\"{C}|{U}\"\n");
         let file = parse_str(&text).unwrap();
-        assert_eq!(file.delimiter, b';');
+        assert_eq!(file.header.delimiter, b';');
         let req = file.rows[0].request.as_ref().unwrap();
         assert_eq!(req.excluded_plans.len(), 2);
     }
@@ -494,7 +555,7 @@ mod tests {
         let text =
             format!("customer_id,user_id,sku,result_status,Result Message\n{C},{U},SPB,failed,x\n");
         let file = parse_str(&text).unwrap();
-        assert_eq!(file.carried, [0, 1, 2]);
+        assert_eq!(file.header.carried, [0, 1, 2]);
         assert!(file.rows[0].request.is_ok());
     }
 

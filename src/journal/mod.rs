@@ -2,26 +2,32 @@
 //! operation's outcome, and what is already done per API target. It makes `kill -9` safe,
 //! resumes unfinished runs, keeps nightly runs incremental, and is the source of the report.
 //!
+//! The journal also holds the plan while it is made ([`Draft`]) and hands it back in pages
+//! ([`read`]), so no part of a run keeps a per-row copy of the sheet in memory.
+//!
 //! Durability rules: the plan and every group's MS-RequestId are committed in one transaction
 //! before any request leaves; outcomes are group-committed by a writer thread (see
 //! [`writer`]); a new request ID (after a partial failure) is committed, together with the
 //! outcome that caused it, before that request is sent.
 
+mod draft;
+pub mod read;
 mod schema;
 pub mod writer;
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::engine::{OperationOutcome, OperationStatus};
-use crate::input::{Action, InputFile, LicenseGroup};
-use crate::plan::{Group, Operation, Plan, PlannedRow, RowPlan};
+pub use draft::Draft;
+
+use crate::engine::OperationStatus;
+use crate::input::{InputHeader, LicenseGroup};
+use crate::plan::{Plan, PlannedRow, RowPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -56,72 +62,60 @@ pub struct RunInfo {
     pub counts: Vec<(String, u64)>,
 }
 
-/// A run loaded back from the journal: everything the engine and the report need.
+/// What a run recorded about its input and report.
 #[derive(Debug, Clone)]
-pub struct LoadedRun {
+pub struct RunRecord {
     pub id: i64,
     pub report_path: PathBuf,
     pub delimiter: u8,
     /// Header names of the carried input columns.
     pub headers: Vec<String>,
-    /// Carried cells per row, parallel to `plan.rows`.
-    pub cells: Vec<Vec<String>>,
-    pub plan: Plan,
-    /// Per group and operation: the request ID it is sent under. Open operations sharing an
-    /// ID form one request (a pass).
-    pub send_ids: Vec<Vec<Uuid>>,
-    /// `None`: no definitive outcome yet (never sent, or pending).
-    pub outcomes: Vec<Vec<Option<OperationOutcome>>>,
+    pub blank_lines: usize,
 }
 
-impl LoadedRun {
-    /// Outcomes for the report: open operations become `pending`.
-    pub fn outcomes_for_report(&self) -> Vec<Vec<OperationOutcome>> {
-        self.outcomes
-            .iter()
-            .map(|ops| {
-                ops.iter()
-                    .map(|o| {
-                        o.clone().unwrap_or_else(|| {
-                            OperationOutcome::pending(
-                                "not finished yet: run the same command again to resume",
-                            )
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-}
-
-/// What a new run records.
+/// What a new run records besides its rows.
 pub struct NewRun<'a> {
-    pub input: &'a InputFile,
+    pub input_path: &'a Path,
     pub input_hash: &'a str,
-    pub plan: &'a Plan,
+    pub delimiter: u8,
+    /// Header names of the carried input columns.
+    pub headers: Vec<&'a str>,
     pub target: &'a str,
     pub report_path: &'a Path,
     pub settings_json: String,
-    /// Outcomes decided before sending (done in an earlier run, skipped by the preflight,
-    /// refused customer), by (group, operation).
-    pub presettled: &'a HashMap<(usize, usize), OperationOutcome>,
 }
 
-/// An earlier success of the same operation on the same target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DoneBefore {
-    pub run_id: i64,
-    pub finished_at: String,
+impl<'a> NewRun<'a> {
+    /// A run of `header`'s file that only plans (no target, no report).
+    pub fn scratch(header: &'a InputHeader) -> Self {
+        NewRun {
+            input_path: &header.path,
+            input_hash: "",
+            delimiter: header.delimiter,
+            headers: header
+                .carried
+                .iter()
+                .map(|&i| header.headers[i].as_str())
+                .collect(),
+            target: "",
+            report_path: Path::new(""),
+            settings_json: "{}".into(),
+        }
+    }
 }
 
 pub struct Journal {
     path: PathBuf,
     conn: Connection,
     _lock: Option<File>,
+    /// The schema whose `done` table says what earlier runs did: `main`, or `prior` when a
+    /// scratch journal plans against a state file it must not write.
+    done_schema: &'static str,
 }
 
-/// SHA-256 of the input bytes: "the same input" for resuming.
+/// SHA-256 of some bytes, hex: a short, stable fingerprint (e.g. of a sandbox scenario).
 pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -134,10 +128,6 @@ fn now_text() -> String {
 
 fn parse_time(text: Option<String>) -> Option<SystemTime> {
     text.and_then(|t| humantime::parse_rfc3339(&t).ok())
-}
-
-pub(crate) fn user_key(user: &str) -> String {
-    user.to_lowercase()
 }
 
 pub(crate) fn status_text(status: OperationStatus) -> &'static str {
@@ -193,6 +183,29 @@ impl Journal {
         Journal::connect(path)
     }
 
+    /// A private journal in a temporary file, deleted when dropped: `plan` and `--dry-run`
+    /// plan in it, so planning a large sheet needs no more memory than a run does.
+    pub fn scratch() -> Result<Journal, JournalError> {
+        let journal = Journal::connect(Path::new(""))?;
+        journal
+            .conn
+            .pragma_update(None, "synchronous", "OFF")
+            .map_err(|e| journal.sqlite(e))?;
+        Ok(journal)
+    }
+
+    /// Reads what earlier runs did from the journal at `path` (read only; a scratch journal
+    /// plans against the state file of the real runs).
+    pub fn attach_prior(&mut self, path: &Path) -> Result<(), JournalError> {
+        // Opening it once brings an older journal up to date before it is read.
+        drop(Journal::open_to_read(path)?);
+        self.conn
+            .execute("ATTACH DATABASE ?1 AS prior", [path.display().to_string()])
+            .map_err(|e| self.sqlite(e))?;
+        self.done_schema = "prior";
+        Ok(())
+    }
+
     fn connect(path: &Path) -> Result<Journal, JournalError> {
         let conn = Connection::open(path).map_err(|source| JournalError::Sqlite {
             path: path.display().to_string(),
@@ -202,8 +215,16 @@ impl Journal {
             path: path.to_path_buf(),
             conn,
             _lock: None,
+            done_schema: "main",
         };
         schema::prepare(&journal.conn).map_err(|e| journal.sqlite(e))?;
+        // Request IDs are made where groups are made: in SQL (see `Draft::group`).
+        journal
+            .conn
+            .create_scalar_function("new_request_id", 0, FunctionFlags::SQLITE_UTF8, |_| {
+                Ok(Uuid::new_v4().to_string())
+            })
+            .map_err(|e| journal.sqlite(e))?;
         Ok(journal)
     }
 
@@ -215,6 +236,13 @@ impl Journal {
         JournalError::Sqlite {
             path: self.path.display().to_string(),
             source,
+        }
+    }
+
+    fn corrupt(&self, what: &str) -> JournalError {
+        JournalError::Invalid {
+            path: self.path.display().to_string(),
+            message: format!("unreadable {what}; the file is damaged or from another program"),
         }
     }
 
@@ -235,312 +263,74 @@ impl Journal {
             .map_err(|e| self.sqlite(e))
     }
 
-    /// Records a new run with its rows, plan and request IDs in one transaction. Operations
-    /// already done for this target in earlier runs are recorded as succeeded with 0 attempts
-    /// (unless `resend`).
-    pub fn create_run(&mut self, new: NewRun<'_>) -> Result<i64, JournalError> {
-        let path = self.path.display().to_string();
-        let err = |source| JournalError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let headers: Vec<&str> = new
-            .input
-            .carried
-            .iter()
-            .map(|&i| new.input.headers[i].as_str())
-            .collect();
-        tx.execute(
-            "INSERT INTO runs (input_path, input_hash, target, started_at, outcome, settings,
-                               report_path, delimiter, headers)
-             VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8)",
-            params![
-                new.input.path.display().to_string(),
-                new.input_hash,
-                new.target,
-                now_text(),
-                new.settings_json,
-                new.report_path.display().to_string(),
-                new.input.delimiter as i64,
-                serde_json::to_string(&headers).expect("strings serialise"),
-            ],
-        )
-        .map_err(err)?;
-        let run_id = tx.last_insert_rowid();
-        {
-            let mut insert_row = tx
-                .prepare(
-                    "INSERT INTO rows (run_id, idx, line, cells, customer_id, group_idx, op_idx,
-                                       invalid_message, sku_id, license_group)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(err)?;
-            for (idx, (row, planned)) in new.input.rows.iter().zip(&new.plan.rows).enumerate() {
-                let cells: Vec<&str> = new
-                    .input
-                    .carried
-                    .iter()
-                    .map(|&i| row.cells[i].as_str())
-                    .collect();
-                let (group, op, invalid, sku, license_group) = match &planned.plan {
-                    RowPlan::Send { group, operation } => {
-                        let g = &new.plan.groups[*group];
-                        (
-                            Some(*group as i64),
-                            Some(*operation as i64),
-                            None,
-                            Some(g.operations[*operation].sku_id.to_string()),
-                            Some(g.license_group.as_str()),
-                        )
-                    }
-                    RowPlan::Invalid {
-                        message,
-                        sku_id,
-                        license_group,
-                    } => (
-                        None,
-                        None,
-                        Some(message.clone()),
-                        sku_id.map(|s| s.to_string()),
-                        license_group.map(|g| g.as_str()),
-                    ),
-                };
-                insert_row
-                    .execute(params![
-                        run_id,
-                        idx as i64,
-                        planned.line as i64,
-                        serde_json::to_string(&cells).expect("strings serialise"),
-                        planned.customer_id.map(|c| c.to_string()),
-                        group,
-                        op,
-                        invalid,
-                        sku,
-                        license_group,
-                    ])
-                    .map_err(err)?;
-            }
-            let mut insert_group = tx
-                .prepare(
-                    "INSERT INTO groups (run_id, idx, customer_id, user, user_key, license_group)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(err)?;
-            let mut insert_op = tx
-                .prepare(
-                    "INSERT INTO operations (run_id, group_idx, op_idx, sku_id, action, excluded_plans,
-                                             send_id, status, http_status, error_code, message,
-                                             attempts, finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?12)",
-                )
-                .map_err(err)?;
-            for (g, group) in new.plan.groups.iter().enumerate() {
-                insert_group
-                    .execute(params![
-                        run_id,
-                        g as i64,
-                        group.customer_id.to_string(),
-                        group.user,
-                        user_key(&group.user),
-                        group.license_group.as_str(),
-                    ])
-                    .map_err(err)?;
-                // One request ID per group, committed before anything is sent.
-                let send_id = Uuid::new_v4().to_string();
-                for (o, op) in group.operations.iter().enumerate() {
-                    let settled = new.presettled.get(&(g, o));
-                    insert_op
-                        .execute(params![
-                            run_id,
-                            g as i64,
-                            o as i64,
-                            op.sku_id.to_string(),
-                            op.action.as_str(),
-                            serde_json::to_string(&op.excluded_plans).expect("uuids serialise"),
-                            send_id,
-                            settled.map(|o| status_text(o.status)),
-                            settled.and_then(|o| o.http_status).map(i64::from),
-                            settled.and_then(|o| o.error_code.clone()),
-                            settled.map(|o| o.message.clone()),
-                            settled
-                                .and_then(|o| o.finished_at)
-                                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
-                        ])
-                        .map_err(err)?;
-                }
-            }
-        }
-        tx.commit().map_err(err)?;
-        Ok(run_id)
-    }
-
-    /// The earlier success of this operation on `target`, if any.
-    pub fn done_before(
-        &self,
-        target: &str,
-        customer: Uuid,
-        user: &str,
-        sku: Uuid,
-        action: Action,
-    ) -> Result<Option<DoneBefore>, JournalError> {
-        self.conn
-            .prepare_cached(
-                "SELECT run_id, finished_at FROM done
-                 WHERE target = ?1 AND customer_id = ?2 AND user_key = ?3 AND sku_id = ?4 AND action = ?5",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    params![target, customer.to_string(), user_key(user), sku.to_string(), action.as_str()],
-                    |r| Ok(DoneBefore { run_id: r.get(0)?, finished_at: r.get(1)? }),
-                )
-                .optional()
-            })
-            .map_err(|e| self.sqlite(e))
-    }
-
-    /// Loads a run's plan, request IDs and outcomes.
-    pub fn load_run(&self, run_id: i64) -> Result<LoadedRun, JournalError> {
-        let e = |source| self.sqlite(source);
-        let (report_path, delimiter, headers): (String, i64, String) = self
+    /// What a run recorded about its input and report.
+    pub fn run_record(&self, run_id: i64) -> Result<RunRecord, JournalError> {
+        let (report_path, delimiter, headers, blank_lines): (String, i64, String, i64) = self
             .conn
             .query_row(
-                "SELECT report_path, delimiter, headers FROM runs WHERE id = ?1",
+                "SELECT report_path, delimiter, headers, blank_lines FROM runs WHERE id = ?1",
                 [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
-            .map_err(e)?
+            .map_err(|e| self.sqlite(e))?
             .ok_or_else(|| JournalError::Invalid {
                 path: self.path.display().to_string(),
                 message: format!("there is no run {run_id}"),
             })?;
-        let corrupt = |what: &str| JournalError::Invalid {
-            path: self.path.display().to_string(),
-            message: format!("unreadable {what}; the file is damaged or from another program"),
-        };
+        Ok(RunRecord {
+            id: run_id,
+            report_path: PathBuf::from(report_path),
+            delimiter: u8::try_from(delimiter).unwrap_or(b','),
+            headers: serde_json::from_str(&headers).map_err(|_| self.corrupt("headers"))?,
+            blank_lines: blank_lines as usize,
+        })
+    }
 
-        let mut groups: Vec<Group> = Vec::new();
+    /// A run's whole plan in memory (small plans and tests; a run reads it in pages).
+    pub fn load_plan(&self, run_id: i64) -> Result<Plan, JournalError> {
+        let e = |source| self.sqlite(source);
+        let mut groups = Vec::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT customer_id, user, license_group FROM groups WHERE run_id = ?1 ORDER BY idx")
+            .prepare("SELECT idx FROM groups WHERE run_id = ?1 ORDER BY idx")
             .map_err(e)?;
-        let mut rows = stmt.query([run_id]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let customer: String = r.get(0).map_err(e)?;
-            let license_group: String = r.get(2).map_err(e)?;
-            groups.push(Group {
-                customer_id: customer.parse().map_err(|_| corrupt("customer ID"))?,
-                user: r.get(1).map_err(e)?,
-                license_group: LicenseGroup::parse(&license_group)
-                    .ok_or_else(|| corrupt("license group"))?,
-                operations: Vec::new(),
-            });
-        }
-        drop(rows);
-        drop(stmt);
-
-        let mut outcomes: Vec<Vec<Option<OperationOutcome>>> = vec![Vec::new(); groups.len()];
-        let mut send_ids: Vec<Vec<Uuid>> = vec![Vec::new(); groups.len()];
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT group_idx, sku_id, action, excluded_plans, status, http_status, error_code, message,
-                        attempts, request_id, correlation_id, finished_at, warnings, send_id
-                 FROM operations WHERE run_id = ?1 ORDER BY group_idx, op_idx",
-            )
+        let indices: Vec<i64> = stmt
+            .query_map([run_id], |r| r.get(0))
+            .map_err(e)?
+            .collect::<Result<_, _>>()
             .map_err(e)?;
-        let mut rows = stmt.query([run_id]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let g: i64 = r.get(0).map_err(e)?;
-            let group = groups
-                .get_mut(g as usize)
-                .ok_or_else(|| corrupt("operation"))?;
-            let sku: String = r.get(1).map_err(e)?;
-            let action: String = r.get(2).map_err(e)?;
-            let excluded: String = r.get(3).map_err(e)?;
-            group.operations.push(Operation {
-                sku_id: sku.parse().map_err(|_| corrupt("SKU ID"))?,
-                action: if action == "remove" {
-                    Action::Remove
-                } else {
-                    Action::Assign
-                },
-                excluded_plans: serde_json::from_str(&excluded)
-                    .map_err(|_| corrupt("excluded plans"))?,
-                rows: Vec::new(),
-            });
-            let status: Option<String> = r.get(4).map_err(e)?;
-            let outcome = match status.as_deref() {
-                None => None,
-                Some(status) => {
-                    let warnings: Option<String> = r.get(12).map_err(e)?;
-                    let uuid = |text: Option<String>| text.and_then(|t| t.parse().ok());
-                    Some(OperationOutcome {
-                        status: match status {
-                            "succeeded" => OperationStatus::Succeeded,
-                            "failed" => OperationStatus::Failed,
-                            "skipped" => OperationStatus::Skipped,
-                            _ => OperationStatus::Pending,
-                        },
-                        http_status: r.get::<_, Option<i64>>(5).map_err(e)?.map(|s| s as u16),
-                        error_code: r.get(6).map_err(e)?,
-                        message: r
-                            .get::<_, Option<String>>(7)
-                            .map_err(e)?
-                            .unwrap_or_default(),
-                        attempts: r.get::<_, i64>(8).map_err(e)? as u32,
-                        request_id: uuid(r.get(9).map_err(e)?),
-                        correlation_id: uuid(r.get(10).map_err(e)?),
-                        finished_at: parse_time(r.get(11).map_err(e)?),
-                        warnings: warnings
-                            .and_then(|w| serde_json::from_str(&w).ok())
-                            .unwrap_or_default(),
-                    })
-                }
-            };
-            outcomes[g as usize].push(outcome);
-            let send_id: String = r.get(13).map_err(e)?;
-            send_ids[g as usize].push(send_id.parse().map_err(|_| corrupt("request ID"))?);
+        // A group's index is its first row's; in memory, groups are numbered 0.. in that order.
+        let mut position = std::collections::HashMap::new();
+        for g in indices {
+            position.insert(g, groups.len());
+            groups.push(self.group(run_id, g)?.0);
         }
-        drop(rows);
-        drop(stmt);
-
         let mut plan_rows = Vec::new();
-        let mut cells = Vec::new();
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT line, cells, customer_id, group_idx, op_idx, invalid_message, sku_id, license_group
+                "SELECT line, customer_id, group_idx, op_idx, invalid_message, sku_id, license_group
                  FROM rows WHERE run_id = ?1 ORDER BY idx",
             )
             .map_err(e)?;
         let mut rows = stmt.query([run_id]).map_err(e)?;
         while let Some(r) = rows.next().map_err(e)? {
-            let index = plan_rows.len();
-            let row_cells: String = r.get(1).map_err(e)?;
-            cells.push(serde_json::from_str(&row_cells).map_err(|_| corrupt("row cells"))?);
-            let customer: Option<String> = r.get(2).map_err(e)?;
-            let group: Option<i64> = r.get(3).map_err(e)?;
-            let op: Option<i64> = r.get(4).map_err(e)?;
-            let plan = match (group, op) {
-                (Some(g), Some(o)) => {
-                    let operation = groups
-                        .get_mut(g as usize)
-                        .and_then(|g| g.operations.get_mut(o as usize))
-                        .ok_or_else(|| corrupt("row plan"))?;
-                    operation.rows.push(index);
-                    RowPlan::Send {
-                        group: g as usize,
-                        operation: o as usize,
-                    }
-                }
+            let customer: Option<String> = r.get(1).map_err(e)?;
+            let plan = match (
+                r.get::<_, Option<i64>>(2).map_err(e)?,
+                r.get::<_, Option<i64>>(3).map_err(e)?,
+            ) {
+                (Some(g), Some(o)) => RowPlan::Send {
+                    group: *position.get(&g).ok_or_else(|| self.corrupt("row plan"))?,
+                    operation: o as usize,
+                },
                 _ => {
-                    let sku: Option<String> = r.get(6).map_err(e)?;
-                    let license_group: Option<String> = r.get(7).map_err(e)?;
+                    let sku: Option<String> = r.get(5).map_err(e)?;
+                    let license_group: Option<String> = r.get(6).map_err(e)?;
                     RowPlan::Invalid {
                         message: r
-                            .get::<_, Option<String>>(5)
+                            .get::<_, Option<String>>(4)
                             .map_err(e)?
                             .unwrap_or_default(),
                         sku_id: sku.and_then(|s| s.parse().ok()),
@@ -554,21 +344,9 @@ impl Journal {
                 plan,
             });
         }
-        drop(rows);
-        drop(stmt);
-
-        Ok(LoadedRun {
-            id: run_id,
-            report_path: PathBuf::from(report_path),
-            delimiter: u8::try_from(delimiter).unwrap_or(b','),
-            headers: serde_json::from_str(&headers).map_err(|_| corrupt("headers"))?,
-            cells,
-            plan: Plan {
-                rows: plan_rows,
-                groups,
-            },
-            send_ids,
-            outcomes,
+        Ok(Plan {
+            rows: plan_rows,
+            groups,
         })
     }
 

@@ -1,8 +1,18 @@
-//! The journal's tables and connection settings.
+//! The journal's tables and connection settings, and the migration of older journals.
 
 use rusqlite::Connection;
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: the rows keep what planning needs (user, action, exclusions), so the plan is computed
+/// where it is stored; operations know their first row and row count; groups their first
+/// request ID; runs their blank lines.
+const SCHEMA_VERSION: i64 = 2;
+
+/// The page cache of a connection that plans, KiB.
+const CACHE_KIB: i64 = 16 * 1024;
+
+/// The page cache of the connections that only page through a run while it is sent (the
+/// engine's reader, the outcome writer), KiB: they touch few pages at a time.
+pub const SMALL_CACHE_KIB: i64 = 2 * 1024;
 
 /// WAL (readers never block the writer; a crash never leaves half a transaction), a busy
 /// timeout for the `status` reader, and the tables, created if missing.
@@ -10,6 +20,9 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // A fixed page cache (the default is 2 MiB): planning a large sheet sorts and groups all
+    // its rows; a bigger cache spares most re-reads, and a fixed one keeps memory bounded.
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -25,7 +38,8 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              settings     TEXT NOT NULL,
              report_path  TEXT NOT NULL,
              delimiter    INTEGER NOT NULL,
-             headers      TEXT NOT NULL           -- JSON array of the carried header names
+             headers      TEXT NOT NULL,          -- JSON array of the carried header names
+             blank_lines  INTEGER NOT NULL DEFAULT 0
          );
          CREATE INDEX IF NOT EXISTS runs_resume ON runs (input_hash, target, outcome);
          CREATE TABLE IF NOT EXISTS rows (
@@ -39,6 +53,10 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              invalid_message TEXT,
              sku_id          TEXT,
              license_group   TEXT,
+             user            TEXT,                -- planning input of resolved rows
+             user_key        TEXT,
+             action          TEXT,
+             excluded_plans  TEXT,
              PRIMARY KEY (run_id, idx)
          );
          CREATE TABLE IF NOT EXISTS groups (
@@ -48,8 +66,10 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              user          TEXT NOT NULL,
              user_key      TEXT NOT NULL,
              license_group TEXT NOT NULL,
+             send_id       TEXT,                  -- the request ID it is first sent under
              PRIMARY KEY (run_id, idx)
          );
+         CREATE INDEX IF NOT EXISTS groups_by_customer ON groups (run_id, customer_id, idx);
          CREATE TABLE IF NOT EXISTS operations (
              run_id         INTEGER NOT NULL,
              group_idx      INTEGER NOT NULL,
@@ -67,6 +87,8 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              correlation_id TEXT,
              finished_at    TEXT,
              warnings       TEXT,
+             first_row      INTEGER NOT NULL DEFAULT 0, -- idx of the first row asking for it
+             row_count      INTEGER NOT NULL DEFAULT 0,
              PRIMARY KEY (run_id, group_idx, op_idx),
              FOREIGN KEY (run_id, group_idx) REFERENCES groups(run_id, idx)
          );
@@ -101,7 +123,99 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
                 "schema version {v} is newer than this license-batch understands ({SCHEMA_VERSION}); upgrade license-batch"
             )));
         }
+        Some(1) => migrate_from_1(conn)?,
         Some(_) => {}
     }
     Ok(())
+}
+
+/// Version 1 journals get the new columns; their operations get first row and row count from
+/// their rows, so a run started by an older license-batch resumes and reports as before.
+fn migrate_from_1(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE runs ADD COLUMN blank_lines INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE rows ADD COLUMN user TEXT;
+         ALTER TABLE rows ADD COLUMN user_key TEXT;
+         ALTER TABLE rows ADD COLUMN action TEXT;
+         ALTER TABLE rows ADD COLUMN excluded_plans TEXT;
+         ALTER TABLE groups ADD COLUMN send_id TEXT;
+         ALTER TABLE operations ADD COLUMN first_row INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE operations ADD COLUMN row_count INTEGER NOT NULL DEFAULT 0;
+         CREATE INDEX migrate_rows_by_operation ON rows (run_id, group_idx, op_idx);
+         UPDATE operations SET
+             first_row = (SELECT MIN(idx) FROM rows r WHERE r.run_id = operations.run_id
+                          AND r.group_idx = operations.group_idx AND r.op_idx = operations.op_idx),
+             row_count = (SELECT COUNT(*) FROM rows r WHERE r.run_id = operations.run_id
+                          AND r.group_idx = operations.group_idx AND r.op_idx = operations.op_idx);
+         DROP INDEX migrate_rows_by_operation;
+         UPDATE meta SET value = '2' WHERE key = 'schema_version';
+         COMMIT;",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::OperationStatus;
+    use crate::journal::Journal;
+    use crate::report::RowStatus;
+
+    const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
+    const SKU: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";
+
+    #[test]
+    fn a_version_1_journal_is_migrated_and_its_run_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("testdata/schema-v1.sql"))
+                .unwrap();
+            // A run of three rows: two identical ones (one operation) and an invalid one.
+            conn.execute_batch(&format!(
+                "INSERT INTO runs VALUES (1, 'in.csv', 'h', 't', 'now', NULL, 'interrupted', NULL,
+                                          '{{}}', 'in.report.csv', 44, '[\"c\"]');
+                 INSERT INTO rows VALUES (1, 0, 2, '[\"a\"]', '{C}', 0, 0, NULL, '{SKU}', 'group1');
+                 INSERT INTO rows VALUES (1, 1, 3, '[\"b\"]', NULL, NULL, NULL, 'bad', NULL, NULL);
+                 INSERT INTO rows VALUES (1, 2, 4, '[\"c\"]', '{C}', 0, 0, NULL, '{SKU}', 'group1');
+                 INSERT INTO groups VALUES (1, 0, '{C}', 'ada@x.com', 'ada@x.com', 'group1');
+                 INSERT INTO operations (run_id, group_idx, op_idx, sku_id, action, excluded_plans,
+                                         send_id, status, attempts)
+                 VALUES (1, 0, 0, '{SKU}', 'assign', '[]', '{C}', 'succeeded', 1);"
+            ))
+            .unwrap();
+        }
+        let journal = Journal::open_to_read(&path).unwrap();
+        let version: String = journal
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, "2");
+        let plan = journal.load_plan(1).unwrap();
+        let operation = &plan.groups[0].operations[0];
+        assert_eq!((operation.first_row, operation.row_count), (0, 2));
+        let (_, outcomes, _) = journal.group(1, 0).unwrap();
+        assert_eq!(
+            outcomes[0].as_ref().unwrap().status,
+            OperationStatus::Succeeded
+        );
+        let mut reported = Vec::new();
+        journal
+            .each_report_row(1, "open", |cells, row| {
+                reported.push((cells[0].clone(), row.status, row.message));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(reported[1].1, RowStatus::Invalid);
+        assert_eq!(reported[2].1, RowStatus::Succeeded);
+        assert_eq!(reported[2].2, "same operation as line 2, sent once");
+        assert_eq!(journal.run_record(1).unwrap().blank_lines, 0);
+        // Opening it again changes nothing.
+        drop(journal);
+        assert!(Journal::open_to_read(&path).is_ok());
+    }
 }

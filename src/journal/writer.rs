@@ -4,17 +4,15 @@
 //! once and is acknowledged only after its commit.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::oneshot;
 
-use super::{schema, status_text, user_key};
+use super::{schema, status_text};
 use crate::engine::{OperationOutcome, OperationStatus, Pass, Recorder};
-use crate::input::Action;
-use crate::plan::Group;
 
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(25);
@@ -43,24 +41,19 @@ pub struct JournalWriter {
 struct Context {
     run_id: i64,
     target: String,
-    groups: Arc<Vec<Group>>,
 }
 
 impl JournalWriter {
     /// Starts the writer on its own connection to `path`.
-    pub fn start(
-        path: &Path,
-        run_id: i64,
-        target: &str,
-        groups: Arc<Vec<Group>>,
-    ) -> Result<JournalWriter, String> {
+    pub fn start(path: &Path, run_id: i64, target: &str) -> Result<JournalWriter, String> {
         let conn = Connection::open(path).map_err(|e| e.to_string())?;
         schema::prepare(&conn).map_err(|e| e.to_string())?;
+        conn.pragma_update(None, "cache_size", -schema::SMALL_CACHE_KIB)
+            .map_err(|e| e.to_string())?;
         let (sender, receiver) = mpsc::channel();
         let context = Context {
             run_id,
             target: target.to_string(),
-            groups,
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -178,18 +171,25 @@ fn write_outcomes(
     group_index: usize,
     outcomes: &[(usize, OperationOutcome)],
 ) -> rusqlite::Result<()> {
-    let group = &context.groups[group_index];
     let mut update = tx.prepare_cached(
         "UPDATE operations SET status = ?4, http_status = ?5, error_code = ?6, message = ?7, attempts = ?8,
                 request_id = ?9, correlation_id = ?10, finished_at = ?11, warnings = ?12
          WHERE run_id = ?1 AND group_idx = ?2 AND op_idx = ?3",
     )?;
+    // A success is remembered per target; it undoes an earlier opposite one (a remove after
+    // an assign, and the other way round): the next sheet that asks for that must send it.
     let mut mark_done = tx.prepare_cached(
         "INSERT OR REPLACE INTO done (target, customer_id, user_key, sku_id, action, run_id, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         SELECT ?1, g.customer_id, g.user_key, o.sku_id, o.action, ?2, ?5
+         FROM operations o JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx
+         WHERE o.run_id = ?2 AND o.group_idx = ?3 AND o.op_idx = ?4",
     )?;
     let mut undo_opposite = tx.prepare_cached(
-        "DELETE FROM done WHERE target = ?1 AND customer_id = ?2 AND user_key = ?3 AND sku_id = ?4 AND action = ?5",
+        "DELETE FROM done WHERE target = ?1 AND (customer_id, user_key, sku_id, action) IN (
+             SELECT g.customer_id, g.user_key, o.sku_id,
+                    CASE o.action WHEN 'assign' THEN 'remove' ELSE 'assign' END
+             FROM operations o JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx
+             WHERE o.run_id = ?2 AND o.group_idx = ?3 AND o.op_idx = ?4)",
     )?;
     for (op_index, outcome) in outcomes {
         let finished_at = outcome
@@ -211,32 +211,15 @@ fn write_outcomes(
                 .then(|| serde_json::to_string(&outcome.warnings).expect("strings serialise")),
         ])?;
         if outcome.status == OperationStatus::Succeeded {
-            let op = &group.operations[*op_index];
-            let customer = group.customer_id.to_string();
-            let user = user_key(&group.user);
-            let sku = op.sku_id.to_string();
-            mark_done.execute(params![
+            let key = params![
                 context.target,
-                customer,
-                user,
-                sku,
-                op.action.as_str(),
                 context.run_id,
-                finished_at.unwrap_or_default()
-            ])?;
-            // A remove undoes an earlier assign (and the other way round): the next sheet that
-            // asks for it again must send it.
-            let opposite = match op.action {
-                Action::Assign => Action::Remove,
-                Action::Remove => Action::Assign,
-            };
-            undo_opposite.execute(params![
-                context.target,
-                customer,
-                user,
-                sku,
-                opposite.as_str()
-            ])?;
+                group_index as i64,
+                *op_index as i64,
+                finished_at.clone().unwrap_or_default()
+            ];
+            mark_done.execute(key)?;
+            undo_opposite.execute(&key[..4])?;
         }
     }
     Ok(())

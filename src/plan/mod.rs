@@ -1,14 +1,13 @@
-//! Planning: resolves each valid row's SKU and license group, sends identical rows once, marks
-//! assign/remove conflicts invalid, and groups operations into one request per
-//! (customer, user, license group) — never mixing license groups (SPEC §4).
+//! Planning: resolves each valid row's SKU, license group and excluded plans, one row at a
+//! time ([`resolve_row`]). The rules between rows — identical rows are sent once, assign/remove
+//! conflicts are invalid, one request per (customer, user, license group), never mixing license
+//! groups (SPEC §4) — run where the rows are kept, in the journal (`journal::Draft::group`).
 
 pub mod catalog;
 
-use std::collections::HashMap;
-
 use uuid::Uuid;
 
-use crate::input::{Action, InputFile, LicenseGroup, PlanRef, SkuRef};
+use crate::input::{Action, InputFile, InputHeader, InputRow, LicenseGroup, PlanRef, SkuRef};
 
 /// A SKU after resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,14 +24,16 @@ pub trait SkuResolver {
     fn resolve_plan(&self, customer: Uuid, sku: Uuid, plan: &str) -> Result<Uuid, String>;
 }
 
-/// One SKU to assign or remove for one user; all input rows that ask for it.
+/// One SKU to assign or remove for one user, for all input rows that ask for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Operation {
     pub sku_id: Uuid,
     pub action: Action,
     pub excluded_plans: Vec<Uuid>,
-    /// Indices into [`InputFile::rows`], in input order.
-    pub rows: Vec<usize>,
+    /// Index of the first input row that asks for it (the one it is reported "sent" for).
+    pub first_row: usize,
+    /// How many input rows ask for it.
+    pub row_count: u64,
 }
 
 /// One LicenseUpdate request: a user's operations within one license group.
@@ -67,9 +68,10 @@ pub struct PlannedRow {
     pub plan: RowPlan,
 }
 
+/// A whole plan in memory (small plans and tests; a run keeps its plan in the journal).
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    /// Parallel to [`InputFile::rows`].
+    /// Parallel to the input's data rows.
     pub rows: Vec<PlannedRow>,
     pub groups: Vec<Group>,
 }
@@ -83,190 +85,130 @@ impl Plan {
     }
 }
 
-struct Resolved {
-    row: usize,
-    customer: Uuid,
-    user: String,
-    user_key: String,
-    sku: Uuid,
-    group: LicenseGroup,
-    action: Action,
-    excluded: Vec<Uuid>,
+/// One row after resolution, before it is compared with the others: what it asks for, or
+/// why it is invalid on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowResolution {
+    Invalid {
+        message: String,
+        sku_id: Option<Uuid>,
+        license_group: Option<LicenseGroup>,
+    },
+    Resolved(ResolvedRow),
 }
 
-pub fn build(input: &InputFile, resolver: &dyn SkuResolver) -> Plan {
-    let mut rows: Vec<Option<RowPlan>> = vec![None; input.rows.len()];
-    let mut resolved = Vec::new();
+/// A valid row's request with its SKU, license group and excluded plans resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedRow {
+    pub customer: Uuid,
+    pub user: String,
+    /// Case-insensitive identity of the user: rows of one group share it.
+    pub user_key: String,
+    pub sku: Uuid,
+    pub license_group: LicenseGroup,
+    pub action: Action,
+    /// Sorted, without repeats: identical rows compare equal.
+    pub excluded: Vec<Uuid>,
+}
 
-    for (index, row) in input.rows.iter().enumerate() {
-        let request = match &row.request {
-            Ok(request) => request,
-            Err(problem) => {
-                rows[index] = Some(RowPlan::Invalid {
-                    message: problem.to_string(),
-                    sku_id: None,
-                    license_group: None,
-                });
-                continue;
-            }
-        };
-        let sku = match resolver.resolve(request.customer_id, &request.sku) {
-            Ok(sku) => sku,
-            Err(message) => {
-                let column = &input.headers[input.columns.sku];
-                rows[index] = Some(RowPlan::Invalid {
-                    message: format!("column {column}: {message}"),
-                    sku_id: None,
-                    license_group: request.license_group,
-                });
-                continue;
-            }
-        };
-        let group = match (request.license_group, sku.license_group) {
-            (Some(given), Some(known)) if given != known => {
-                let column = input
-                    .columns
-                    .license_group
-                    .map(|i| input.headers[i].as_str())
-                    .unwrap_or("license_group");
-                rows[index] = Some(RowPlan::Invalid {
-                    message: format!(
-                        "column {column}: says {given} but SKU {} is in {known}; fix or clear the cell",
-                        sku.id
-                    ),
-                    sku_id: Some(sku.id),
-                    license_group: Some(known),
-                });
-                continue;
-            }
-            (Some(given), _) => given,
-            (None, Some(known)) => known,
-            (None, None) => LicenseGroup::Group1,
-        };
-        let mut excluded = Vec::new();
-        let mut plan_problem = None;
-        for plan in &request.excluded_plans {
-            match plan {
-                PlanRef::Id(id) => excluded.push(*id),
-                PlanRef::Name(name) => {
-                    match resolver.resolve_plan(request.customer_id, sku.id, name) {
-                        Ok(id) => excluded.push(id),
-                        Err(message) => plan_problem = Some(message),
-                    }
+/// Resolves one row. The rules between rows — identical rows are one operation, an assign and
+/// a remove of the same SKU (or two different exclusions) conflict, one request per (customer,
+/// user, license group) — are applied to all rows at once where the rows are kept (see
+/// `journal::Draft::group`), so that a plan of any size needs no memory per row.
+pub fn resolve_row(
+    header: &InputHeader,
+    row: &InputRow,
+    resolver: &dyn SkuResolver,
+) -> RowResolution {
+    let invalid = |message: String, sku_id, license_group| RowResolution::Invalid {
+        message,
+        sku_id,
+        license_group,
+    };
+    let column_name = |index: Option<usize>, default: &'static str| {
+        index
+            .map_or(default, |i| header.headers[i].as_str())
+            .to_string()
+    };
+    let request = match &row.request {
+        Ok(request) => request,
+        Err(problem) => return invalid(problem.to_string(), None, None),
+    };
+    let sku = match resolver.resolve(request.customer_id, &request.sku) {
+        Ok(sku) => sku,
+        Err(message) => {
+            let column = &header.headers[header.columns.sku];
+            return invalid(
+                format!("column {column}: {message}"),
+                None,
+                request.license_group,
+            );
+        }
+    };
+    let license_group = match (request.license_group, sku.license_group) {
+        (Some(given), Some(known)) if given != known => {
+            let column = column_name(header.columns.license_group, "license_group");
+            return invalid(
+                format!(
+                    "column {column}: says {given} but SKU {} is in {known}; fix or clear the cell",
+                    sku.id
+                ),
+                Some(sku.id),
+                Some(known),
+            );
+        }
+        (Some(given), _) => given,
+        (None, Some(known)) => known,
+        (None, None) => LicenseGroup::Group1,
+    };
+    let mut excluded = Vec::new();
+    for plan in &request.excluded_plans {
+        match plan {
+            PlanRef::Id(id) => excluded.push(*id),
+            PlanRef::Name(name) => match resolver.resolve_plan(request.customer_id, sku.id, name) {
+                Ok(id) => excluded.push(id),
+                Err(message) => {
+                    let column = column_name(header.columns.excluded_plans, "excluded_plans");
+                    return invalid(
+                        format!("column {column}: {message}"),
+                        Some(sku.id),
+                        Some(license_group),
+                    );
                 }
-            }
-        }
-        if let Some(message) = plan_problem {
-            let column = input
-                .columns
-                .excluded_plans
-                .map(|i| input.headers[i].as_str())
-                .unwrap_or("excluded_plans");
-            rows[index] = Some(RowPlan::Invalid {
-                message: format!("column {column}: {message}"),
-                sku_id: Some(sku.id),
-                license_group: Some(group),
-            });
-            continue;
-        }
-        excluded.sort();
-        excluded.dedup();
-        resolved.push(Resolved {
-            row: index,
-            customer: request.customer_id,
-            user: request.user.clone(),
-            user_key: request.user_key.clone(),
-            sku: sku.id,
-            group,
-            action: request.action,
-            excluded,
-        });
-    }
-
-    // Rows asking about the same (customer, user, SKU) must agree: identical ones are one
-    // operation; an assign and a remove (or two different exclusions) are a conflict.
-    let mut by_operation: HashMap<(Uuid, &str, Uuid), Vec<&Resolved>> = HashMap::new();
-    for r in &resolved {
-        by_operation
-            .entry((r.customer, r.user_key.as_str(), r.sku))
-            .or_default()
-            .push(r);
-    }
-    let mut conflicting = vec![false; input.rows.len()];
-    for same in by_operation.values() {
-        let first = same[0];
-        let conflict = if same.iter().any(|r| r.action != first.action) {
-            Some("ask to both assign and remove this SKU for this user")
-        } else if same.iter().any(|r| r.excluded != first.excluded) {
-            Some("assign this SKU with different excluded_plans")
-        } else {
-            None
-        };
-        if let Some(what) = conflict {
-            let lines: Vec<String> = same
-                .iter()
-                .map(|r| input.rows[r.row].line.to_string())
-                .collect();
-            for r in same {
-                conflicting[r.row] = true;
-                rows[r.row] = Some(RowPlan::Invalid {
-                    message: format!(
-                        "conflict: lines {} {what}; keep one and run again",
-                        lines.join(" and ")
-                    ),
-                    sku_id: Some(r.sku),
-                    license_group: Some(r.group),
-                });
-            }
+            },
         }
     }
+    excluded.sort();
+    excluded.dedup();
+    RowResolution::Resolved(ResolvedRow {
+        customer: request.customer_id,
+        user: request.user.clone(),
+        user_key: request.user_key.clone(),
+        sku: sku.id,
+        license_group,
+        action: request.action,
+        excluded,
+    })
+}
 
-    let mut groups: Vec<Group> = Vec::new();
-    let mut group_index: HashMap<(Uuid, &str, LicenseGroup), usize> = HashMap::new();
-    for r in resolved.iter().filter(|r| !conflicting[r.row]) {
-        let g = *group_index
-            .entry((r.customer, r.user_key.as_str(), r.group))
-            .or_insert_with(|| {
-                groups.push(Group {
-                    customer_id: r.customer,
-                    user: r.user.clone(),
-                    license_group: r.group,
-                    operations: Vec::new(),
-                });
-                groups.len() - 1
-            });
-        let operations = &mut groups[g].operations;
-        let op = match operations.iter().position(|o| o.sku_id == r.sku) {
-            Some(op) => op,
-            None => {
-                operations.push(Operation {
-                    sku_id: r.sku,
-                    action: r.action,
-                    excluded_plans: r.excluded.clone(),
-                    rows: Vec::new(),
-                });
-                operations.len() - 1
-            }
-        };
-        operations[op].rows.push(r.row);
-        rows[r.row] = Some(RowPlan::Send {
-            group: g,
-            operation: op,
-        });
+/// Plans a whole file in memory: the same planning as a run, on a private scratch journal.
+pub fn build(input: &InputFile, resolver: &dyn SkuResolver) -> Plan {
+    let mut journal = crate::journal::Journal::scratch().expect("a scratch journal opens");
+    let mut draft = journal
+        .draft(crate::journal::NewRun::scratch(&input.header))
+        .expect("a scratch run starts");
+    for row in &input.rows {
+        draft
+            .add_row(
+                row,
+                &input.header,
+                &resolve_row(&input.header, row, resolver),
+            )
+            .expect("a scratch row is written");
     }
-
-    Plan {
-        rows: rows
-            .into_iter()
-            .zip(&input.rows)
-            .map(|(plan, row)| PlannedRow {
-                line: row.line,
-                customer_id: row.request.as_ref().ok().map(|r| r.customer_id),
-                plan: plan.expect("every row is planned exactly once"),
-            })
-            .collect(),
-        groups,
-    }
+    draft.group().expect("scratch rows group");
+    let run = draft.commit().expect("a scratch run commits");
+    journal.load_plan(run).expect("a scratch run loads")
 }
 
 #[cfg(test)]
@@ -314,7 +256,13 @@ mod tests {
             "{C},ada@x.com,SPB,,,\n{C},ada@x.com,spb,,assign,\n"
         ));
         assert_eq!(plan.groups.len(), 1);
-        assert_eq!(plan.groups[0].operations[0].rows, [0, 1]);
+        let operation = &plan.groups[0].operations[0];
+        assert_eq!((operation.first_row, operation.row_count), (0, 2));
+        let send = RowPlan::Send {
+            group: 0,
+            operation: 0,
+        };
+        assert_eq!([&plan.rows[0].plan, &plan.rows[1].plan], [&send, &send]);
     }
 
     #[test]

@@ -3,14 +3,10 @@
 //! answers 60012 for the excess); `--preflight strict` marks the excess rows `skipped`, in
 //! input order, without calling the API.
 
-use std::collections::{BTreeMap, HashMap};
-
 use uuid::Uuid;
 
 use super::TenantCatalog;
 use crate::engine::{OperationOutcome, OperationStatus};
-use crate::input::Action;
-use crate::plan::Plan;
 
 /// What to do about a shortage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -42,11 +38,28 @@ impl SeatLine {
     }
 }
 
+/// Assigns still to send of one SKU to one customer's users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatNeed {
+    pub customer: Uuid,
+    pub sku: Uuid,
+    pub needed: u64,
+}
+
+/// In strict mode: of the open assigns of (customer, SKU), the first `keep` in input order
+/// are sent; the rest get `outcome`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeatExcess {
+    pub customer: Uuid,
+    pub sku: Uuid,
+    pub keep: u64,
+    pub outcome: OperationOutcome,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SeatCheck {
     pub lines: Vec<SeatLine>,
-    /// In strict mode: the operations (group, op) not sent, with their outcome.
-    pub skipped: HashMap<(usize, usize), OperationOutcome>,
+    pub excess: Vec<SeatExcess>,
 }
 
 impl SeatCheck {
@@ -55,57 +68,34 @@ impl SeatCheck {
     }
 }
 
-/// An assign operation: (its first input row, group, operation).
-type AssignAt = (usize, usize, usize);
-
-/// Counts the assigns still to send (`settled` ones excluded) per (customer, SKU).
-pub fn check(
-    plan: &Plan,
-    tenants: &TenantCatalog,
-    settled: &HashMap<(usize, usize), OperationOutcome>,
-    mode: PreflightMode,
-) -> SeatCheck {
-    // Assign operations per (customer, SKU), in input order of their first row.
-    let mut needs: BTreeMap<(Uuid, Uuid), Vec<AssignAt>> = BTreeMap::new();
-    for (g, group) in plan.groups.iter().enumerate() {
-        for (o, op) in group.operations.iter().enumerate() {
-            if op.action == Action::Assign && !settled.contains_key(&(g, o)) {
-                let first_row = op.rows.first().copied().unwrap_or(usize::MAX);
-                needs
-                    .entry((group.customer_id, op.sku_id))
-                    .or_default()
-                    .push((first_row, g, o));
-            }
-        }
-    }
+/// Compares the needs (operations already settled are not counted) with the free seats.
+pub fn check(needs: &[SeatNeed], tenants: &TenantCatalog, mode: PreflightMode) -> SeatCheck {
     let mut result = SeatCheck::default();
-    for ((customer, sku), mut ops) in needs {
+    for need in needs {
         let available = tenants
-            .subscribed(customer, sku)
+            .subscribed(need.customer, need.sku)
             .and_then(|s| s.available_units);
         let line = SeatLine {
-            customer,
-            sku,
-            label: tenants.sku_label(customer, sku),
+            customer: need.customer,
+            sku: need.sku,
+            label: tenants.sku_label(need.customer, need.sku),
             available,
-            needed: ops.len() as u64,
+            needed: need.needed,
         };
         if mode == PreflightMode::Strict && line.shortage() > 0 {
-            ops.sort();
-            let fits = available.unwrap_or(0).max(0) as usize;
-            for &(_, g, o) in &ops[fits..] {
-                let outcome = OperationOutcome::unsent(
+            let free = available.unwrap_or(0).max(0);
+            result.excess.push(SeatExcess {
+                customer: need.customer,
+                sku: need.sku,
+                keep: free as u64,
+                outcome: OperationOutcome::unsent(
                     OperationStatus::Skipped,
                     format!(
                         "skipped by the seat preflight (--preflight strict): {} has {} free seats of {} and this sheet needs {}; buy seats and run again",
-                        customer,
-                        available.unwrap_or(0).max(0),
-                        line.label,
-                        line.needed
+                        need.customer, free, line.label, line.needed
                     ),
-                );
-                result.skipped.insert((g, o), outcome);
-            }
+                ),
+            });
         }
         result.lines.push(line);
     }
@@ -114,7 +104,7 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::collections::HashMap;
 
     use super::*;
     use crate::api::models::{ProductSku, SubscribedSku};
@@ -123,12 +113,7 @@ mod tests {
     const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
     const PBI: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";
 
-    fn setup(available: i64) -> (Plan, TenantCatalog) {
-        let mut text = String::from("customer_id,user_id,sku\n");
-        for i in 0..5 {
-            text.push_str(&format!("{C},u{i}@x.com,{PBI}\n"));
-        }
-        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+    fn setup(available: i64) -> (Vec<SeatNeed>, TenantCatalog) {
         let customer: Uuid = C.parse().unwrap();
         let tenants = TenantCatalog::from_known(HashMap::from([(
             customer,
@@ -145,43 +130,44 @@ mod tests {
                 service_plans: vec![],
             }]),
         )]));
-        let plan = crate::plan::build(&input, &tenants);
-        (plan, tenants)
+        let needs = vec![SeatNeed {
+            customer,
+            sku: PBI.parse().unwrap(),
+            needed: 5,
+        }];
+        (needs, tenants)
     }
 
     #[test]
     fn warn_mode_reports_the_shortage_and_skips_nothing() {
-        let (plan, tenants) = setup(3);
-        let check = check(&plan, &tenants, &HashMap::new(), PreflightMode::Warn);
+        let (needs, tenants) = setup(3);
+        let check = check(&needs, &tenants, PreflightMode::Warn);
         assert_eq!(check.lines[0].needed, 5);
         assert_eq!(check.lines[0].shortage(), 2);
-        assert!(check.skipped.is_empty());
+        assert_eq!(check.lines[0].label, "Power BI Pro");
+        assert!(check.excess.is_empty());
     }
 
     #[test]
-    fn strict_mode_skips_the_excess_in_input_order() {
-        let (plan, tenants) = setup(3);
-        let check = check(&plan, &tenants, &HashMap::new(), PreflightMode::Strict);
-        let mut skipped: Vec<usize> = check.skipped.keys().map(|(g, _)| *g).collect();
-        skipped.sort();
-        assert_eq!(skipped, [3, 4], "the last rows of the sheet wait for seats");
+    fn strict_mode_keeps_what_fits_and_skips_the_rest() {
+        let (needs, tenants) = setup(3);
+        let check = check(&needs, &tenants, PreflightMode::Strict);
+        let [excess] = &check.excess[..] else {
+            panic!("{:?}", check.excess)
+        };
+        assert_eq!(excess.keep, 3);
+        assert_eq!(excess.outcome.status, OperationStatus::Skipped);
         assert!(
-            check
-                .skipped
-                .values()
-                .all(|o| o.status == OperationStatus::Skipped)
+            excess.outcome.message.contains("3 free seats"),
+            "{}",
+            excess.outcome.message
         );
+        let (needs, tenants) = setup(5);
+        assert!(check_is_clean(&needs, &tenants));
     }
 
-    #[test]
-    fn already_settled_operations_need_no_seat() {
-        let (plan, tenants) = setup(3);
-        let settled: HashMap<_, _> = [(0, 0), (1, 0)]
-            .into_iter()
-            .map(|k| (k, OperationOutcome::pending("done")))
-            .collect();
-        let check = check(&plan, &tenants, &settled, PreflightMode::Strict);
-        assert_eq!(check.lines[0].needed, 3);
-        assert!(check.skipped.is_empty());
+    fn check_is_clean(needs: &[SeatNeed], tenants: &TenantCatalog) -> bool {
+        let check = check(needs, tenants, PreflightMode::Strict);
+        check.excess.is_empty() && check.shortages().next().is_none()
     }
 }
