@@ -187,7 +187,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
                 input_path: &opts.input,
                 input_hash: &scan.hash,
                 delimiter: header.delimiter,
-                headers: carried_headers(&header),
+                headers: header.carried_names(),
                 target: &connection.target,
                 report_path: &report_path,
                 settings_json: settings_json(&opts.settings),
@@ -282,14 +282,6 @@ fn customers_of(path: &Path, scan: &input::Scan) -> Result<BTreeSet<Uuid>, Error
         }
     }
     Ok(customers)
-}
-
-fn carried_headers(header: &input::InputHeader) -> Vec<&str> {
-    header
-        .carried
-        .iter()
-        .map(|&i| header.headers[i].as_str())
-        .collect()
 }
 
 fn read_failure_error(failure: ReadFailure) -> Error {

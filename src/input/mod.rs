@@ -46,6 +46,16 @@ pub struct InputHeader {
     pub columns: Columns,
 }
 
+impl InputHeader {
+    /// The names of the columns carried to the report.
+    pub fn carried_names(&self) -> Vec<&str> {
+        self.carried
+            .iter()
+            .map(|&i| self.headers[i].as_str())
+            .collect()
+    }
+}
+
 /// A whole input file in memory (small files: tests, `verify`); a run streams [`Rows`].
 #[derive(Debug)]
 pub struct InputFile {

@@ -92,11 +92,7 @@ impl<'a> NewRun<'a> {
             input_path: &header.path,
             input_hash: "",
             delimiter: header.delimiter,
-            headers: header
-                .carried
-                .iter()
-                .map(|&i| header.headers[i].as_str())
-                .collect(),
+            headers: header.carried_names(),
             target: "",
             report_path: Path::new(""),
             settings_json: "{}".into(),
