@@ -18,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod secret;
+pub mod spill;
 pub mod summary;
 pub mod tenant;
 pub mod verify;

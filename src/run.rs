@@ -403,6 +403,21 @@ async fn plan_only(
     let rows = input::read_file(&opts.input, scan)?;
     let header = rows.header.clone();
     let mut draft = journal.draft(NewRun::scratch(&header))?;
+    // When nothing can be settled before sending — no success on this target in an earlier
+    // run, no refused customer, no strict seat check against known seats — every valid row's
+    // operation stays open: `plan` counts those instead of recording them (it prints only
+    // figures and the invalid rows), which spares most of the time a large plan takes.
+    let refused = customers
+        .iter()
+        .any(|&c| matches!(tenants.customer(c), Some(CustomerCatalog::Refused(_))));
+    let done_before = match done_target {
+        Some(target) => draft.done_before_exists(target)?,
+        None => false,
+    };
+    let strict_seats = connection.is_some() && opts.settings.run.preflight == PreflightMode::Strict;
+    if !refused && !done_before && !strict_seats {
+        draft.count_open_operations_only();
+    }
     let seats = plan_into(
         &mut draft,
         rows,
@@ -411,28 +426,36 @@ async fn plan_only(
         done_target,
         opts.settings.run.preflight,
     )?;
+    // Figures counted while planning; read from the tables when something was settled.
+    let counts = draft.counts().cloned();
     let run_id = draft.commit()?;
 
     tracing::debug!("planning: done after {:?}", started.elapsed());
-    let mut tally = Tally::default();
-    journal
-        .each_report_row(run_id, "would be sent", |_, row| {
-            tally.add(&row);
-            Ok(())
-        })
-        .map_err(|message| {
-            Error::Journal(journal::JournalError::Io {
-                path: "(scratch)".into(),
-                message,
-            })
-        })?;
+    let (tally, per_customer) = match counts {
+        Some(counts) => (
+            counts.tally,
+            counts
+                .per_customer
+                .into_iter()
+                .map(|(customer, (requests, rows))| (customer, requests, rows))
+                .collect(),
+        ),
+        None => (
+            journal.tally(run_id)?,
+            journal.requests_per_customer(run_id)?,
+        ),
+    };
+    tracing::debug!("planning: rows counted after {:?}", started.elapsed());
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     describe_plan(
         &mut out,
         &journal,
         run_id,
-        &tally,
-        &seats,
+        PlanFigures {
+            tally: &tally,
+            per_customer: &per_customer,
+            seats: &seats,
+        },
         &opts.settings,
         note,
     )
@@ -442,6 +465,7 @@ async fn plan_only(
         source,
     })?;
     drop(out);
+    tracing::debug!("planning: plan printed after {:?}", started.elapsed());
     let mut summary = RunSummary::new(tally, Completion::Planned);
     summary.seat_shortages = seats.shortages().cloned().collect();
     summary.blank_lines = journal.run_record(run_id)?.blank_lines;
@@ -581,17 +605,28 @@ pub fn credentials(settings: &Settings, secrets: &EnvSecrets) -> Result<Credenti
 /// not sent and why, invalid rows, and the time at the configured ceiling. Written as it is
 /// read from the journal: a sheet with a million invalid rows prints them without holding
 /// them.
+/// The figures `plan` prints: counted while planning, or read from the journal.
+struct PlanFigures<'a> {
+    tally: &'a Tally,
+    /// Per customer: (requests to send, rows planned for sending).
+    per_customer: &'a [(Uuid, u64, u64)],
+    seats: &'a SeatCheck,
+}
+
 fn describe_plan(
     out: &mut impl Write,
     journal: &Journal,
     run_id: i64,
-    tally: &Tally,
-    seats: &SeatCheck,
+    figures: PlanFigures<'_>,
     settings: &Settings,
     note: Option<&str>,
 ) -> std::io::Result<()> {
+    let PlanFigures {
+        tally,
+        per_customer,
+        seats,
+    } = figures;
     let io = |e: journal::JournalError| std::io::Error::other(e.to_string());
-    let per_customer = journal.requests_per_customer(run_id).map_err(io)?;
     let to_send: u64 = per_customer.iter().map(|(_, requests, _)| requests).sum();
     writeln!(
         out,
@@ -604,7 +639,7 @@ fn describe_plan(
         writeln!(out, "  {note}")?;
     }
     writeln!(out, "  {:<38} {:>8} {:>6}", "customer", "requests", "rows")?;
-    for (customer, requests, rows) in &per_customer {
+    for (customer, requests, rows) in per_customer {
         writeln!(out, "  {customer:<38} {requests:>8} {rows:>6}")?;
     }
     if !seats.lines.is_empty() {
@@ -627,35 +662,44 @@ fn describe_plan(
             )?;
         }
     }
-    // What is not sent, one line per reason with the input lines it covers.
+    // What is not sent, one line per reason with the input lines it covers. (Each list is a
+    // pass over all rows: skipped when the counts say it is empty.)
     let mut reason: Option<String> = None;
     let mut failure = None;
-    journal
-        .each_unsent_line(run_id, |message, line| {
-            let text = message.strip_prefix("not sent: ").unwrap_or(message);
-            let step = match &reason {
-                Some(current) if current == text => write!(out, ", {line}"),
-                Some(current) => write!(out, "): {current}\n  not sent (lines {line}"),
-                None => write!(out, "  not sent (lines {line}"),
-            };
-            if reason.as_deref() != Some(text) {
-                reason = Some(text.to_string());
-            }
-            failure = failure.take().or(step.err());
-        })
-        .map_err(io)?;
+    let unsent = [RowStatus::Succeeded, RowStatus::Failed, RowStatus::Skipped]
+        .iter()
+        .map(|&status| tally.count(status))
+        .sum::<u64>();
+    if unsent > 0 {
+        journal
+            .each_unsent_line(run_id, |message, line| {
+                let text = message.strip_prefix("not sent: ").unwrap_or(message);
+                let step = match &reason {
+                    Some(current) if current == text => write!(out, ", {line}"),
+                    Some(current) => write!(out, "): {current}\n  not sent (lines {line}"),
+                    None => write!(out, "  not sent (lines {line}"),
+                };
+                if reason.as_deref() != Some(text) {
+                    reason = Some(text.to_string());
+                }
+                failure = failure.take().or(step.err());
+            })
+            .map_err(io)?;
+    }
     if let Some(error) = failure.take() {
         return Err(error);
     }
     if let Some(reason) = reason {
         writeln!(out, "): {reason}")?;
     }
-    journal
-        .each_invalid_row(run_id, |line, message| {
-            let step = writeln!(out, "  invalid line {line}: {message}");
-            failure = failure.take().or(step.err());
-        })
-        .map_err(io)?;
+    if tally.count(RowStatus::Invalid) > 0 {
+        journal
+            .each_invalid_row(run_id, |line, message| {
+                let step = writeln!(out, "  invalid line {line}: {message}");
+                failure = failure.take().or(step.err());
+            })
+            .map_err(io)?;
+    }
     if let Some(error) = failure {
         return Err(error);
     }

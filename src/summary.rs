@@ -56,7 +56,7 @@ pub struct RunSummary {
 }
 
 /// Counts of report rows, taken one row at a time as the report is written.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
     counts: BTreeMap<RowStatus, u64>,
     per_customer: BTreeMap<String, BTreeMap<RowStatus, u64>>,
@@ -65,23 +65,42 @@ pub struct Tally {
 
 impl Tally {
     pub fn add(&mut self, row: &ReportRow) {
-        *self.counts.entry(row.status).or_default() += 1;
-        let customer = row
-            .customer_id
+        self.add_rows(
+            row.customer_id,
+            row.status,
+            row.error_code.as_deref(),
+            row.http_status,
+            1,
+        );
+    }
+
+    /// Counts `rows` report rows alike in what the summary shows of them.
+    pub fn add_rows(
+        &mut self,
+        customer: Option<Uuid>,
+        status: RowStatus,
+        error_code: Option<&str>,
+        http_status: Option<u16>,
+        rows: u64,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        *self.counts.entry(status).or_default() += rows;
+        let customer = customer
             .map(|c| c.to_string())
             .unwrap_or_else(|| "(no valid customer)".into());
         *self
             .per_customer
             .entry(customer)
             .or_default()
-            .entry(row.status)
-            .or_default() += 1;
-        if row.status == RowStatus::Failed {
-            let key = row.error_code.clone().unwrap_or_else(|| {
-                row.http_status
-                    .map_or("no response".into(), |s| format!("HTTP {s}"))
+            .entry(status)
+            .or_default() += rows;
+        if status == RowStatus::Failed {
+            let key = error_code.map(str::to_string).unwrap_or_else(|| {
+                http_status.map_or("no response".into(), |s| format!("HTTP {s}"))
             });
-            *self.errors.entry(key).or_default() += 1;
+            *self.errors.entry(key).or_default() += rows;
         }
     }
 

@@ -114,6 +114,10 @@ proptest! {
                 prop_assert_eq!(asking.first().copied(), Some(op.first_row));
             }
         }
+        // Users are spread over partitions to be grouped; how many must not change the plan.
+        let partitioned = plan::build_in_partitions(&input, &BuiltinCatalog, 7);
+        prop_assert_eq!(&partitioned.rows, &plan.rows);
+        prop_assert_eq!(&partitioned.groups, &plan.groups);
     }
 
     #[test]

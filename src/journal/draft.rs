@@ -1,17 +1,33 @@
-//! A new run being recorded: its rows are written as they are read, then planned where they
-//! are stored — conflicts, identical rows, groups and operations as set operations in SQL — so
-//! a sheet of any size is planned without holding it in memory. Everything happens in one
-//! transaction: the run, its plan and every group's request ID become durable together at
-//! [`Draft::commit`], before anything is sent, or not at all.
+//! A new run being recorded: its rows are spilled to a temporary file as they are read and
+//! handed to [`Grouper`], which applies the rules between rows one partition of users at a
+//! time; [`Draft::group`] then writes rows, groups and operations to the journal in one pass
+//! in input order, so a sheet of any size is planned without holding it in memory and every
+//! table is only appended to. Everything happens in one transaction: the run, its plan and
+//! every group's request ID become durable together at [`Draft::commit`], before anything is
+//! sent, or not at all.
+
+use std::collections::BTreeMap;
+use std::io;
 
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
 use super::{Journal, JournalError, NewRun, now_text, status_text};
 use crate::engine::OperationOutcome;
-use crate::input::{InputHeader, InputRow};
+use crate::input::{Action, InputHeader, InputRow};
 use crate::plan::RowResolution;
+use crate::plan::grouping::{self, Assignment, Grouper};
+use crate::report::RowStatus;
+use crate::spill::{SpillReader, SpillWriter};
+use crate::summary::Tally;
 use crate::tenant::preflight::SeatNeed;
+
+/// Buffer of the file the rows wait in until they are grouped.
+const ROWS_BUFFER: usize = 64 << 10;
+
+/// How a spilled row continues after its common part.
+const INVALID: u8 = 0;
+const RESOLVED: u8 = 1;
 
 /// A run in the making; dropped without [`Draft::commit`], it leaves no trace.
 pub struct Draft<'a> {
@@ -19,19 +35,84 @@ pub struct Draft<'a> {
     run_id: i64,
     next_row: i64,
     blank_lines: i64,
+    /// Rows read but not yet grouped and written; `None` once [`Draft::group`] wrote them.
+    waiting: Option<Waiting>,
+    /// Counted while the plan was written; dropped as soon as an operation is settled.
+    counts: Option<PlanCounts>,
+    /// False: open operations (and the rows, groups they stand for) are counted, not
+    /// recorded ([`Draft::count_open_operations_only`]).
+    record_open: bool,
     committed: bool,
 }
 
+/// Figures of a plan counted while it is written, so that `plan` and the seat preflight need
+/// not read a large plan back: they hold while every operation is still open. Settling any
+/// operation drops them, and the same figures are then read from the tables
+/// ([`Journal::tally`], [`Journal::requests_per_customer`], [`Draft::seat_needs`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PlanCounts {
+    pub tally: Tally,
+    /// Per customer: (requests to send, rows planned for sending).
+    pub per_customer: BTreeMap<Uuid, (u64, u64)>,
+    /// Per (customer, SKU): assigns to send.
+    seat_needs: BTreeMap<(Uuid, Uuid), u64>,
+    /// Rows per (customer, status) while counting; folded into `tally` at the end (a tally
+    /// keys its rows by the customer's text, too dear to make for every row).
+    rows: BTreeMap<(Option<Uuid>, RowStatus), u64>,
+}
+
+impl PlanCounts {
+    fn count_row(&mut self, customer: Option<Uuid>, status: RowStatus) {
+        *self.rows.entry((customer, status)).or_default() += 1;
+    }
+
+    fn finish(&mut self) {
+        for ((customer, status), rows) in std::mem::take(&mut self.rows) {
+            self.tally.add_rows(customer, status, None, None, rows);
+        }
+    }
+}
+
+/// Every row as read (in a temporary file), and the valid ones' keys in partitions.
+struct Waiting {
+    rows: SpillWriter,
+    grouper: Grouper,
+}
+
 impl Journal {
-    /// Starts recording a new run (one transaction until [`Draft::commit`]).
+    /// Starts recording a new run (one transaction until [`Draft::commit`]), grouped in as
+    /// many partitions as the size of its input calls for.
     pub fn draft(&mut self, new: NewRun<'_>) -> Result<Draft<'_>, JournalError> {
+        let input_bytes = std::fs::metadata(new.input_path).map_or(0, |m| m.len());
+        self.draft_in_partitions(new, grouping::partitions_for(input_bytes))
+    }
+
+    /// [`Journal::draft`] with a given number of partitions (the plan does not depend on it;
+    /// tests show that).
+    pub fn draft_in_partitions(
+        &mut self,
+        new: NewRun<'_>,
+        partitions: usize,
+    ) -> Result<Draft<'_>, JournalError> {
         let e = |source| self.sqlite(source);
+        let dir = self.spill_dir();
+        let waiting = Grouper::new(&dir, partitions)
+            .and_then(|grouper| {
+                Ok(Waiting {
+                    rows: SpillWriter::create_in(&dir, ROWS_BUFFER)?,
+                    grouper,
+                })
+            })
+            .map_err(|error| self.spill_error(error))?;
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(e)?;
         let mut draft = Draft {
             journal: self,
             run_id: 0,
             next_row: 0,
             blank_lines: 0,
+            waiting: Some(waiting),
+            counts: None,
+            record_open: true,
             committed: false,
         };
         self.conn
@@ -69,66 +150,75 @@ impl Draft<'_> {
         self.run_id
     }
 
-    /// Records one data row with what resolution made of it.
+    /// Takes one data row with what resolution made of it (written by [`Draft::group`]).
     pub fn add_row(
         &mut self,
         row: &InputRow,
         header: &InputHeader,
         resolution: &RowResolution,
     ) -> Result<(), JournalError> {
+        let index = self.next_row as u64;
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Err(JournalError::Invalid {
+                path: self.journal.path.display().to_string(),
+                message: "a row came after the run was planned".into(),
+            });
+        };
         let cells: Vec<&str> = header
             .carried
             .iter()
             .map(|&i| row.cells[i].as_str())
             .collect();
-        let customer = row.request.as_ref().ok().map(|r| r.customer_id.to_string());
-        let mut insert = self
-            .conn()
-            .prepare_cached(
-                "INSERT INTO rows (run_id, idx, line, cells, customer_id, invalid_message, sku_id,
-                                   license_group, user, user_key, action, excluded_plans)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )
-            .map_err(|e| self.sqlite(e))?;
-        let cells = serde_json::to_string(&cells).expect("strings serialise");
-        let result = match resolution {
-            RowResolution::Invalid {
-                message,
-                sku_id,
-                license_group,
-            } => insert.execute(params![
-                self.run_id,
-                self.next_row,
-                row.line as i64,
-                cells,
-                customer,
-                message,
-                sku_id.map(|s| s.to_string()),
-                license_group.map(|g| g.as_str()),
-                None::<String>,
-                None::<String>,
-                None::<String>,
-                None::<String>,
-            ]),
-            RowResolution::Resolved(r) => insert.execute(params![
-                self.run_id,
-                self.next_row,
-                row.line as i64,
-                cells,
-                customer,
-                None::<String>,
-                r.sku.to_string(),
-                r.license_group.as_str(),
-                r.user,
-                r.user_key,
-                r.action.as_str(),
-                serde_json::to_string(&r.excluded).expect("uuids serialise"),
-            ]),
-        };
-        drop(insert);
-        result.map_err(|e| self.sqlite(e))?;
+        let customer = row.request.as_ref().ok().map(|r| r.customer_id);
+        let written = (|| {
+            let out = &mut waiting.rows;
+            out.u64(row.line)?;
+            out.str(&serde_json::to_string(&cells).expect("strings serialise"))?;
+            optional_uuid(out, customer.as_ref())?;
+            match resolution {
+                RowResolution::Invalid {
+                    message,
+                    sku_id,
+                    license_group,
+                } => {
+                    out.u8(INVALID)?;
+                    out.str(message)?;
+                    optional_uuid(out, sku_id.as_ref())?;
+                    out.str(license_group.map_or("", |g| g.as_str()))
+                }
+                RowResolution::Resolved(resolved) => {
+                    out.u8(RESOLVED)?;
+                    out.uuid(&resolved.sku)?;
+                    out.str(resolved.license_group.as_str())?;
+                    out.str(&resolved.user)?;
+                    out.str(&resolved.user_key)?;
+                    out.str(resolved.action.as_str())?;
+                    out.str(&grouping::excluded_text(&resolved.excluded))?;
+                    waiting.grouper.add(index, row.line, resolved)
+                }
+            }
+        })();
+        written.map_err(|error| self.journal.spill_error(error))?;
         self.next_row += 1;
         Ok(())
+    }
+
+    /// For `plan`, when nothing will be settled before sending: the valid rows' operations
+    /// are counted ([`Draft::counts`]) but not recorded; invalid rows still are. Writing a
+    /// large plan is most of the time it takes, and `plan` reads back only the invalid rows.
+    /// Settling anything afterwards is refused (there would be nothing to settle in).
+    pub fn count_open_operations_only(&mut self) {
+        self.record_open = false;
+    }
+
+    fn refuse_settling_uncounted(&self) -> Result<(), JournalError> {
+        match self.record_open {
+            true => Ok(()),
+            false => Err(JournalError::Invalid {
+                path: self.journal.path.display().to_string(),
+                message: "a plan that was only counted cannot settle operations".into(),
+            }),
+        }
     }
 
     /// Counts a line that holds no value (reported in the summary, not a data row).
@@ -136,136 +226,215 @@ impl Draft<'_> {
         self.blank_lines += 1;
     }
 
-    /// Applies the rules between rows (SPEC §4): rows asking about the same (customer, user,
-    /// SKU) must agree — identical ones become one operation, an assign and a remove (or two
-    /// different exclusions) make all of them invalid; then one group (one request, with its
-    /// request ID) per (customer, user, license group). A group's index is the index of its
-    /// first row (so groups go out in input order); its operations are numbered 0.. by their
-    /// first rows. Each step is one pass, or one keyed lookup per row or operation: no step
-    /// compares rows pairwise, and none needs memory per row.
+    /// Applies the rules between rows (SPEC §4; see [`grouping`]): rows asking about the same
+    /// (customer, user, SKU) must agree — identical ones become one operation, an assign and a
+    /// remove (or two different exclusions) make all of them invalid; then one group (one
+    /// request, with its request ID) per (customer, user, license group), its index that of
+    /// its first row, its operations numbered 0.. by their first rows. Then writes every row,
+    /// group and operation in input order. Called once; [`Draft::commit`] calls it if nobody
+    /// did.
     pub fn group(&mut self) -> Result<(), JournalError> {
+        let Some(waiting) = self.waiting.take() else {
+            return Ok(());
+        };
+        let clock = std::time::Instant::now();
+        let spill = |error| self.journal.spill_error(error);
+        let mut assignments = waiting.grouper.finish().map_err(spill)?;
+        tracing::debug!("planning: partitions grouped in {:?}", clock.elapsed());
+        let clock = std::time::Instant::now();
+        let mut rows = waiting.rows.into_reader(ROWS_BUFFER).map_err(spill)?;
         let e = |source| self.sqlite(source);
         let conn = self.conn();
-        let run = self.run_id;
-        let mut clock = std::time::Instant::now();
-        let mut step = |what: &str| {
-            tracing::debug!("planning: {what} took {:?}", clock.elapsed());
-            clock = std::time::Instant::now();
+        let mut statements = Statements {
+            row: conn
+                .prepare(
+                    "INSERT INTO rows (run_id, idx, line, cells, customer_id, group_idx, op_idx,
+                                       invalid_message, sku_id, license_group)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(e)?,
+            group: conn
+                .prepare(
+                    "INSERT INTO groups (run_id, idx, customer_id, user, user_key, license_group,
+                                         send_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(e)?,
+            operation: conn
+                .prepare(
+                    "INSERT INTO operations (run_id, group_idx, op_idx, sku_id, action,
+                                             excluded_plans, send_id, first_row, row_count)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(e)?,
         };
-        conn.execute_batch(
-            "CREATE TEMP TABLE IF NOT EXISTS conflict (
-                 customer_id TEXT, user_key TEXT, sku_id TEXT, message TEXT,
-                 PRIMARY KEY (customer_id, user_key, sku_id)) WITHOUT ROWID;
-             CREATE TEMP TABLE IF NOT EXISTS operation_key (
-                 customer_id TEXT, user_key TEXT, license_group TEXT, sku_id TEXT,
-                 first INTEGER, n INTEGER, action TEXT, excluded_plans TEXT,
-                 group_idx INTEGER, op_idx INTEGER,
-                 PRIMARY KEY (customer_id, user_key, license_group, sku_id)) WITHOUT ROWID;
-             DELETE FROM temp.conflict;
-             DELETE FROM temp.operation_key;",
-        )
-        .map_err(e)?;
-        let conflicts = conn
-            .execute(
-                "INSERT INTO temp.conflict
-                 SELECT customer_id, user_key, sku_id,
-                        'conflict: lines ' || group_concat(line, ' and ' ORDER BY idx) || ' ' ||
-                        CASE WHEN COUNT(DISTINCT action) > 1
-                             THEN 'ask to both assign and remove this SKU for this user'
-                             ELSE 'assign this SKU with different excluded_plans' END ||
-                        '; keep one and run again'
-                 FROM rows WHERE run_id = ?1 AND invalid_message IS NULL
-                 GROUP BY customer_id, user_key, sku_id
-                 HAVING COUNT(DISTINCT action) > 1 OR COUNT(DISTINCT excluded_plans) > 1",
-                [run],
-            )
-            .map_err(e)?;
-        if conflicts > 0 {
-            conn.execute(
-                "UPDATE rows SET invalid_message = c.message FROM temp.conflict c
-                 WHERE rows.run_id = ?1 AND rows.invalid_message IS NULL
-                   AND rows.customer_id = c.customer_id AND rows.user_key = c.user_key
-                   AND rows.sku_id = c.sku_id",
-                [run],
-            )
-            .map_err(e)?;
+        let mut counts = PlanCounts::default();
+        for index in 0..self.next_row {
+            self.write_row(
+                index,
+                &mut rows,
+                &mut assignments,
+                &mut statements,
+                &mut counts,
+            )?;
         }
-        step("conflicts");
-        // One operation per (customer, user, license group, SKU), keyed so that each row can
-        // look its operation up.
-        conn.execute(
-            "INSERT INTO temp.operation_key
-             SELECT customer_id, user_key, license_group, sku_id, MIN(idx), COUNT(*), action,
-                    excluded_plans, NULL, NULL
-             FROM rows WHERE run_id = ?1 AND invalid_message IS NULL
-             GROUP BY customer_id, user_key, license_group, sku_id",
-            [run],
-        )
-        .map_err(e)?;
-        step("operations found");
-        // The group of an operation: the same key without the SKU, a range of the primary key.
-        conn.execute(
-            "UPDATE temp.operation_key AS k SET
-                 group_idx = (SELECT MIN(first) FROM temp.operation_key s
-                              WHERE s.customer_id = k.customer_id AND s.user_key = k.user_key
-                                AND s.license_group = k.license_group),
-                 op_idx = (SELECT COUNT(*) FROM temp.operation_key s
-                           WHERE s.customer_id = k.customer_id AND s.user_key = k.user_key
-                             AND s.license_group = k.license_group AND s.first < k.first)",
-            [],
-        )
-        .map_err(e)?;
-        step("operations numbered");
-        conn.execute(
-            "INSERT INTO groups (run_id, idx, customer_id, user, user_key, license_group, send_id)
-             SELECT ?1, k.group_idx, k.customer_id, f.user, k.user_key, k.license_group,
-                    new_request_id()
-             FROM temp.operation_key k JOIN rows f ON f.run_id = ?1 AND f.idx = k.first
-             WHERE k.op_idx = 0",
-            [run],
-        )
-        .map_err(e)?;
-        step("groups");
-        conn.execute(
-            "INSERT INTO operations (run_id, group_idx, op_idx, sku_id, action, excluded_plans,
-                                     send_id, first_row, row_count)
-             SELECT ?1, k.group_idx, k.op_idx, k.sku_id, k.action, k.excluded_plans, g.send_id,
-                    k.first, k.n
-             FROM temp.operation_key k JOIN groups g ON g.run_id = ?1 AND g.idx = k.group_idx",
-            [run],
-        )
-        .map_err(e)?;
-        step("operations");
-        conn.execute(
-            "UPDATE rows SET (group_idx, op_idx) = (
-                 SELECT group_idx, op_idx FROM temp.operation_key k
-                 WHERE k.customer_id = rows.customer_id AND k.user_key = rows.user_key
-                   AND k.license_group = rows.license_group AND k.sku_id = rows.sku_id)
-             WHERE run_id = ?1 AND invalid_message IS NULL",
-            [run],
-        )
-        .map_err(e)?;
-        step("rows to operations");
+        drop(statements);
+        counts.finish();
+        self.counts = Some(counts);
+        tracing::debug!(
+            "planning: rows, groups and operations {} in {:?}",
+            if self.record_open {
+                "written"
+            } else {
+                "counted (invalid rows written)"
+            },
+            clock.elapsed()
+        );
         Ok(())
+    }
+
+    /// Writes the row `index` (the next one in `rows`) and, on the first row of a group or an
+    /// operation, that group or operation.
+    fn write_row(
+        &self,
+        index: i64,
+        rows: &mut SpillReader,
+        assignments: &mut grouping::Assignments,
+        statements: &mut Statements<'_>,
+        counts: &mut PlanCounts,
+    ) -> Result<(), JournalError> {
+        let e = |source| self.sqlite(source);
+        let spill = |error| self.journal.spill_error(error);
+        let run = self.run_id;
+        let line = rows.u64().map_err(spill)? as i64;
+        let cells = rows.string().map_err(spill)?;
+        let customer = read_optional_uuid(rows).map_err(spill)?;
+        let customer_text = customer.map(|c| c.to_string());
+        if rows.u8().map_err(spill)? == INVALID {
+            let message = rows.string().map_err(spill)?;
+            let sku = read_optional_uuid(rows).map_err(spill)?;
+            let license_group = Some(rows.string().map_err(spill)?).filter(|g| !g.is_empty());
+            counts.count_row(customer, RowStatus::Invalid);
+            statements
+                .row
+                .execute(params![
+                    run,
+                    index,
+                    line,
+                    cells,
+                    customer_text,
+                    None::<i64>,
+                    None::<i64>,
+                    message,
+                    sku.map(|s| s.to_string()),
+                    license_group,
+                ])
+                .map_err(e)?;
+            return Ok(());
+        }
+        let sku_id = rows.uuid().map_err(spill)?;
+        let license_group = rows.string().map_err(spill)?;
+        let user = rows.string().map_err(spill)?;
+        let user_key = rows.string().map_err(spill)?;
+        let action = rows.string().map_err(spill)?;
+        let excluded = rows.string().map_err(spill)?;
+        let customer = customer.ok_or_else(|| self.journal.corrupt("planned row"))?;
+        match assignments.next(customer, &user_key).map_err(spill)? {
+            Assignment::Conflict(message) => {
+                counts.count_row(Some(customer), RowStatus::Invalid);
+                statements.row.execute(params![
+                    run,
+                    index,
+                    line,
+                    cells,
+                    customer_text,
+                    None::<i64>,
+                    None::<i64>,
+                    message,
+                    sku_id.to_string(),
+                    license_group,
+                ])
+            }
+            Assignment::Send {
+                group,
+                operation,
+                rows,
+                send_id,
+            } => {
+                counts.count_row(Some(customer), RowStatus::Pending);
+                let (requests, planned_rows) = counts.per_customer.entry(customer).or_default();
+                *planned_rows += 1;
+                if group == index as u64 {
+                    *requests += 1;
+                }
+                // An operation needs a seat once, counted on its first row.
+                if rows.is_some() && action == Action::Assign.as_str() {
+                    *counts.seat_needs.entry((customer, sku_id)).or_default() += 1;
+                }
+                if !self.record_open {
+                    return Ok(());
+                }
+                let (sku, send_id) = (sku_id.to_string(), send_id.to_string());
+                // A group's index is its first row's, and that row comes before (or is) the
+                // first row of each of its operations: a group is written before them.
+                if group == index as u64 {
+                    statements
+                        .group
+                        .execute(params![
+                            run,
+                            index,
+                            customer_text,
+                            user,
+                            user_key,
+                            license_group,
+                            send_id
+                        ])
+                        .map_err(e)?;
+                }
+                if let Some(count) = rows {
+                    statements
+                        .operation
+                        .execute(params![
+                            run,
+                            group as i64,
+                            operation,
+                            sku,
+                            action,
+                            excluded,
+                            send_id,
+                            index,
+                            count as i64
+                        ])
+                        .map_err(e)?;
+                }
+                statements.row.execute(params![
+                    run,
+                    index,
+                    line,
+                    cells,
+                    customer_text,
+                    group as i64,
+                    operation,
+                    None::<String>,
+                    sku,
+                    license_group,
+                ])
+            }
+        }
+        .map(drop)
+        .map_err(e)
     }
 
     /// Operations that already succeeded on `target` in an earlier run (of this journal, or of
     /// the journal attached as `prior`): not sent again.
     pub fn settle_done_before(&mut self, target: &str) -> Result<(), JournalError> {
-        let e = |source| self.sqlite(source);
-        let done = self.journal.done_schema;
-        let conn = self.conn();
-        let any: bool = conn
-            .query_row(
-                &format!("SELECT EXISTS (SELECT 1 FROM {done}.done WHERE target = ?1)"),
-                [target],
-                |r| r.get(0),
-            )
-            .map_err(e)?;
-        if !any {
+        if !self.done_before_exists(target)? {
             return Ok(());
         }
-        conn.execute(
+        self.refuse_settling_uncounted()?;
+        let e = |source| self.sqlite(source);
+        let done = self.journal.done_schema;
+        let settled = self.conn().execute(
             &format!(
                 "UPDATE operations SET status = 'succeeded', attempts = 0, finished_at = d.finished_at,
                         message = 'already done in run ' || d.run_id || ' on ' || d.finished_at ||
@@ -279,7 +448,32 @@ impl Draft<'_> {
             params![self.run_id, target],
         )
         .map_err(e)?;
+        self.settled(settled);
         Ok(())
+    }
+
+    /// Whether any operation succeeded on `target` in an earlier run.
+    pub fn done_before_exists(&self, target: &str) -> Result<bool, JournalError> {
+        let done = self.journal.done_schema;
+        self.conn()
+            .query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {done}.done WHERE target = ?1)"),
+                [target],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// `settled` operations just got an outcome: the counted figures no longer hold.
+    fn settled(&mut self, settled: usize) {
+        if settled > 0 {
+            self.counts = None;
+        }
+    }
+
+    /// The figures counted while the plan was written, while no operation is settled yet.
+    pub fn counts(&self) -> Option<&PlanCounts> {
+        self.counts.as_ref()
     }
 
     /// Every still open operation of `customer` gets `outcome` (e.g. a refused customer).
@@ -288,7 +482,9 @@ impl Draft<'_> {
         customer: Uuid,
         outcome: &OperationOutcome,
     ) -> Result<(), JournalError> {
-        self.conn()
+        self.refuse_settling_uncounted()?;
+        let settled = self
+            .conn()
             .execute(
                 "UPDATE operations SET status = ?3, http_status = ?4, error_code = ?5, message = ?6,
                         finished_at = ?7
@@ -304,12 +500,28 @@ impl Draft<'_> {
                     now_text(),
                 ],
             )
-            .map(drop)
-            .map_err(|e| self.sqlite(e))
+            .map_err(|e| self.sqlite(e))?;
+        self.settled(settled);
+        Ok(())
     }
 
     /// Assigns still to send, per (customer, SKU): what the seat preflight checks.
     pub fn seat_needs(&self) -> Result<Vec<SeatNeed>, JournalError> {
+        match &self.counts {
+            Some(counts) => Ok(counts
+                .seat_needs
+                .iter()
+                .map(|(&(customer, sku), &needed)| SeatNeed {
+                    customer,
+                    sku,
+                    needed,
+                })
+                .collect()),
+            None => self.seat_needs_from_tables(),
+        }
+    }
+
+    fn seat_needs_from_tables(&self) -> Result<Vec<SeatNeed>, JournalError> {
         let e = |source| self.sqlite(source);
         let mut stmt = self
             .conn()
@@ -354,7 +566,9 @@ impl Draft<'_> {
         keep: u64,
         outcome: &OperationOutcome,
     ) -> Result<(), JournalError> {
-        self.conn()
+        self.refuse_settling_uncounted()?;
+        let settled = self
+            .conn()
             .execute(
                 "UPDATE operations SET status = ?5, message = ?6, finished_at = ?7
                  WHERE run_id = ?1 AND (group_idx, op_idx) IN (
@@ -373,12 +587,14 @@ impl Draft<'_> {
                     now_text(),
                 ],
             )
-            .map(drop)
-            .map_err(|e| self.sqlite(e))
+            .map_err(|e| self.sqlite(e))?;
+        self.settled(settled);
+        Ok(())
     }
 
     /// Makes the run, its plan and its request IDs durable; returns the run's ID.
     pub fn commit(mut self) -> Result<i64, JournalError> {
+        self.group()?;
         let e = |source| self.sqlite(source);
         self.conn()
             .execute(
@@ -390,6 +606,30 @@ impl Draft<'_> {
         self.committed = true;
         Ok(self.run_id)
     }
+}
+
+/// The statements that write a planned run.
+struct Statements<'conn> {
+    row: rusqlite::Statement<'conn>,
+    group: rusqlite::Statement<'conn>,
+    operation: rusqlite::Statement<'conn>,
+}
+
+fn optional_uuid(out: &mut SpillWriter, value: Option<&Uuid>) -> io::Result<()> {
+    match value {
+        Some(value) => {
+            out.u8(1)?;
+            out.uuid(value)
+        }
+        None => out.u8(0),
+    }
+}
+
+fn read_optional_uuid(input: &mut SpillReader) -> io::Result<Option<Uuid>> {
+    Ok(match input.u8()? {
+        0 => None,
+        _ => Some(input.uuid()?),
+    })
 }
 
 impl Drop for Draft<'_> {
@@ -451,6 +691,139 @@ mod tests {
             ["u1@x.com", "u0@x.com"],
             "the last rows of the sheet wait"
         );
+    }
+
+    #[test]
+    fn the_counted_tally_is_the_tally_of_the_report_rows() {
+        const D: &str = "5b0e4d1a-7c2f-4e8b-9a61-3d2c1b0a9f8e";
+        let text = format!(
+            "customer_id,user_id,sku,action\n\
+             {C},ada@x.com,{PBI},\n\
+             {C},ada@x.com,{PBI},\n\
+             {C},bo@x.com,NO_SUCH_SKU,\n\
+             {C},cy@x.com,{PBI},\n\
+             {C},cy@x.com,{PBI},remove\n\
+             {C},di@x.com,{PBI},\n\
+             {D},ed@x.com,{PBI},\n\
+             not-a-customer,fa@x.com,{PBI},\n"
+        );
+        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+        let mut journal = Journal::scratch().unwrap();
+        let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
+        for row in &input.rows {
+            let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
+            draft.add_row(row, &input.header, &resolution).unwrap();
+        }
+        draft.group().unwrap();
+        // While nothing is settled, the figures counted while writing are those of the tables.
+        let counts = draft.counts().cloned().expect("nothing settled yet");
+        let tables = draft.journal;
+        assert_eq!(counts.tally, tables.tally(draft.run_id).unwrap());
+        let per_customer: Vec<(Uuid, u64, u64)> = counts
+            .per_customer
+            .iter()
+            .map(|(&customer, &(requests, rows))| (customer, requests, rows))
+            .collect();
+        assert_eq!(
+            per_customer,
+            tables.requests_per_customer(draft.run_id).unwrap()
+        );
+        assert_eq!(per_customer.len(), 2, "two valid customers");
+        assert_eq!(
+            draft.seat_needs().unwrap(),
+            draft.seat_needs_from_tables().unwrap()
+        );
+        let refused = OperationOutcome {
+            http_status: Some(403),
+            error_code: Some("2000".into()),
+            ..OperationOutcome::unsent(OperationStatus::Failed, "refused")
+        };
+        draft.settle_customer(D.parse().unwrap(), &refused).unwrap();
+        assert!(
+            draft.counts().is_none(),
+            "settled: the counts no longer hold"
+        );
+        let skipped = OperationOutcome::unsent(OperationStatus::Skipped, "no seat");
+        draft
+            .settle_excess(C.parse().unwrap(), PBI.parse().unwrap(), 0, &skipped)
+            .unwrap();
+        let run = draft.commit().unwrap();
+        let mut by_row = crate::summary::Tally::default();
+        journal
+            .each_report_row(run, "open", |_, row| {
+                by_row.add(&row);
+                Ok(())
+            })
+            .unwrap();
+        let counted = journal.tally(run).unwrap();
+        assert_eq!(counted, by_row);
+        assert_eq!(counted.rows(), 8);
+        assert_eq!(
+            counted.count(RowStatus::Invalid),
+            4,
+            "bad SKU, conflict x2, bad customer"
+        );
+        assert_eq!(
+            counted.count(RowStatus::Skipped),
+            3,
+            "ada's two rows and di's"
+        );
+        assert_eq!(counted.count(RowStatus::Failed), 1);
+    }
+
+    #[test]
+    fn a_plan_only_counted_has_the_same_figures_and_invalid_rows_and_settles_nothing() {
+        let text = format!(
+            "customer_id,user_id,sku,action\n\
+             {C},ada@x.com,{PBI},\n\
+             {C},ada@x.com,{PBI},\n\
+             {C},bo@x.com,NO_SUCH_SKU,\n\
+             {C},cy@x.com,{PBI},\n\
+             {C},cy@x.com,{PBI},remove\n"
+        );
+        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+        let plan = |counted_only: bool| {
+            let mut journal = Journal::scratch().unwrap();
+            let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
+            if counted_only {
+                draft.count_open_operations_only();
+            }
+            for row in &input.rows {
+                let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
+                draft.add_row(row, &input.header, &resolution).unwrap();
+            }
+            draft.group().unwrap();
+            let counts = draft.counts().cloned().unwrap();
+            let refused = OperationOutcome::unsent(OperationStatus::Failed, "refused");
+            let settled = draft.settle_customer(C.parse().unwrap(), &refused);
+            assert_eq!(settled.is_err(), counted_only);
+            drop(draft);
+            let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
+            if counted_only {
+                draft.count_open_operations_only();
+            }
+            for row in &input.rows {
+                let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
+                draft.add_row(row, &input.header, &resolution).unwrap();
+            }
+            let run = draft.commit().unwrap();
+            let mut invalid = Vec::new();
+            journal
+                .each_invalid_row(run, |line, message| {
+                    invalid.push((line, message.to_string()))
+                })
+                .unwrap();
+            let groups: i64 = journal
+                .conn
+                .query_row("SELECT COUNT(*) FROM groups", [], |r| r.get(0))
+                .unwrap();
+            (counts, invalid, groups)
+        };
+        let (recorded, counted) = (plan(false), plan(true));
+        assert_eq!(counted.0, recorded.0, "the same figures");
+        assert_eq!(counted.1, recorded.1, "the same invalid rows");
+        assert_eq!(counted.1.len(), 3, "unknown SKU and the conflict");
+        assert_eq!((recorded.2, counted.2), (1, 0), "open groups only counted");
     }
 
     #[test]

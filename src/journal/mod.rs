@@ -235,6 +235,26 @@ impl Journal {
         }
     }
 
+    /// Where planning keeps its temporary files: beside the journal (the same disk), or in
+    /// the system's temporary directory for a scratch journal.
+    fn spill_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ if self.path.as_os_str().is_empty() => std::env::temp_dir(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn spill_error(&self, error: std::io::Error) -> JournalError {
+        JournalError::Io {
+            path: self.path.display().to_string(),
+            message: format!(
+                "planning's temporary file in {}: {error}",
+                self.spill_dir().display()
+            ),
+        }
+    }
+
     fn corrupt(&self, what: &str) -> JournalError {
         JournalError::Invalid {
             path: self.path.display().to_string(),

@@ -11,7 +11,8 @@ use super::{Journal, JournalError, parse_time};
 use crate::engine::{GroupWork, OperationOutcome, OperationStatus, WorkSource};
 use crate::input::{Action, LicenseGroup};
 use crate::plan::{Group, Operation};
-use crate::report::{self, ReportRow};
+use crate::report::{self, ReportRow, RowStatus};
+use crate::summary::Tally;
 
 /// An operation still to send: never sent, or sent without a definitive answer.
 const OPEN: &str = "(status IS NULL OR status = 'pending')";
@@ -187,6 +188,61 @@ impl Journal {
             each(cells, row)?;
         }
         Ok(())
+    }
+
+    /// The summary's counts of a run's report rows, from its operations (each counting for
+    /// its rows) and its invalid rows, without reading every row back.
+    pub fn tally(&self, run_id: i64) -> Result<Tally, JournalError> {
+        let e = |source| self.sqlite(source);
+        let customer = |text: Option<String>| text.and_then(|t| t.parse::<Uuid>().ok());
+        let mut tally = Tally::default();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT customer_id, COUNT(*) FROM rows
+                 WHERE run_id = ?1 AND group_idx IS NULL GROUP BY customer_id",
+            )
+            .map_err(e)?;
+        let mut rows = stmt.query([run_id]).map_err(e)?;
+        while let Some(r) = rows.next().map_err(e)? {
+            let count: i64 = r.get(1).map_err(e)?;
+            tally.add_rows(
+                customer(r.get(0).map_err(e)?),
+                RowStatus::Invalid,
+                None,
+                None,
+                count as u64,
+            );
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT g.customer_id, o.status, o.error_code, o.http_status, SUM(o.row_count)
+                 FROM operations o JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx
+                 WHERE o.run_id = ?1
+                 GROUP BY g.customer_id, o.status, o.error_code, o.http_status",
+            )
+            .map_err(e)?;
+        let mut rows = stmt.query([run_id]).map_err(e)?;
+        while let Some(r) = rows.next().map_err(e)? {
+            let status = match r.get::<_, Option<String>>(1).map_err(e)?.as_deref() {
+                Some("succeeded") => RowStatus::Succeeded,
+                Some("failed") => RowStatus::Failed,
+                Some("skipped") => RowStatus::Skipped,
+                _ => RowStatus::Pending,
+            };
+            let error_code: Option<String> = r.get(2).map_err(e)?;
+            let http_status: Option<i64> = r.get(3).map_err(e)?;
+            let count: i64 = r.get(4).map_err(e)?;
+            tally.add_rows(
+                customer(r.get(0).map_err(e)?),
+                status,
+                error_code.as_deref(),
+                http_status.map(|s| s as u16),
+                count as u64,
+            );
+        }
+        Ok(tally)
     }
 
     /// Per customer: groups still to send and rows planned for sending.

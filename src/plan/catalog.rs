@@ -129,10 +129,9 @@ impl CatalogSku {
 
 /// Finds a service plan by service name or display name (case-insensitive) among `plans`.
 pub fn find_plan(plans: &[ServicePlan], text: &str) -> Result<Uuid, String> {
-    let key = name_key(text);
     plans
         .iter()
-        .find(|p| name_key(&p.service_name) == key || name_key(&p.display_name) == key)
+        .find(|p| same_name(&p.service_name, text) || same_name(&p.display_name, text))
         .map(|p| p.id)
         .ok_or_else(|| {
             if plans.is_empty() {
@@ -287,24 +286,41 @@ pub const BUILTIN: &[CatalogSku] = &[
     ),
 ];
 
-/// Case- and spacing-insensitive form of a product name or part number.
-pub fn name_key(text: &str) -> String {
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+/// Whether two product names, part numbers or plan names are the same, ignoring case and
+/// spacing. Compares word by word without building either's normal form: it runs for every
+/// row against every catalog entry.
+pub fn same_name(a: &str, b: &str) -> bool {
+    let lower = |word: &str| {
+        word.chars()
+            .flat_map(char::to_lowercase)
+            .collect::<Vec<_>>()
+    };
+    let (mut a_words, mut b_words) = (a.split_whitespace(), b.split_whitespace());
+    loop {
+        match (a_words.next(), b_words.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if x.is_ascii() && y.is_ascii() => {
+                if !x.eq_ignore_ascii_case(y) {
+                    return false;
+                }
+            }
+            (Some(x), Some(y)) => {
+                if lower(x) != lower(y) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// Looks a SKU up by ID, part number or product name.
 pub fn find(sku: &SkuRef) -> Option<&'static CatalogSku> {
     match sku {
         SkuRef::Id(id) => BUILTIN.iter().find(|s| s.uuid() == *id),
-        SkuRef::Name(name) => {
-            let key = name_key(name);
-            BUILTIN
-                .iter()
-                .find(|s| name_key(s.part_number) == key || name_key(s.name) == key)
-        }
+        SkuRef::Name(name) => BUILTIN
+            .iter()
+            .find(|s| same_name(s.part_number, name) || same_name(s.name, name)),
     }
 }
 
@@ -370,5 +386,25 @@ mod tests {
             .resolve(Uuid::nil(), &SkuRef::Name("E7".into()))
             .unwrap_err();
         assert!(err.contains("\"E7\"") && err.contains("SPB (Microsoft 365 Business Premium)"));
+    }
+
+    #[test]
+    fn names_match_whatever_the_case_and_spacing_and_only_then() {
+        assert!(same_name(
+            "Microsoft 365 Business Premium",
+            "  microsoft   365\tBUSINESS premium "
+        ));
+        assert!(same_name("SPB", "spb"));
+        assert!(same_name("ÉTÉ", "été"));
+        assert!(!same_name(
+            "Microsoft 365 Business",
+            "Microsoft 365 Business Premium"
+        ));
+        assert!(!same_name(
+            "Microsoft 365 Business Premium",
+            "Microsoft 365 Business"
+        ));
+        assert!(!same_name("SPB", "SPE"));
+        assert!(same_name("", "   "));
     }
 }

@@ -1,9 +1,11 @@
 //! Planning: resolves each valid row's SKU, license group and excluded plans, one row at a
 //! time ([`resolve_row`]). The rules between rows — identical rows are sent once, assign/remove
 //! conflicts are invalid, one request per (customer, user, license group), never mixing license
-//! groups (SPEC §4) — run where the rows are kept, in the journal (`journal::Draft::group`).
+//! groups (SPEC §4) — are applied by [`grouping`] one partition of users at a time, as the
+//! journal records a new run (`journal::Draft`).
 
 pub mod catalog;
+pub mod grouping;
 
 use uuid::Uuid;
 
@@ -113,8 +115,8 @@ pub struct ResolvedRow {
 
 /// Resolves one row. The rules between rows — identical rows are one operation, an assign and
 /// a remove of the same SKU (or two different exclusions) conflict, one request per (customer,
-/// user, license group) — are applied to all rows at once where the rows are kept (see
-/// `journal::Draft::group`), so that a plan of any size needs no memory per row.
+/// user, license group) — are applied to all rows at once by [`grouping`], so that a plan of
+/// any size needs no memory per row.
 pub fn resolve_row(
     header: &InputHeader,
     row: &InputRow,
@@ -193,9 +195,18 @@ pub fn resolve_row(
 
 /// Plans a whole file in memory: the same planning as a run, on a private scratch journal.
 pub fn build(input: &InputFile, resolver: &dyn SkuResolver) -> Plan {
+    build_in_partitions(input, resolver, 1)
+}
+
+/// [`build`], grouping in `partitions` partitions (the plan must not depend on it).
+pub fn build_in_partitions(
+    input: &InputFile,
+    resolver: &dyn SkuResolver,
+    partitions: usize,
+) -> Plan {
     let mut journal = crate::journal::Journal::scratch().expect("a scratch journal opens");
     let mut draft = journal
-        .draft(crate::journal::NewRun::scratch(&input.header))
+        .draft_in_partitions(crate::journal::NewRun::scratch(&input.header), partitions)
         .expect("a scratch run starts");
     for row in &input.rows {
         draft

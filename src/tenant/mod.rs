@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::api::models::{self, SubscribedSku};
 use crate::engine::{Dispatcher, ReadFailure, ReadFailureKind};
 use crate::input::SkuRef;
-use crate::plan::catalog::{self, BuiltinCatalog, name_key};
+use crate::plan::catalog::{self, BuiltinCatalog, same_name};
 use crate::plan::{ResolvedSku, SkuResolver};
 
 /// What is known of one customer.
@@ -143,11 +143,10 @@ impl SkuResolver for TenantCatalog {
                     )
                 }),
             SkuRef::Name(name) => {
-                let key = name_key(name);
                 let matches: Vec<&SubscribedSku> = skus
                     .iter()
                     .filter(|s| {
-                        name_key(&s.product.part_number) == key || name_key(&s.product.name) == key
+                        same_name(&s.product.part_number, name) || same_name(&s.product.name, name)
                     })
                     .collect();
                 match matches.as_slice() {
