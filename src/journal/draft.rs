@@ -827,6 +827,34 @@ mod tests {
     }
 
     #[test]
+    fn reading_a_group_does_not_prepare_its_statement_again() {
+        let text = format!("customer_id,user_id,sku\n{C},ada@x.com,{PBI}\n{C},bo@x.com,{PBI}\n");
+        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+        let mut journal = Journal::scratch().unwrap();
+        let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
+        for row in &input.rows {
+            let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
+            draft.add_row(row, &input.header, &resolution).unwrap();
+        }
+        let run = draft.commit().unwrap();
+        for _ in 0..3 {
+            for group in [0, 1] {
+                assert_eq!(journal.group(run, group).unwrap().0.operations.len(), 1);
+            }
+        }
+        // Re-preparing on every call cost a third of the engine's time (docs/BENCHMARKS.md).
+        let statement = journal
+            .conn
+            .prepare_cached(super::super::read::OPERATIONS_OF_GROUP)
+            .unwrap();
+        assert!(statement.get_status(rusqlite::StatementStatus::VmStep) > 0);
+        assert_eq!(
+            statement.get_status(rusqlite::StatementStatus::RePrepare),
+            0
+        );
+    }
+
+    #[test]
     fn a_draft_dropped_before_commit_leaves_nothing() {
         let input = crate::input::parse(
             Path::new("t.csv"),

@@ -178,19 +178,22 @@ fn write_outcomes(
     )?;
     // A success is remembered per target; it undoes an earlier opposite one (a remove after
     // an assign, and the other way round): the next sheet that asks for that must send it.
+    // Plain keyed statements: with a join, SQLite re-prepared the statement on every call.
+    let mut user_of_group = tx.prepare_cached(
+        "SELECT customer_id, user_key FROM groups WHERE run_id = ?1 AND idx = ?2",
+    )?;
+    let mut operation = tx.prepare_cached(
+        "SELECT sku_id, action FROM operations WHERE run_id = ?1 AND group_idx = ?2 AND op_idx = ?3",
+    )?;
     let mut mark_done = tx.prepare_cached(
         "INSERT OR REPLACE INTO done (target, customer_id, user_key, sku_id, action, run_id, finished_at)
-         SELECT ?1, g.customer_id, g.user_key, o.sku_id, o.action, ?2, ?5
-         FROM operations o JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx
-         WHERE o.run_id = ?2 AND o.group_idx = ?3 AND o.op_idx = ?4",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut undo_opposite = tx.prepare_cached(
-        "DELETE FROM done WHERE target = ?1 AND (customer_id, user_key, sku_id, action) IN (
-             SELECT g.customer_id, g.user_key, o.sku_id,
-                    CASE o.action WHEN 'assign' THEN 'remove' ELSE 'assign' END
-             FROM operations o JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx
-             WHERE o.run_id = ?2 AND o.group_idx = ?3 AND o.op_idx = ?4)",
+        "DELETE FROM done
+         WHERE target = ?1 AND customer_id = ?2 AND user_key = ?3 AND sku_id = ?4 AND action = ?5",
     )?;
+    let mut user: Option<(String, String)> = None;
     for (op_index, outcome) in outcomes {
         let finished_at = outcome
             .finished_at
@@ -211,15 +214,33 @@ fn write_outcomes(
                 .then(|| serde_json::to_string(&outcome.warnings).expect("strings serialise")),
         ])?;
         if outcome.status == OperationStatus::Succeeded {
-            let key = params![
+            if user.is_none() {
+                user = Some(
+                    user_of_group.query_row(params![context.run_id, group_index as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                );
+            }
+            let (customer, user_key) = user.as_ref().expect("read above");
+            let (sku, action): (String, String) = operation.query_row(
+                params![context.run_id, group_index as i64, *op_index as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let opposite = if action == "assign" {
+                "remove"
+            } else {
+                "assign"
+            };
+            mark_done.execute(params![
                 context.target,
+                customer,
+                user_key,
+                sku,
+                action,
                 context.run_id,
-                group_index as i64,
-                *op_index as i64,
                 finished_at.clone().unwrap_or_default()
-            ];
-            mark_done.execute(key)?;
-            undo_opposite.execute(&key[..4])?;
+            ])?;
+            undo_opposite.execute(params![context.target, customer, user_key, sku, opposite])?;
         }
     }
     Ok(())
