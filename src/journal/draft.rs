@@ -310,11 +310,11 @@ impl Draft<'_> {
         let cells = rows.string().map_err(spill)?;
         let customer = read_optional_uuid(rows).map_err(spill)?;
         let customer_text = customer.map(|c| c.to_string());
-        if rows.u8().map_err(spill)? == INVALID {
-            let message = rows.string().map_err(spill)?;
-            let sku = read_optional_uuid(rows).map_err(spill)?;
-            let license_group = Some(rows.string().map_err(spill)?).filter(|g| !g.is_empty());
-            counts.count_row(customer, RowStatus::Invalid);
+        // The row itself: (group, operation) when it is sent, its message when it is invalid.
+        let mut insert_row = |sent: Option<(u64, u32)>,
+                              invalid: Option<&str>,
+                              sku: Option<Uuid>,
+                              license_group: Option<&str>| {
             statements
                 .row
                 .execute(params![
@@ -323,14 +323,21 @@ impl Draft<'_> {
                     line,
                     cells,
                     customer_text,
-                    None::<i64>,
-                    None::<i64>,
-                    message,
+                    sent.map(|(group, _)| group as i64),
+                    sent.map(|(_, operation)| operation),
+                    invalid,
                     sku.map(|s| s.to_string()),
                     license_group,
                 ])
-                .map_err(e)?;
-            return Ok(());
+                .map(drop)
+                .map_err(e)
+        };
+        if rows.u8().map_err(spill)? == INVALID {
+            let message = rows.string().map_err(spill)?;
+            let sku = read_optional_uuid(rows).map_err(spill)?;
+            let license_group = Some(rows.string().map_err(spill)?).filter(|g| !g.is_empty());
+            counts.count_row(customer, RowStatus::Invalid);
+            return insert_row(None, Some(&message), sku, license_group.as_deref());
         }
         let sku_id = rows.uuid().map_err(spill)?;
         let license_group = rows.string().map_err(spill)?;
@@ -342,18 +349,7 @@ impl Draft<'_> {
         match assignments.next(customer, &user_key).map_err(spill)? {
             Assignment::Conflict(message) => {
                 counts.count_row(Some(customer), RowStatus::Invalid);
-                statements.row.execute(params![
-                    run,
-                    index,
-                    line,
-                    cells,
-                    customer_text,
-                    None::<i64>,
-                    None::<i64>,
-                    message,
-                    sku_id.to_string(),
-                    license_group,
-                ])
+                insert_row(None, Some(&message), Some(sku_id), Some(&license_group))
             }
             Assignment::Send {
                 group,
@@ -407,22 +403,14 @@ impl Draft<'_> {
                         ])
                         .map_err(e)?;
                 }
-                statements.row.execute(params![
-                    run,
-                    index,
-                    line,
-                    cells,
-                    customer_text,
-                    group as i64,
-                    operation,
-                    None::<String>,
-                    sku,
-                    license_group,
-                ])
+                insert_row(
+                    Some((group, operation)),
+                    None,
+                    Some(sku_id),
+                    Some(&license_group),
+                )
             }
         }
-        .map(drop)
-        .map_err(e)
     }
 
     /// Operations that already succeeded on `target` in an earlier run (of this journal, or of
