@@ -20,6 +20,18 @@ pub enum RowStatus {
     Pending,
 }
 
+/// The report status of the rows of an operation with this outcome.
+impl From<OperationStatus> for RowStatus {
+    fn from(status: OperationStatus) -> RowStatus {
+        match status {
+            OperationStatus::Succeeded => RowStatus::Succeeded,
+            OperationStatus::Failed => RowStatus::Failed,
+            OperationStatus::Skipped => RowStatus::Skipped,
+            OperationStatus::Pending => RowStatus::Pending,
+        }
+    }
+}
+
 impl RowStatus {
     pub const ALL: [RowStatus; 5] = [
         RowStatus::Succeeded,
@@ -107,12 +119,7 @@ pub fn sent_row(
     ReportRow {
         line,
         customer_id,
-        status: match outcome.status {
-            OperationStatus::Succeeded => RowStatus::Succeeded,
-            OperationStatus::Failed => RowStatus::Failed,
-            OperationStatus::Skipped => RowStatus::Skipped,
-            OperationStatus::Pending => RowStatus::Pending,
-        },
+        status: RowStatus::from(outcome.status),
         sku_id,
         license_group,
         http_status: outcome.http_status,

@@ -601,10 +601,6 @@ pub fn credentials(settings: &Settings, secrets: &EnvSecrets) -> Result<Credenti
     }
 }
 
-/// The plan as `plan` / `--dry-run` prints it: requests per customer, the seat table, what is
-/// not sent and why, invalid rows, and the time at the configured ceiling. Written as it is
-/// read from the journal: a sheet with a million invalid rows prints them without holding
-/// them.
 /// The figures `plan` prints: counted while planning, or read from the journal.
 struct PlanFigures<'a> {
     tally: &'a Tally,
@@ -613,6 +609,10 @@ struct PlanFigures<'a> {
     seats: &'a SeatCheck,
 }
 
+/// The plan as `plan` / `--dry-run` prints it: requests per customer, the seat table, what is
+/// not sent and why, invalid rows, and the time at the configured ceiling. Written as it is
+/// read from the journal: a sheet with a million invalid rows prints them without holding
+/// them.
 fn describe_plan(
     out: &mut impl Write,
     journal: &Journal,

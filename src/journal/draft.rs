@@ -309,7 +309,6 @@ impl Draft<'_> {
         let line = rows.u64().map_err(spill)? as i64;
         let cells = rows.string().map_err(spill)?;
         let customer = read_optional_uuid(rows).map_err(spill)?;
-        let customer_text = customer.map(|c| c.to_string());
         // The row itself: (group, operation) when it is sent, its message when it is invalid.
         let mut insert_row = |sent: Option<(u64, u32)>,
                               invalid: Option<&str>,
@@ -322,7 +321,7 @@ impl Draft<'_> {
                     index,
                     line,
                     cells,
-                    customer_text,
+                    customer.map(|c| c.to_string()),
                     sent.map(|(group, _)| group as i64),
                     sent.map(|(_, operation)| operation),
                     invalid,
@@ -379,7 +378,7 @@ impl Draft<'_> {
                         .execute(params![
                             run,
                             index,
-                            customer_text,
+                            customer.to_string(),
                             user,
                             user_key,
                             license_group,
@@ -641,6 +640,18 @@ mod tests {
     const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
     const PBI: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";
 
+    fn sheet(text: &str) -> crate::input::InputFile {
+        crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap()
+    }
+
+    /// Resolves every row of `input` against the built-in catalog into `draft`.
+    fn add_rows(draft: &mut Draft<'_>, input: &crate::input::InputFile) {
+        for row in &input.rows {
+            let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
+            draft.add_row(row, &input.header, &resolution).unwrap();
+        }
+    }
+
     #[test]
     fn the_excess_is_skipped_in_input_order_and_settled_operations_need_no_seat() {
         // Users listed 4, 3, 2, 1, 0: input order, not user order, decides who waits.
@@ -648,13 +659,10 @@ mod tests {
         for i in (0..5).rev() {
             text.push_str(&format!("{C},u{i}@x.com,{PBI}\n"));
         }
-        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+        let input = sheet(&text);
         let mut journal = Journal::scratch().unwrap();
         let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
-        for row in &input.rows {
-            let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
-            draft.add_row(row, &input.header, &resolution).unwrap();
-        }
+        add_rows(&mut draft, &input);
         draft.group().unwrap();
         let (customer, sku) = (C.parse().unwrap(), PBI.parse().unwrap());
         assert_eq!(draft.seat_needs().unwrap()[0].needed, 5);
@@ -695,13 +703,10 @@ mod tests {
              {D},ed@x.com,{PBI},\n\
              not-a-customer,fa@x.com,{PBI},\n"
         );
-        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+        let input = sheet(&text);
         let mut journal = Journal::scratch().unwrap();
         let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
-        for row in &input.rows {
-            let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
-            draft.add_row(row, &input.header, &resolution).unwrap();
-        }
+        add_rows(&mut draft, &input);
         draft.group().unwrap();
         // While nothing is settled, the figures counted while writing are those of the tables.
         let counts = draft.counts().cloned().expect("nothing settled yet");
@@ -769,17 +774,14 @@ mod tests {
              {C},cy@x.com,{PBI},\n\
              {C},cy@x.com,{PBI},remove\n"
         );
-        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+        let input = sheet(&text);
         let plan = |counted_only: bool| {
             let mut journal = Journal::scratch().unwrap();
             let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
             if counted_only {
                 draft.count_open_operations_only();
             }
-            for row in &input.rows {
-                let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
-                draft.add_row(row, &input.header, &resolution).unwrap();
-            }
+            add_rows(&mut draft, &input);
             draft.group().unwrap();
             let counts = draft.counts().cloned().unwrap();
             let refused = OperationOutcome::unsent(OperationStatus::Failed, "refused");
@@ -790,10 +792,7 @@ mod tests {
             if counted_only {
                 draft.count_open_operations_only();
             }
-            for row in &input.rows {
-                let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
-                draft.add_row(row, &input.header, &resolution).unwrap();
-            }
+            add_rows(&mut draft, &input);
             let run = draft.commit().unwrap();
             let mut invalid = Vec::new();
             journal
@@ -817,13 +816,10 @@ mod tests {
     #[test]
     fn reading_a_group_does_not_prepare_its_statement_again() {
         let text = format!("customer_id,user_id,sku\n{C},ada@x.com,{PBI}\n{C},bo@x.com,{PBI}\n");
-        let input = crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap();
+        let input = sheet(&text);
         let mut journal = Journal::scratch().unwrap();
         let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
-        for row in &input.rows {
-            let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
-            draft.add_row(row, &input.header, &resolution).unwrap();
-        }
+        add_rows(&mut draft, &input);
         let run = draft.commit().unwrap();
         for _ in 0..3 {
             for group in [0, 1] {
@@ -844,18 +840,11 @@ mod tests {
 
     #[test]
     fn a_draft_dropped_before_commit_leaves_nothing() {
-        let input = crate::input::parse(
-            Path::new("t.csv"),
-            format!("customer_id,user_id,sku\n{C},ada@x.com,{PBI}\n").as_bytes(),
-            None,
-        )
-        .unwrap();
+        let input = sheet(&format!("customer_id,user_id,sku\n{C},ada@x.com,{PBI}\n"));
         let mut journal = Journal::scratch().unwrap();
         {
             let mut draft = journal.draft(NewRun::scratch(&input.header)).unwrap();
-            let row = &input.rows[0];
-            let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
-            draft.add_row(row, &input.header, &resolution).unwrap();
+            add_rows(&mut draft, &input);
         }
         assert_eq!(journal.latest_run().unwrap(), None);
     }

@@ -126,6 +126,16 @@ fn parse_time(text: Option<String>) -> Option<SystemTime> {
     text.and_then(|t| humantime::parse_rfc3339(&t).ok())
 }
 
+/// The status an operation's `status` column holds (the inverse of [`status_text`]).
+fn status_of(text: &str) -> OperationStatus {
+    match text {
+        "succeeded" => OperationStatus::Succeeded,
+        "failed" => OperationStatus::Failed,
+        "skipped" => OperationStatus::Skipped,
+        _ => OperationStatus::Pending,
+    }
+}
+
 pub(crate) fn status_text(status: OperationStatus) -> &'static str {
     match status {
         OperationStatus::Succeeded => "succeeded",

@@ -7,8 +7,8 @@ use std::path::Path;
 use rusqlite::{Row, params};
 use uuid::Uuid;
 
-use super::{Journal, JournalError, parse_time};
-use crate::engine::{GroupWork, OperationOutcome, OperationStatus, WorkSource};
+use super::{Journal, JournalError, parse_time, status_of};
+use crate::engine::{GroupWork, OperationOutcome, WorkSource};
 use crate::input::{Action, LicenseGroup};
 use crate::plan::{Group, Operation};
 use crate::report::{self, ReportRow, RowStatus};
@@ -236,12 +236,8 @@ impl Journal {
             .map_err(e)?;
         let mut rows = stmt.query([run_id]).map_err(e)?;
         while let Some(r) = rows.next().map_err(e)? {
-            let status = match r.get::<_, Option<String>>(1).map_err(e)?.as_deref() {
-                Some("succeeded") => RowStatus::Succeeded,
-                Some("failed") => RowStatus::Failed,
-                Some("skipped") => RowStatus::Skipped,
-                _ => RowStatus::Pending,
-            };
+            let status: Option<String> = r.get(1).map_err(e)?;
+            let status = status.map_or(RowStatus::Pending, |s| RowStatus::from(status_of(&s)));
             let error_code: Option<String> = r.get(2).map_err(e)?;
             let http_status: Option<i64> = r.get(3).map_err(e)?;
             let count: i64 = r.get(4).map_err(e)?;
@@ -346,12 +342,7 @@ fn outcome(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<OperationOutcome>>
     let uuid = |text: Option<String>| text.and_then(|t| t.parse().ok());
     let warnings: Option<String> = r.get(at + 8)?;
     Ok(Some(OperationOutcome {
-        status: match status.as_str() {
-            "succeeded" => OperationStatus::Succeeded,
-            "failed" => OperationStatus::Failed,
-            "skipped" => OperationStatus::Skipped,
-            _ => OperationStatus::Pending,
-        },
+        status: status_of(&status),
         http_status: r.get::<_, Option<i64>>(at + 1)?.map(|s| s as u16),
         error_code: r.get(at + 2)?,
         message: r.get::<_, Option<String>>(at + 3)?.unwrap_or_default(),
