@@ -17,7 +17,8 @@ struct Case {
     groups: usize,
     scenario: &'static str,
     requests_per_minute: u32,
-    concurrency: usize,
+    /// `--concurrency`; `None`: not set (the pool grows with the latency).
+    concurrency: Option<usize>,
     /// The rate the run cannot beat (per minute): the server quota or the client ceiling.
     limit_per_minute: f64,
     /// The sheet's groups go to this many customers in turn ([`customer`]).
@@ -38,7 +39,7 @@ const CASES: &[Case] = &[
         groups: 3000,
         scenario: "[throttle]\nmode = \"bucket\"\nper_minute = 3000\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n",
         requests_per_minute: 60_000,
-        concurrency: 8,
+        concurrency: None,
         limit_per_minute: 3000.0,
         customers: 1,
     },
@@ -47,7 +48,7 @@ const CASES: &[Case] = &[
         groups: 3000,
         scenario: "[throttle]\nmode = \"bucket\"\nper_minute = 3000\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n",
         requests_per_minute: 60_000,
-        concurrency: 8,
+        concurrency: None,
         limit_per_minute: 3000.0,
         customers: 3,
     },
@@ -58,7 +59,7 @@ const CASES: &[Case] = &[
         groups: 3600,
         scenario: "permissive = true\n[throttle]\nmode = \"bucket\"\nper = \"customer\"\nper_minute = 60000\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n[[customers]]\nid = \"7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90\"\nquota_per_minute = 1200\n",
         requests_per_minute: 60_000,
-        concurrency: 8,
+        concurrency: None,
         limit_per_minute: 3600.0,
         customers: 3,
     },
@@ -67,7 +68,7 @@ const CASES: &[Case] = &[
         groups: 1500,
         scenario: "[throttle]\nmode = \"window\"\nper_minute = 1200\nwindow_secs = 60\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n",
         requests_per_minute: 60_000,
-        concurrency: 8,
+        concurrency: None,
         limit_per_minute: 1200.0,
         customers: 1,
     },
@@ -78,7 +79,7 @@ const CASES: &[Case] = &[
         groups: 2700,
         scenario: "permissive = true\n[throttle]\nmode = \"window\"\nper = \"customer\"\nper_minute = 60000\nwindow_secs = 60\n[faults]\nlatency_ms = 100\nlatency_jitter_ms = 50\n[[customers]]\nid = \"7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90\"\nquota_per_minute = 600\n",
         requests_per_minute: 60_000,
-        concurrency: 8,
+        concurrency: None,
         limit_per_minute: 1800.0,
         customers: 3,
     },
@@ -87,25 +88,34 @@ const CASES: &[Case] = &[
         groups: 600,
         scenario: "[faults]\nlatency_ms = 20\n",
         requests_per_minute: 1200,
-        concurrency: 8,
+        concurrency: None,
         limit_per_minute: 1200.0,
         customers: 1,
     },
     Case {
         name: "latency-hiding-default",
-        groups: 400,
+        groups: 1500,
         scenario: "[faults]\nlatency_ms = 500\nlatency_jitter_ms = 200\n",
         requests_per_minute: 3000,
-        concurrency: 8,
+        concurrency: None,
+        limit_per_minute: 3000.0,
+        customers: 1,
+    },
+    Case {
+        name: "latency-hiding-1s-default",
+        groups: 1500,
+        scenario: "[faults]\nlatency_ms = 1000\nlatency_jitter_ms = 300\n",
+        requests_per_minute: 3000,
+        concurrency: None,
         limit_per_minute: 3000.0,
         customers: 1,
     },
     Case {
         name: "latency-hiding-concurrency-40",
-        groups: 1000,
+        groups: 1500,
         scenario: "[faults]\nlatency_ms = 500\nlatency_jitter_ms = 200\n",
         requests_per_minute: 3000,
-        concurrency: 40,
+        concurrency: Some(40),
         limit_per_minute: 3000.0,
         customers: 1,
     },
@@ -114,7 +124,7 @@ const CASES: &[Case] = &[
         groups: 20_000,
         scenario: "",
         requests_per_minute: 100_000_000,
-        concurrency: 32,
+        concurrency: Some(32),
         limit_per_minute: f64::INFINITY,
         customers: 1,
     },
@@ -152,7 +162,7 @@ async fn measure(case: &Case) {
     };
     let overrides = Overrides {
         requests_per_minute: Some(case.requests_per_minute),
-        concurrency: Some(case.concurrency),
+        concurrency: case.concurrency,
         state_file: Some(dir.path().join("state.sqlite")),
         insights: Some(false),
         ..Default::default()
@@ -196,12 +206,13 @@ async fn measure(case: &Case) {
         "-".into()
     };
     println!(
-        "| {} | {} | {succeeded} | {elapsed:.1} s | {ideal:.1} s | {efficiency} | {} | {throttled} ({:.2}%) | {:.0}/min | {most_in_10s} | {} |",
+        "| {} | {} | {succeeded} | {elapsed:.1} s | {ideal:.1} s | {efficiency} | {} | {throttled} ({:.2}%) | {:.0}/min | {most_in_10s} | {} | {} |",
         case.name,
         case.groups,
         requests.len(),
         throttled as f64 * 100.0 / requests.len().max(1) as f64,
         case.groups as f64 / elapsed * 60.0,
+        sandbox.most_in_flight(),
         cpu.map_or("-".into(), |c| format!(
             "{:.0} µs/group",
             c * 1e6 / case.groups as f64
@@ -219,9 +230,9 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| case | groups | succeeded | elapsed | ideal | efficiency | requests | 429s | achieved | most in 10 s | CPU |"
+        "| case | groups | succeeded | elapsed | ideal | efficiency | requests | 429s | achieved | most in 10 s | most in flight | CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for case in CASES
         .iter()
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))

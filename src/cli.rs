@@ -103,7 +103,8 @@ pub struct RunArgs {
     /// Client-side ceiling of requests per minute across the pool.
     #[arg(long, env = "LICENSE_BATCH_REQUESTS_PER_MINUTE", value_name = "N")]
     pub requests_per_minute: Option<u32>,
-    /// Requests in flight at once.
+    /// Requests in flight at once (1–256). Not set: starts at 8 and grows with the measured
+    /// latency to what the ceiling (at most 3,000/min) needs.
     #[arg(long, env = "LICENSE_BATCH_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
     /// Force the CSV delimiter (`,` or `;`) instead of detecting it.

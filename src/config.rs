@@ -126,7 +126,64 @@ pub struct AuthSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub requests_per_minute: u32,
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
+}
+
+/// How many license updates may be in flight at once (`limits.concurrency`).
+///
+/// Set by the operator, it is exactly that many. Not set, the pool starts at the SPEC's 8 and
+/// grows with the latency it measures to what the ceiling needs (Little's law: ceiling ×
+/// seconds per call), up to [`Concurrency::MAX`]: the ceiling, not the pool, stays what
+/// limits the pace, also when requests_per_minute is raised without thinking of the pool
+/// (how far it grows: `engine::EngineSettings::pool_size`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// In flight at the start of a run, and for the reads before it.
+    pub initial: usize,
+    /// The most the pool grows to; `initial` when the operator set it.
+    pub max: usize,
+}
+
+impl Concurrency {
+    /// The start when nothing is set (SPEC §7).
+    pub const DEFAULT: usize = 8;
+    /// The most a pool may have in flight, set or grown.
+    pub const MAX: usize = 256;
+
+    /// Set by the operator (flag, environment or file): this many, never more.
+    pub fn fixed(in_flight: usize) -> Self {
+        Concurrency {
+            initial: in_flight,
+            max: in_flight,
+        }
+    }
+
+    /// Not set: starts at [`Concurrency::DEFAULT`], grows with the latency up to
+    /// [`Concurrency::MAX`].
+    pub fn growing() -> Self {
+        Concurrency {
+            initial: Self::DEFAULT,
+            max: Self::MAX,
+        }
+    }
+
+    pub fn is_fixed(&self) -> bool {
+        self.initial == self.max
+    }
+}
+
+impl std::fmt::Display for Concurrency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_fixed() {
+            write!(f, "{}", self.initial)
+        } else {
+            write!(
+                f,
+                "{} growing with latency up to {}",
+                self.initial, self.max
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -203,15 +260,16 @@ impl Settings {
                 "limits.requests_per_minute must be at least 1".into(),
             ));
         }
-        let concurrency = overrides
-            .concurrency
-            .or(file.limits.concurrency)
-            .unwrap_or(8);
-        if !(1..=256).contains(&concurrency) {
-            return Err(Error::Config(format!(
-                "limits.concurrency must be between 1 and 256, got {concurrency}"
-            )));
-        }
+        let concurrency = match overrides.concurrency.or(file.limits.concurrency) {
+            Some(set) if (1..=Concurrency::MAX).contains(&set) => Concurrency::fixed(set),
+            Some(set) => {
+                return Err(Error::Config(format!(
+                    "limits.concurrency must be between 1 and {}, got {set}",
+                    Concurrency::MAX
+                )));
+            }
+            None => Concurrency::growing(),
+        };
         let max_attempts = file.retry.max_attempts.unwrap_or(8);
         if max_attempts == 0 {
             return Err(Error::Config(
@@ -311,7 +369,10 @@ mod tests {
             "https://api.partnercenter.microsoft.com/"
         );
         assert_eq!(s.limits.requests_per_minute, 300);
-        assert_eq!(s.limits.concurrency, 8);
+        // Not set: starts at 8 and grows with the latency.
+        assert_eq!(s.limits.concurrency, Concurrency::growing());
+        assert_eq!(s.limits.concurrency.initial, 8);
+        assert!(!s.limits.concurrency.is_fixed());
         assert_eq!(s.retry.max_attempts, 8);
         assert_eq!(s.retry.max_elapsed, Duration::from_secs(900));
         assert_eq!(
@@ -336,7 +397,14 @@ mod tests {
         let s = Settings::resolve(file, &env, &overrides).unwrap();
         assert_eq!(s.api.base_url.host_str(), Some("env.example"));
         assert_eq!(s.limits.requests_per_minute, 99);
-        assert_eq!(s.limits.concurrency, 2);
+        assert_eq!(s.limits.concurrency, Concurrency::fixed(2));
+        let flag = Overrides {
+            concurrency: Some(5),
+            ..Default::default()
+        };
+        let file: FileConfig = toml::from_str("[limits]\nconcurrency = 2\n").unwrap();
+        let s = Settings::resolve(file, &no_env, &flag).unwrap();
+        assert_eq!(s.limits.concurrency, Concurrency::fixed(5));
     }
 
     #[test]
@@ -365,7 +433,7 @@ mod tests {
             .join("\n");
         let file: FileConfig = toml::from_str(&uncommented).unwrap();
         let settings = Settings::resolve(file, &no_env, &Overrides::default()).unwrap();
-        assert_eq!(settings.limits.concurrency, 8);
+        assert_eq!(settings.limits.concurrency, Concurrency::fixed(8));
         assert_eq!(settings.run.preflight, PreflightMode::Warn);
         assert!(
             settings.auth.refresh_token_file.is_some(),

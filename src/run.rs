@@ -536,7 +536,10 @@ fn settings_json(settings: &Settings) -> String {
     serde_json::json!({
         "base_url": settings.api.base_url.as_str(),
         "requests_per_minute": settings.limits.requests_per_minute,
-        "concurrency": settings.limits.concurrency,
+        "concurrency": match settings.limits.concurrency {
+            fixed if fixed.is_fixed() => serde_json::json!(fixed.initial),
+            growing => serde_json::json!({ "initial": growing.initial, "max": growing.max }),
+        },
         "max_attempts": settings.retry.max_attempts,
         "max_elapsed_secs": settings.retry.max_elapsed.as_secs(),
     })

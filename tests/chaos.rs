@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use license_batch::Completion;
+use license_batch::config::Concurrency;
 use license_batch::report::RowStatus;
 use license_batch::sandbox::Sandbox;
 use uuid::Uuid;
@@ -55,7 +56,7 @@ async fn under_resets_5xx_lost_and_late_answers_the_report_is_exactly_the_truth(
     rows.extend((0..100).map(|i| format!("{CONTOSO},{},Power BI Pro", user_guid(i))));
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 8;
+    opts.settings.limits.concurrency = Concurrency::fixed(8);
     opts.settings.api.timeout = Duration::from_secs(1);
     let summary = run(opts).await;
 
@@ -109,7 +110,7 @@ async fn tokens_living_three_seconds_never_fail_a_row() {
         .collect();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 2;
+    opts.settings.limits.concurrency = Concurrency::fixed(2);
     let summary = run(opts).await;
     assert_eq!(summary.count(RowStatus::Succeeded), 300);
     assert!(
@@ -164,7 +165,7 @@ async fn a_customer_blocked_mid_run_gets_nothing_more_and_the_others_finish() {
     rows.extend((0..10).map(|i| format!("{FABRIKAM},{},SPB", user_guid(i))));
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
+    opts.settings.limits.concurrency = Concurrency::fixed(1);
     let summary = run(opts).await;
     let to_contoso: Vec<u16> = sandbox
         .requests()
@@ -201,7 +202,7 @@ async fn a_tripped_failure_threshold_stops_the_run_and_a_rerun_finishes_the_pend
         .collect();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 2;
+    opts.settings.limits.concurrency = Concurrency::fixed(2);
     opts.settings.run.failure_ratio_min_groups = 6;
     let first = run(opts.clone()).await;
     let Completion::Aborted(reason) = &first.completion else {

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use license_batch::config::TokenEndpoint;
+use license_batch::config::{Concurrency, TokenEndpoint};
 use license_batch::report::RowStatus;
 use license_batch::sandbox;
 
@@ -103,7 +103,7 @@ async fn two_second_tokens_are_renewed_during_a_longer_run() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(120));
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 2;
+    opts.settings.limits.concurrency = Concurrency::fixed(2);
     let summary = run(opts).await;
     assert_eq!(
         summary.count(RowStatus::Succeeded),

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
+use license_batch::config::Concurrency;
 use license_batch::report::RowStatus;
 use license_batch::{Completion, Error, exit_code_for};
 use uuid::Uuid;
@@ -272,7 +273,7 @@ async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_wou
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.requests_per_minute = 6000;
-    opts.settings.limits.concurrency = 2;
+    opts.settings.limits.concurrency = Concurrency::fixed(2);
     let summary = run(opts).await;
     assert_eq!(summary.count(RowStatus::Succeeded), 12);
     let latency = summary.stats.mean_latency.unwrap();
@@ -287,6 +288,35 @@ async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_wou
         .unwrap_or_else(|| panic!("{advice}"));
     assert!((24..=40).contains(&needed), "{advice}");
     assert!(summary.to_string().contains("pace:"), "{summary}");
+    // Set by the operator: never more in flight, however slow the calls.
+    assert_eq!(sandbox.most_in_flight(), 2);
+}
+
+/// Not set, the pool starts at 8 and grows with the measured latency until the ceiling, not
+/// the pool, sets the pace: 50/s at 0.3 s per call needs 15 in flight (18 with the margin).
+#[tokio::test]
+async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
+    let sandbox = start("[faults]\nlatency_ms = 300\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..200)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.requests_per_minute = 3000;
+    opts.settings.limits.concurrency = Concurrency::growing();
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 200);
+    let most = sandbox.most_in_flight();
+    assert!(
+        most > 8,
+        "the pool did not grow past its start: {most} in flight"
+    );
+    // Little's law bounds it: the pacer lets out at most 50/s, each answered in ~0.3 s.
+    // The pool is at most 50/s × latency × 1.2 (19 when calls take a little over 0.3 s).
+    assert!(most <= 20, "{most} in flight");
+    assert_eq!(summary.advice, None, "{summary}");
+    assert_eq!(sandbox.requests().len(), 200);
 }
 
 #[tokio::test]
@@ -298,7 +328,7 @@ async fn a_429_pauses_the_whole_pool_for_retry_after() {
         .collect();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 4;
+    opts.settings.limits.concurrency = Concurrency::fixed(4);
     let summary = run(opts).await;
     assert_eq!(summary.count(RowStatus::Succeeded), 16);
     assert!(summary.stats.throttled >= 2);
@@ -419,7 +449,7 @@ async fn the_failure_threshold_aborts_and_leaves_the_rest_pending() {
         .collect();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
+    opts.settings.limits.concurrency = Concurrency::fixed(1);
     opts.settings.run.failure_ratio_min_groups = 5;
     let summary = run(opts).await;
     let Completion::Aborted(reason) = &summary.completion else {
@@ -480,7 +510,7 @@ fn sequential(
     input: &std::path::Path,
 ) -> license_batch::RunOptions {
     let mut opts = options(sandbox, input);
-    opts.settings.limits.concurrency = 1;
+    opts.settings.limits.concurrency = Concurrency::fixed(1);
     opts
 }
 

@@ -6,6 +6,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use common::*;
+use license_batch::config::Concurrency;
 use license_batch::report::RowStatus;
 use license_batch::{Completion, Error, exit_code_for};
 use uuid::Uuid;
@@ -136,7 +137,7 @@ async fn an_aborted_run_resumes_as_the_same_run_with_a_fresh_id_for_the_refused_
     let dir = tempfile::tempdir().unwrap();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows(0..8, "SPB"));
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
+    opts.settings.limits.concurrency = Concurrency::fixed(1);
     // The credential turns out to be a partner token after the first update.
     let aborted =
         run_and_flip_after_first_update(&sandbox, opts, |s| s.set_partner_token(true)).await;
@@ -150,7 +151,7 @@ async fn an_aborted_run_resumes_as_the_same_run_with_a_fresh_id_for_the_refused_
     // The credential is fixed; the same command resumes the same run.
     sandbox.set_partner_token(false);
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 1;
+    opts.settings.limits.concurrency = Concurrency::fixed(1);
     let resumed = run(opts).await;
     assert_eq!(resumed.run_id, aborted.run_id);
     assert_eq!(resumed.completion, Completion::Finished);
@@ -182,7 +183,7 @@ async fn an_interrupted_run_resumes_without_sending_anything_twice() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows(0..40, "SPB"));
     let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = 2;
+    opts.settings.limits.concurrency = Concurrency::fixed(2);
     let stop = opts.stop.clone();
     let running = tokio::spawn(license_batch::run(opts));
     sandbox.wait_for(10, 0).await;

@@ -1,7 +1,8 @@
 //! The worker pool: takes the open groups of a run from the customers in turn (skipping a
 //! customer that waits out its own Retry-After, see [`pacing`]), sends each as one
 //! LicenseUpdate through the pacer (see [`worker`]), and hands every outcome to the
-//! [`Recorder`] (the journal).
+//! [`Recorder`] (the journal). Unless the operator fixed its size, the pool grows with the
+//! latency it measures to what the ceiling needs ([`EngineSettings::pool_size`]).
 //! Customer-level refusals stop traffic to that customer; credential failures and the failure
 //! threshold abort the run, leaving what is not finished pending for a resume.
 
@@ -18,12 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBuilder;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::ApiClient;
-use crate::config::Settings;
+use crate::config::{Concurrency, Settings};
 use crate::plan::Group;
 use crate::summary::Completion;
 use pacing::Pacer;
@@ -84,7 +85,7 @@ impl OperationOutcome {
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub requests_per_minute: u32,
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     pub max_attempts: u32,
     pub max_elapsed: Duration,
     pub min_retry_delay: Duration,
@@ -237,23 +238,55 @@ impl Stats {
     }
 }
 
+/// The most requests per minute a pool that sizes itself grows for (see
+/// [`EngineSettings::pool_size`]).
+///
+/// Why a bound below the ceiling: until the API answers 429 its quota is unknown, and every
+/// request in flight when a quota runs out comes back 429. With the ceiling far above the
+/// quota and fast calls (0.1 s), a pool grown for the ceiling had ~100 in flight and drew a
+/// 429 on 5% of its calls (the quota cases of docs/BENCHMARKS.md); the SPEC's 8 drew 0.2%.
+/// 3,000/min is where both hold: it needs no more than 8 for calls up to 0.13 s, and reaches
+/// 3,000/min for the slow calls of Partner Center (0.3–1 s). A pool set by the operator is
+/// not bounded by it.
+pub const GROWS_FOR_PER_MINUTE: u32 = 3000;
+
 impl EngineSettings {
-    /// Little's law: `concurrency` calls in flight that take `latency` each carry at most
-    /// `concurrency / latency` per second. When that is under the ceiling, the pool and not
-    /// the API set the pace: the advice names the concurrency that would reach the ceiling
-    /// (with a fifth more for the calls slower than the mean).
-    pub fn concurrency_advice(&self, latency: Duration) -> Option<String> {
+    /// Little's law: to keep a pace of `per_minute`, calls that take `latency` each need
+    /// `per_minute / 60 × latency` of them in flight; a fifth more for the calls slower than
+    /// the mean.
+    fn in_flight_needed(per_minute: u32, latency: Duration) -> usize {
+        let needed = per_minute as f64 / 60.0 * latency.as_secs_f64() * 1.2;
+        needed.ceil().min(u32::MAX as f64) as usize
+    }
+
+    /// The pool's size for the mean latency measured so far: the operator's number, or what
+    /// the ceiling (at most [`GROWS_FOR_PER_MINUTE`]) needs at that latency, between the start
+    /// and the most (see [`Concurrency`]). Workers beyond what the API's quota allows only
+    /// wait in the pacer.
+    pub fn pool_size(&self, mean_latency: Option<Duration>) -> usize {
+        let Concurrency { initial, max } = self.concurrency;
+        let per_minute = self.requests_per_minute.min(GROWS_FOR_PER_MINUTE);
+        mean_latency.map_or(initial, |latency| {
+            Self::in_flight_needed(per_minute, latency).clamp(initial, max)
+        })
+    }
+
+    /// When `pool` calls in flight that take `latency` each (they carry at most `pool /
+    /// latency` per second) could not keep the ceiling's pace, the pool and not the API set
+    /// it: the advice names the concurrency that would reach the ceiling. Nothing to advise
+    /// when the pool is already as large as it may be.
+    pub fn concurrency_advice(&self, pool: usize, latency: Duration) -> Option<String> {
         let ceiling = self.requests_per_minute as f64 / 60.0;
-        let carried = self.concurrency as f64 / latency.as_secs_f64().max(1e-6);
-        if carried >= ceiling * 0.95 {
+        let carried = pool as f64 / latency.as_secs_f64().max(1e-6);
+        if carried >= ceiling * 0.95 || pool >= Concurrency::MAX {
             return None;
         }
-        let needed = (ceiling * latency.as_secs_f64() * 1.2).ceil() as usize;
+        let needed =
+            Self::in_flight_needed(self.requests_per_minute, latency).min(Concurrency::MAX);
         Some(format!(
-            "the pool set the pace, not the API: {} requests in flight at {:.2} s each carry at \
+            "the pool set the pace, not the API: {pool} requests in flight at {:.2} s each carry at \
              most {:.0}/min of the {}/min ceiling; --concurrency {needed} (limits.concurrency) \
              would reach it",
-            self.concurrency,
             latency.as_secs_f64(),
             carried * 60.0,
             self.requests_per_minute
@@ -268,6 +301,8 @@ pub struct EngineReport {
     pub completion: Completion,
     /// How to make a run like this faster, when the pool's own size held it back.
     pub advice: Option<String>,
+    /// Requests the pool allowed in flight at the end (it grows when `concurrency` is not set).
+    pub pool_size: usize,
 }
 
 /// Why a customer gets no more requests.
@@ -490,7 +525,13 @@ pub async fn execute(
     observer: Arc<dyn Observer>,
     recorder: Arc<dyn Recorder>,
 ) -> EngineReport {
-    let workers = (calls.settings.concurrency as u64).min(work.groups).max(1) as usize;
+    // One worker per request the pool may ever have in flight; those past the pool's
+    // current size wait until it grows to them, or until the work is done.
+    let workers = (calls.settings.concurrency.max as u64)
+        .min(work.groups)
+        .max(1) as usize;
+    let (pool_size, _) = watch::channel(calls.settings.pool_size(None).min(workers));
+    let drained = CancellationToken::new();
     let shared = Arc::new(Shared {
         queue: Mutex::new(Lanes::new(work)),
         calls,
@@ -502,10 +543,17 @@ pub async fn execute(
 
     let (results_tx, mut results) = mpsc::unbounded_channel();
     let mut handles = Vec::new();
-    for _ in 0..workers {
+    for index in 0..workers {
         let shared = Arc::clone(&shared);
         let results_tx = results_tx.clone();
+        let mut pool_size = pool_size.subscribe();
+        let drained = drained.clone();
         handles.push(tokio::spawn(async move {
+            tokio::select! {
+                grown = pool_size.wait_for(|size| *size > index) => if grown.is_err() { return },
+                _ = drained.cancelled() => return,
+                _ = shared.calls.stop.cancelled() => return,
+            }
             while !shared.calls.stop.is_cancelled() {
                 let next = shared
                     .queue
@@ -514,7 +562,10 @@ pub async fn execute(
                     .next(&shared.calls.pacer);
                 let work = match next {
                     Ok(Some(work)) => work,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        drained.cancel();
+                        break;
+                    }
                     Err(error) => {
                         shared.abort(format!(
                             "cannot read the run's groups from the journal: {error}"
@@ -547,6 +598,19 @@ pub async fn execute(
             shared.abort(reason);
         }
         shared.recorder.record(group, outcomes);
+        let latency = shared.calls.stats.snapshot().mean_latency;
+        let wanted = shared.calls.settings.pool_size(latency).min(workers);
+        pool_size.send_if_modified(|size| {
+            let grows = wanted > *size;
+            if grows {
+                tracing::debug!(
+                    "the pool grows to {wanted} requests in flight: calls take {:.2} s on average",
+                    latency.unwrap_or_default().as_secs_f64()
+                );
+                *size = wanted;
+            }
+            grows
+        });
     }
     for handle in handles {
         let _ = handle.await;
@@ -561,10 +625,11 @@ pub async fn execute(
     let stats = shared.calls.stats();
     // Only a run that kept the whole pool busy, and was not slowed by the API's quota, shows
     // that the pool's size was the limit.
+    let pool = *pool_size.borrow();
     let advice = stats
         .mean_latency
-        .filter(|_| stats.throttled == 0 && stats.requests >= 4 * workers as u64)
-        .and_then(|latency| shared.calls.settings.concurrency_advice(latency));
+        .filter(|_| stats.throttled == 0 && stats.requests >= 4 * pool as u64)
+        .and_then(|latency| shared.calls.settings.concurrency_advice(pool, latency));
     if let Some(advice) = &advice {
         tracing::warn!("{advice}");
     }
@@ -572,6 +637,7 @@ pub async fn execute(
         stats,
         completion,
         advice,
+        pool_size: pool,
     }
 }
 
@@ -579,7 +645,7 @@ pub async fn execute(
 mod tests {
     use super::*;
 
-    fn settings(requests_per_minute: u32, concurrency: usize) -> EngineSettings {
+    fn settings(requests_per_minute: u32, concurrency: Concurrency) -> EngineSettings {
         EngineSettings {
             requests_per_minute,
             concurrency,
@@ -594,20 +660,52 @@ mod tests {
     #[test]
     fn advice_when_the_pool_cannot_carry_the_ceiling_at_the_measured_latency() {
         // 8 in flight at 0.5 s carry 960/min of 3,000/min: 30 would reach it (25 and a fifth).
-        let advice = settings(3000, 8)
-            .concurrency_advice(Duration::from_millis(500))
+        let fixed = settings(3000, Concurrency::fixed(8));
+        let advice = fixed
+            .concurrency_advice(8, Duration::from_millis(500))
             .unwrap();
         assert!(advice.contains("at most 960/min"), "{advice}");
         assert!(advice.contains("--concurrency 30 "), "{advice}");
         // The defaults (300/min, 8 in flight) carry up to 1.6 s per call.
+        let defaults = settings(300, Concurrency::fixed(8));
         assert_eq!(
-            settings(300, 8).concurrency_advice(Duration::from_millis(1500)),
+            defaults.concurrency_advice(8, Duration::from_millis(1500)),
             None
         );
         assert!(
-            settings(300, 8)
-                .concurrency_advice(Duration::from_secs(2))
+            defaults
+                .concurrency_advice(8, Duration::from_secs(2))
                 .is_some()
         );
+        // Never more than the most a pool may have, and nothing to say when it has that.
+        let advice = fixed
+            .concurrency_advice(8, Duration::from_secs(10))
+            .unwrap();
+        assert!(advice.contains("--concurrency 256 "), "{advice}");
+        assert_eq!(fixed.concurrency_advice(256, Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn a_pool_not_set_grows_to_what_the_ceiling_needs_at_the_measured_latency() {
+        let growing = settings(3000, Concurrency::growing());
+        assert_eq!(growing.pool_size(None), 8, "the SPEC's start");
+        // 50/s at 0.5 s: 25 in flight, and a fifth more.
+        assert_eq!(growing.pool_size(Some(Duration::from_millis(500))), 30);
+        // Fast calls need fewer than the start: it does not shrink below it.
+        assert_eq!(growing.pool_size(Some(Duration::from_millis(20))), 8);
+        assert_eq!(growing.pool_size(Some(Duration::from_secs(60))), 256);
+        // A ceiling far above any quota: grown for 3,000/min only. Fast calls keep the
+        // start, so an unknown quota running out meets few requests in flight.
+        let far_above = settings(60_000, Concurrency::growing());
+        assert_eq!(far_above.pool_size(Some(Duration::from_millis(100))), 8);
+        assert_eq!(far_above.pool_size(Some(Duration::from_millis(500))), 30);
+        assert_eq!(far_above.pool_size(Some(Duration::from_secs(1))), 60);
+        // At the defaults (300/min) 8 carry calls up to 1.33 s with the fifth of margin.
+        let defaults = settings(300, Concurrency::growing());
+        assert_eq!(defaults.pool_size(Some(Duration::from_millis(1300))), 8);
+        assert_eq!(defaults.pool_size(Some(Duration::from_secs(2))), 12);
+        // Set by the operator: that many whatever the latency.
+        let fixed = settings(3000, Concurrency::fixed(8));
+        assert_eq!(fixed.pool_size(Some(Duration::from_millis(500))), 8);
     }
 }

@@ -48,12 +48,12 @@ impl ReadFailure {
 }
 
 impl Dispatcher {
-    /// GETs every URL, as many at once as `limits.concurrency` allows; results in input order.
+    /// GETs every URL, as many at once as the pool starts with (`limits.concurrency`); results in input order.
     pub async fn read_all<K: Send + 'static>(
         self: &Arc<Self>,
         items: Vec<(K, Url)>,
     ) -> Vec<(K, Result<Value, ReadFailure>)> {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency.initial));
         let mut reads = JoinSet::new();
         for (index, (key, url)) in items.into_iter().enumerate() {
             let calls = Arc::clone(self);

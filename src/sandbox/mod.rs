@@ -11,6 +11,7 @@ pub mod scenario;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -226,6 +227,34 @@ struct SandboxState {
     started: Instant,
     /// Applied changes (customer, user, operations) and the request ID that applied them.
     applied_changes: HashMap<String, String>,
+    in_flight: Arc<InFlight>,
+}
+
+/// licenseupdates calls being answered now, and the most there were at once. Atomics rather
+/// than the state's lock: a call ends in a drop, also while a simulated reset unwinds, and a
+/// lock taken there would be poisoned.
+#[derive(Debug, Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl InFlight {
+    /// Counts a call as in flight until the guard drops (its answer leaves, or the client gave
+    /// up and the handler was dropped).
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        InFlightGuard(Arc::clone(self))
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SandboxState {
@@ -246,6 +275,7 @@ impl SandboxState {
             quotas: HashMap::new(),
             started: Instant::now(),
             applied_changes: HashMap::new(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -456,6 +486,12 @@ impl Sandbox {
     /// Every licenseupdates call so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.lock().expect("sandbox lock").requests.clone()
+    }
+
+    /// The most licenseupdates calls that were being answered at the same time.
+    pub fn most_in_flight(&self) -> usize {
+        let state = self.state.lock().expect("sandbox lock");
+        state.in_flight.most.load(Ordering::SeqCst)
     }
 
     pub fn violations(&self) -> Violations {
@@ -766,14 +802,17 @@ async fn license_update(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let latency = {
+    let (_in_flight, latency) = {
         let mut s = state.lock().expect("sandbox lock");
+        let in_flight = s.in_flight.enter();
         let jitter = s.scenario.faults.latency_jitter_ms.unwrap_or(0) as f64;
         let spread = (s.draw() * 2.0 - 1.0) * jitter;
-        s.scenario
+        let latency = s
+            .scenario
             .faults
             .latency_ms
-            .map(|ms| (ms as f64 + spread).max(0.0) as u64)
+            .map(|ms| (ms as f64 + spread).max(0.0) as u64);
+        (in_flight, latency)
     };
     if let Some(ms) = latency {
         tokio::time::sleep(Duration::from_millis(ms)).await;
