@@ -111,6 +111,15 @@ const CASES: &[Case] = &[
         customers: 1,
     },
     Case {
+        name: "latency-hiding-lognormal-default",
+        groups: 1500,
+        scenario: "[faults]\nlatency_ms = 500\nlatency_jitter_ms = 300\nlatency_spread = \"lognormal\"\n",
+        requests_per_minute: 3000,
+        concurrency: None,
+        limit_per_minute: 3000.0,
+        customers: 1,
+    },
+    Case {
         name: "latency-hiding-concurrency-40",
         groups: 1500,
         scenario: "[faults]\nlatency_ms = 500\nlatency_jitter_ms = 200\n",

@@ -279,21 +279,21 @@ async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_wou
     let latency = summary.stats.mean_latency.unwrap();
     assert!(latency >= Duration::from_millis(200), "{latency:?}");
     let advice = summary.advice.clone().expect("the pool set the pace");
-    // 100/s at >= 0.2 s each needs >= 20 in flight, plus a fifth.
+    // 100/s at >= 0.2 s each needs >= 20 in flight, and half as many again.
     let needed: usize = advice
         .split("--concurrency ")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{advice}"));
-    assert!((24..=40).contains(&needed), "{advice}");
+    assert!((30..=45).contains(&needed), "{advice}");
     assert!(summary.to_string().contains("pace:"), "{summary}");
     // Set by the operator: never more in flight, however slow the calls.
     assert_eq!(sandbox.most_in_flight(), 2);
 }
 
 /// Not set, the pool starts at 8 and grows with the measured latency until the ceiling, not
-/// the pool, sets the pace: 50/s at 0.3 s per call needs 15 in flight (18 with the margin).
+/// the pool, sets the pace: 50/s at 0.3 s per call needs 15 in flight (23 with the margin).
 #[tokio::test]
 async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
     let sandbox = start("[faults]\nlatency_ms = 300\n").await;
@@ -313,7 +313,8 @@ async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
         "the pool did not grow past its start: {most} in flight"
     );
     // Little's law bounds it: the pacer lets out at most 50/s, each answered in ~0.3 s.
-    // The pool is at most 50/s × latency × 1.2 (19 when calls take a little over 0.3 s).
+    // Little's law: at 50/s and ~0.3 s about 15 are in flight, whatever the pool's size
+    // (at most 50/s × latency × 1.5, 23 or 24).
     assert!(most <= 20, "{most} in flight");
     assert_eq!(summary.advice, None, "{summary}");
     assert_eq!(sandbox.requests().len(), 200);

@@ -330,6 +330,26 @@ impl SandboxState {
         }
     }
 
+    /// One call's latency in milliseconds around `mean`, as the scenario spreads it.
+    fn latency(&mut self, mean: u64) -> u64 {
+        let spread = self.scenario.faults.latency_jitter_ms.unwrap_or(0) as f64;
+        let mean = mean as f64;
+        let ms = match self.scenario.faults.latency_spread {
+            scenario::LatencySpread::Uniform => mean + (self.draw() * 2.0 - 1.0) * spread,
+            scenario::LatencySpread::Lognormal if mean > 0.0 => {
+                // ln X ~ N(mu, sigma²) with E[X] = mean and sd[X] = spread.
+                let sigma2 = (1.0 + (spread / mean).powi(2)).ln();
+                let mu = mean.ln() - sigma2 / 2.0;
+                // Box-Muller; 1 - draw is in (0, 1], so the logarithm is finite.
+                let normal = (-2.0 * (1.0 - self.draw()).ln()).sqrt()
+                    * (std::f64::consts::TAU * self.draw()).cos();
+                (mu + sigma2.sqrt() * normal).exp()
+            }
+            scenario::LatencySpread::Lognormal => 0.0,
+        };
+        ms.max(0.0).round() as u64
+    }
+
     /// A uniform draw in [0, 1) from the scenario's seed (splitmix64).
     fn draw(&mut self) -> f64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -805,13 +825,7 @@ async fn license_update(
     let (_in_flight, latency) = {
         let mut s = state.lock().expect("sandbox lock");
         let in_flight = s.in_flight.enter();
-        let jitter = s.scenario.faults.latency_jitter_ms.unwrap_or(0) as f64;
-        let spread = (s.draw() * 2.0 - 1.0) * jitter;
-        let latency = s
-            .scenario
-            .faults
-            .latency_ms
-            .map(|ms| (ms as f64 + spread).max(0.0) as u64);
+        let latency = s.scenario.faults.latency_ms.map(|mean| s.latency(mean));
         (in_flight, latency)
     };
     if let Some(ms) = latency {
@@ -1489,6 +1503,35 @@ mod tests {
         let scenario: Scenario = toml::from_str(throttle).unwrap();
         let customers = Customer::all_of(&scenario).unwrap();
         SandboxState::new(scenario, customers)
+    }
+
+    /// Mean, standard deviation and median of 20,000 latencies of `faults`.
+    fn latencies(faults: &str) -> (f64, f64, f64) {
+        let mut s = state(&format!("[faults]\n{faults}"));
+        let mut draws: Vec<f64> = (0..20_000).map(|_| s.latency(500) as f64).collect();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        let variance = draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / draws.len() as f64;
+        draws.sort_by(f64::total_cmp);
+        (mean, variance.sqrt(), draws[draws.len() / 2])
+    }
+
+    #[test]
+    fn latency_spreads_uniformly_or_log_normally_around_its_mean() {
+        // Uniform ±300: standard deviation 300/√3, symmetric.
+        let (mean, sd, median) = latencies("latency_jitter_ms = 300\n");
+        assert!((490.0..510.0).contains(&mean), "{mean}");
+        assert!((163.0..183.0).contains(&sd), "{sd}");
+        assert!((480.0..520.0).contains(&median), "{median}");
+        // Log-normal, sd 300: same mean, the given spread, and a tail: the median is below
+        // the mean (exp(mu) = 500 / sqrt(1.36) = 429).
+        let (mean, sd, median) =
+            latencies("latency_jitter_ms = 300\nlatency_spread = \"lognormal\"\n");
+        assert!((485.0..515.0).contains(&mean), "{mean}");
+        assert!((270.0..330.0).contains(&sd), "{sd}");
+        assert!((415.0..445.0).contains(&median), "{median}");
+        // Without a spread both are the mean itself.
+        let (_, sd, median) = latencies("latency_spread = \"lognormal\"\n");
+        assert_eq!((sd.round(), median), (0.0, 500.0));
     }
 
     #[test]

@@ -44,6 +44,18 @@ pub struct AuthScenario {
     pub partner_token: bool,
 }
 
+/// The shape of the sandbox's latency around its mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencySpread {
+    /// `latency_ms` ± up to `latency_jitter_ms`, every value equally likely.
+    #[default]
+    Uniform,
+    /// Log-normal with mean `latency_ms` and standard deviation `latency_jitter_ms`: most
+    /// calls a little faster than the mean, a long tail of slow ones, as real services answer.
+    Lognormal,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
@@ -59,8 +71,12 @@ pub struct Faults {
     pub latency_ms: Option<u64>,
     /// Added after a licenseupdates call was processed (applied), before the answer leaves.
     pub answer_delay_ms: Option<u64>,
-    /// `latency_ms` varies uniformly by up to this much either way.
+    /// `latency_ms` varies by this much: uniformly up to it either way, or as the standard
+    /// deviation of a log-normal latency (see `latency_spread`).
     pub latency_jitter_ms: Option<u64>,
+    /// How the latency varies around `latency_ms` (its mean).
+    #[serde(default)]
+    pub latency_spread: LatencySpread,
     /// Seed of the random faults below, so a scenario repeats.
     pub seed: Option<u64>,
     /// Share of calls answered 500/502/503 before anything is applied.
