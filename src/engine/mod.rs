@@ -302,8 +302,6 @@ pub struct EngineReport {
     pub completion: Completion,
     /// How to make a run like this faster, when the pool's own size held it back.
     pub advice: Option<String>,
-    /// Requests the pool allowed in flight at the end (it grows when `concurrency` is not set).
-    pub pool_size: usize,
 }
 
 /// Why a customer gets no more requests.
@@ -638,7 +636,6 @@ pub async fn execute(
         stats,
         completion,
         advice,
-        pool_size: pool,
     }
 }
 
