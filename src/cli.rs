@@ -596,15 +596,16 @@ fn rewrite_report(args: &ReportArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no runs in {}", args.journal.state.display()))?,
     };
-    let path = match &args.output {
-        Some(path) => path.clone(),
-        None => {
-            journal
-                .run_record(run_id)
-                .map_err(|e| e.to_string())?
-                .report_path
-        }
-    };
+    let record = journal.run_record(run_id).map_err(|e| e.to_string())?;
+    let path = args.output.clone().unwrap_or(record.report_path);
+    crate::paths::check_outputs(
+        Some(&record.input_path),
+        Some(&args.journal.state),
+        &[crate::paths::Output {
+            what: "the report (--output)",
+            path: &path,
+        }],
+    )?;
     let tally = write_report_from_journal(&journal, run_id, &path)?;
     println!(
         "report of run {run_id}: {} rows written to {}",

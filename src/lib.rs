@@ -12,6 +12,8 @@ pub mod engine;
 pub mod error;
 pub mod input;
 pub mod journal;
+pub mod panic;
+pub mod paths;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -180,10 +180,11 @@ pub fn default_path(input: &Path) -> PathBuf {
 /// Prefixes a cell a spreadsheet would execute with `'`; plain numbers (`-5`, `+3.5`) stay.
 pub fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
     let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let plain_number = cell.len() > 1
-        && cell[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
-        && cell[1..].chars().any(|c| c.is_ascii_digit())
-        && cell.starts_with(['+', '-']);
+    // `strip_prefix` of an ASCII sign, never a byte slice: a cell may start with `É` or `日`.
+    let plain_number = cell.strip_prefix(['+', '-']).is_some_and(|digits| {
+        digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && digits.chars().any(|c| c.is_ascii_digit())
+    });
     if risky && !plain_number {
         format!("'{cell}").into()
     } else {
@@ -314,6 +315,26 @@ mod tests {
         for safe in ["-5", "+3.5", "ada@contoso.com", "plain", ""] {
             assert_eq!(neutralise(safe), safe);
         }
+    }
+
+    #[test]
+    fn cells_that_start_with_a_character_of_several_bytes_are_kept_as_they_are() {
+        for cell in [
+            "Émilie",
+            "Ödön",
+            "Łukasz",
+            "日本語",
+            "🙂",
+            "\u{200f}x",
+            "\u{a0}",
+            "é",
+        ] {
+            assert_eq!(neutralise(cell), cell);
+        }
+        // A formula character before one of them is still neutralised, and the rest kept.
+        assert_eq!(neutralise("=É"), "'=É");
+        assert_eq!(neutralise("-日本"), "'-日本");
+        assert_eq!(neutralise("+"), "'+");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::input::{self, Record};
 use crate::journal::read::WorkPages;
 use crate::journal::writer::JournalWriter;
 use crate::journal::{self, Draft, Journal, NewRun};
+use crate::paths;
 use crate::plan;
 use crate::progress::ProgressBar;
 use crate::report::{self, ReportWriter, RowStatus};
@@ -62,6 +63,22 @@ pub struct RunOptions {
     pub progress: bool,
     /// Cancelled by SIGINT/SIGTERM: stop taking new groups, finish in-flight ones.
     pub stop: CancellationToken,
+    /// Watches the engine instead of the progress bar (a library caller, a test).
+    pub observer: ObserverSlot,
+}
+
+/// An [`Observer`] a caller hands to a run; `None`: the progress bar or nothing.
+#[derive(Clone, Default)]
+pub struct ObserverSlot(pub Option<Arc<dyn Observer>>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(observer)"
+        } else {
+            "None"
+        })
+    }
 }
 
 impl RunOptions {
@@ -78,6 +95,7 @@ impl RunOptions {
             delimiter: None,
             progress: false,
             stop: CancellationToken::new(),
+            observer: ObserverSlot::default(),
         }
     }
 }
@@ -142,6 +160,11 @@ pub async fn connect(
 
 pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let started = Instant::now();
+    let report_path = opts
+        .report
+        .clone()
+        .unwrap_or_else(|| report::default_path(&opts.input));
+    check_paths(&opts, &report_path)?;
     let scan = input::scan_file(&opts.input, opts.delimiter)?;
     let customers = customers_of(&opts.input, &scan)?;
     tracing::debug!("input scanned and read in {:?}", started.elapsed());
@@ -149,10 +172,6 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
         return plan_only(&opts, &scan, customers, started).await;
     }
 
-    let report_path = opts
-        .report
-        .clone()
-        .unwrap_or_else(|| report::default_path(&opts.input));
     report::check_writable(&report_path).map_err(|source| Error::Write {
         path: report_path.clone(),
         source,
@@ -175,6 +194,7 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let (run_id, seats) = match resumable {
         Some(id) => {
             tracing::info!("resuming run {id} of this input (--fresh starts a new one)");
+            journal.resume_run(id)?;
             (id, SeatCheck::default())
         }
         None => {
@@ -200,6 +220,8 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
                 (!opts.resend).then_some(connection.target.as_str()),
                 opts.settings.run.preflight,
             )?;
+            // Also with --resend: an operation whose last request is in doubt keeps its ID.
+            draft.carry_unanswered(&connection.target)?;
             (draft.commit()?, seats)
         }
     };
@@ -208,10 +230,10 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
     let (open_groups, total_rows, open_rows) = journal.open_counts(run_id)?;
     let touched = journal.open_customers(run_id)?;
 
-    let observer: Arc<dyn Observer> = if opts.progress {
-        Arc::new(ProgressBar::start(total_rows, total_rows - open_rows))
-    } else {
-        Arc::new(engine::Silent)
+    let observer: Arc<dyn Observer> = match &opts.observer.0 {
+        Some(observer) => Arc::clone(observer),
+        None if opts.progress => Arc::new(ProgressBar::start(total_rows, total_rows - open_rows)),
+        None => Arc::new(engine::Silent),
     };
     tracing::info!(
         run = run_id,
@@ -234,15 +256,34 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
         groups: open_groups,
         source: Box::new(WorkPages::open(journal.path(), run_id)?),
     };
-    let result = engine::execute(Arc::clone(&calls), work, observer, writer.clone()).await;
-    let mut completion = result.completion;
+    // In a task of its own: a panic anywhere in the engine ends as an abort of this run, and
+    // the report below is written all the same.
+    let engine = tokio::spawn(engine::execute(
+        Arc::clone(&calls),
+        work,
+        observer,
+        writer.clone(),
+    ));
+    let (mut completion, advice) = match engine.await {
+        Ok(result) => (result.completion, result.advice),
+        Err(error) => {
+            // Workers still running stop taking groups; what they had in flight stays open.
+            calls.stop.cancel();
+            let reason = match error.try_into_panic() {
+                Ok(payload) => crate::panic::abort_reason("the engine", payload.as_ref()),
+                Err(error) => format!("the engine stopped: {error}"),
+            };
+            tracing::error!("aborting the run: {reason}");
+            (Completion::Aborted(reason), None)
+        }
+    };
     if let Err(error) = writer.finish() {
         completion = Completion::Aborted(format!("cannot write the journal: {error}"));
     }
 
     // The report first: a run is marked finished only once its report exists, so a crash while
     // writing it resumes this run (which then only writes the report).
-    let mut summary = match write_report_from_journal(&journal, run_id, &report_path) {
+    let mut summary = match report_despite_panics(&journal, run_id, &report_path) {
         Ok(tally) => RunSummary::new(tally, completion),
         Err(error) => RunSummary::new(Tally::default(), Completion::Aborted(error)),
     };
@@ -258,13 +299,38 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
         summary.insights = deployment_insights(&calls, touched).await;
     }
     summary.stats = calls.stats();
-    summary.advice = result.advice;
+    summary.advice = advice;
     summary.seat_shortages = seats.shortages().cloned().collect();
     summary.elapsed = started.elapsed();
     summary.report_path = Some(report_path);
     summary.blank_lines = record.blank_lines;
     summary.run_id = Some(run_id);
     Ok(summary)
+}
+
+/// The journal must not be the input, nor the report either of them (or a file SQLite keeps
+/// beside the journal): refused before anything is read or sent.
+fn check_paths(opts: &RunOptions, report_path: &Path) -> Result<(), Error> {
+    let state = opts.settings.run.state_file.as_path();
+    paths::check_outputs(
+        Some(&opts.input),
+        None,
+        &[paths::Output {
+            what: "the journal (--state)",
+            path: state,
+        }],
+    )
+    .and_then(|()| {
+        paths::check_outputs(
+            Some(&opts.input),
+            Some(state),
+            &[paths::Output {
+                what: "the report (--report)",
+                path: report_path,
+            }],
+        )
+    })
+    .map_err(Error::Usage)
 }
 
 /// What an operation without a definitive outcome says in the report of a run.
@@ -517,6 +583,20 @@ pub fn write_report_from_journal(
     })?;
     writer.finish().map_err(cannot)?;
     Ok(tally)
+}
+
+/// Writes the report; a panic while writing it becomes an error (the run is then recorded as
+/// aborted, and `license-batch report` can try again) instead of taking the process down.
+fn report_despite_panics(journal: &Journal, run_id: i64, path: &Path) -> Result<Tally, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write_report_from_journal(journal, run_id, path)
+    }))
+    .unwrap_or_else(|payload| {
+        Err(crate::panic::abort_reason(
+            "writing the report",
+            payload.as_ref(),
+        ))
+    })
 }
 
 /// "Done" is keyed by the API target: base URL and partner tenant.

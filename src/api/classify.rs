@@ -148,6 +148,7 @@ pub fn retry_after_delay(header: Option<&str>, message: &str) -> Duration {
 /// Finds the SKU in "Subscription with Account … and SKU <guid> does not have …".
 fn sku_in_quota_message(data: &str) -> Option<Uuid> {
     let after = data.split("SKU ").nth(1)?;
+    // `get`, not indexing: `None` (no GUID) when byte 36 is past the end or inside a character.
     Uuid::try_parse(after.get(..36)?).ok()
 }
 

@@ -62,8 +62,12 @@ impl LicenseUpdateRequest {
 /// Reads a field by its camelCase name, accepting PascalCase too.
 pub fn field<'a>(value: &'a Value, camel: &str) -> Option<&'a Value> {
     value.get(camel).or_else(|| {
-        let mut pascal = camel.to_string();
-        pascal[..1].make_ascii_uppercase();
+        // Char by char: the field names are ASCII, but nothing here may split a character.
+        let mut chars = camel.chars();
+        let pascal: String = chars
+            .next()
+            .map(|first| first.to_uppercase().chain(chars).collect())
+            .unwrap_or_default();
         value.get(pascal.as_str())
     })
 }

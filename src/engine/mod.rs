@@ -53,6 +53,10 @@ pub struct OperationOutcome {
     pub correlation_id: Option<Uuid>,
     pub finished_at: Option<SystemTime>,
     pub warnings: Vec<String>,
+    /// Its last request got no definitive answer (timeouts, 5xx or 429 until the retries ran
+    /// out): it may have been applied, so its request ID is kept for whichever run sends the
+    /// operation next (SPEC §8).
+    pub unanswered: bool,
 }
 
 impl OperationOutcome {
@@ -77,6 +81,7 @@ impl OperationOutcome {
             correlation_id: None,
             finished_at: None,
             warnings: Vec::new(),
+            unanswered: false,
         }
     }
 }
@@ -153,12 +158,15 @@ pub struct GroupWork {
 impl GroupWork {
     /// The work left of a group: its operations without a definitive outcome, as the passes
     /// (operations sharing a recorded request ID) they were being sent in; `None` when none
-    /// is left.
+    /// is left. The pass under the group's own request ID (`own_request_id`) goes last: the
+    /// others re-send requests an earlier run left without an answer, and those must be
+    /// answered before the same license is asked for again.
     pub fn open(
         group: usize,
         request: Group,
         outcomes: &[Option<OperationOutcome>],
         send_ids: &[Uuid],
+        own_request_id: Option<Uuid>,
     ) -> Option<GroupWork> {
         let mut passes: Vec<Pass> = Vec::new();
         let mut previous_attempts = 0;
@@ -178,6 +186,7 @@ impl GroupWork {
                 }),
             }
         }
+        passes.sort_by_key(|pass| Some(pass.request_id) == own_request_id);
         (!passes.is_empty()).then_some(GroupWork {
             group,
             request,
@@ -547,7 +556,8 @@ pub async fn execute(
         let results_tx = results_tx.clone();
         let mut pool_size = pool_size.subscribe();
         let drained = drained.clone();
-        handles.push(tokio::spawn(async move {
+        let supervisor = Arc::clone(&shared);
+        let worker = tokio::spawn(async move {
             tokio::select! {
                 grown = pool_size.wait_for(|size| *size > index) => if grown.is_err() { return },
                 _ = drained.cancelled() => return,
@@ -585,6 +595,16 @@ pub async fn execute(
                 {
                     break;
                 }
+            }
+        });
+        // A worker that panics loses only its group's answer (the group stays open, with its
+        // recorded request ID): the run stops at once, as an abort, and can be resumed.
+        handles.push(tokio::spawn(async move {
+            if let Err(error) = worker.await
+                && error.is_panic()
+            {
+                let payload = error.into_panic();
+                supervisor.abort(crate::panic::abort_reason("a worker", payload.as_ref()));
             }
         }));
     }

@@ -45,6 +45,7 @@ impl LastExchange {
             correlation_id: self.correlation_id,
             finished_at: (status != OperationStatus::Pending).then(SystemTime::now),
             warnings: Vec::new(),
+            unanswered: false,
         }
     }
 }
@@ -101,6 +102,10 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
             outcomes[i] = Some(outcome.clone());
         }
     };
+    // The licenses (SKU, action) of passes that ended without a definitive answer: a later
+    // pass that asks for one of them again must not go out under another request ID while
+    // the first one's outcome is unknown (SPEC §8).
+    let mut unanswered: Vec<(Uuid, crate::input::Action)> = Vec::new();
 
     // `continue 'pass`: this pass has its answer, go on with the next one.
     // `break 'pass`: the run stops; what is open stays pending.
@@ -109,10 +114,30 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
         operations: mut remaining,
     }) = passes.pop_front()
     {
+        let license = |&i: &usize| (operations[i].sku_id, operations[i].action);
+        if remaining.iter().any(|i| unanswered.contains(&license(i))) {
+            let outcome = OperationOutcome {
+                // Sent in an earlier attempt of this run (before a resume), it may be applied.
+                unanswered: work.previous_attempts > 0,
+                ..last.outcome(
+                    OperationStatus::Failed,
+                    attempts,
+                    "not sent: an earlier request for this license got no answer; the next run \
+                     sends that request again first"
+                        .into(),
+                )
+            };
+            settle(&mut outcomes, &remaining, outcome);
+            continue 'pass;
+        }
         let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
         let started = Instant::now();
         let mut backoff = shared.calls.retry_policy().build();
         let mut renewed_after_401 = false;
+        // Whether an attempt may have reached the service (a timeout, a reset, a 5xx), here or
+        // before a resume: a give-up then leaves the request without a definitive answer. A
+        // 429 says it was not processed.
+        let mut maybe_applied = work.previous_attempts > 0;
         loop {
             if let Some(block) = shared.customer_block(group.customer_id) {
                 let outcome = OperationOutcome {
@@ -125,6 +150,8 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     correlation_id: last.correlation_id,
                     finished_at: Some(SystemTime::now()),
                     warnings: Vec::new(),
+                    // An attempt before the block may have been applied.
+                    unanswered: maybe_applied,
                 };
                 settle(&mut outcomes, &remaining, outcome);
                 continue 'pass;
@@ -195,12 +222,20 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                             "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
                             started.elapsed().as_secs()
                         );
-                        settle(&mut outcomes, &remaining, failed(&last, text));
+                        let outcome = OperationOutcome {
+                            unanswered: maybe_applied,
+                            ..failed(&last, text)
+                        };
+                        if maybe_applied {
+                            unanswered.extend(remaining.iter().map(license));
+                        }
+                        settle(&mut outcomes, &remaining, outcome);
                         continue 'pass;
                     }
                 }
                 Verdict::Transient => match backoff.next() {
                     Some(wait) if started.elapsed() + wait <= shared.calls.settings.max_elapsed => {
+                        maybe_applied = true;
                         shared.calls.stats.retries.fetch_add(1, Ordering::Relaxed);
                         shared.observer.retrying();
                         if !sleep_unless_stopped(wait, &shared.calls.stop).await {
@@ -209,7 +244,12 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     }
                     _ => {
                         let text = format!("gave up after {attempts} attempts: {message}");
-                        settle(&mut outcomes, &remaining, failed(&last, text));
+                        unanswered.extend(remaining.iter().map(license));
+                        let outcome = OperationOutcome {
+                            unanswered: true,
+                            ..failed(&last, text)
+                        };
+                        settle(&mut outcomes, &remaining, outcome);
                         continue 'pass;
                     }
                 },

@@ -138,11 +138,11 @@ impl Journal {
 }
 
 impl Draft<'_> {
-    fn conn(&self) -> &Connection {
+    pub(super) fn conn(&self) -> &Connection {
         &self.journal.conn
     }
 
-    fn sqlite(&self, source: rusqlite::Error) -> JournalError {
+    pub(super) fn sqlite(&self, source: rusqlite::Error) -> JournalError {
         self.journal.sqlite(source)
     }
 
@@ -211,7 +211,7 @@ impl Draft<'_> {
         self.record_open = false;
     }
 
-    fn refuse_settling_uncounted(&self) -> Result<(), JournalError> {
+    pub(super) fn refuse_settling_uncounted(&self) -> Result<(), JournalError> {
         match self.record_open {
             true => Ok(()),
             false => Err(JournalError::Invalid {
@@ -452,7 +452,7 @@ impl Draft<'_> {
     }
 
     /// `settled` operations just got an outcome: the counted figures no longer hold.
-    fn settled(&mut self, settled: usize) {
+    pub(super) fn settled(&mut self, settled: usize) {
         if settled > 0 {
             self.counts = None;
         }
@@ -823,7 +823,10 @@ mod tests {
         let run = draft.commit().unwrap();
         for _ in 0..3 {
             for group in [0, 1] {
-                assert_eq!(journal.group(run, group).unwrap().0.operations.len(), 1);
+                assert_eq!(
+                    journal.group(run, group).unwrap().request.operations.len(),
+                    1
+                );
             }
         }
         // Re-preparing on every call cost a third of the engine's time (docs/BENCHMARKS.md).

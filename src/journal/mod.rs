@@ -10,6 +10,7 @@
 //! [`writer`]); a new request ID (after a partial failure) is committed, together with the
 //! outcome that caused it, before that request is sent.
 
+mod carry;
 mod draft;
 pub mod read;
 mod schema;
@@ -66,6 +67,8 @@ pub struct RunInfo {
 #[derive(Debug, Clone)]
 pub struct RunRecord {
     pub id: i64,
+    /// The input file as the run was given it.
+    pub input_path: PathBuf,
     pub report_path: PathBuf,
     pub delimiter: u8,
     /// Header names of the carried input columns.
@@ -291,12 +294,19 @@ impl Journal {
 
     /// What a run recorded about its input and report.
     pub fn run_record(&self, run_id: i64) -> Result<RunRecord, JournalError> {
-        let (report_path, delimiter, headers, blank_lines): (String, i64, String, i64) = self
+        let (report_path, delimiter, headers, blank_lines, input_path): (
+            String,
+            i64,
+            String,
+            i64,
+            String,
+        ) = self
             .conn
             .query_row(
-                "SELECT report_path, delimiter, headers, blank_lines FROM runs WHERE id = ?1",
+                "SELECT report_path, delimiter, headers, blank_lines, input_path FROM runs
+                 WHERE id = ?1",
                 [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()
             .map_err(|e| self.sqlite(e))?
@@ -306,6 +316,7 @@ impl Journal {
             })?;
         Ok(RunRecord {
             id: run_id,
+            input_path: PathBuf::from(input_path),
             report_path: PathBuf::from(report_path),
             delimiter: u8::try_from(delimiter).unwrap_or(b','),
             headers: serde_json::from_str(&headers).map_err(|_| self.corrupt("headers"))?,
@@ -330,7 +341,7 @@ impl Journal {
         let mut position = std::collections::HashMap::new();
         for g in indices {
             position.insert(g, groups.len());
-            groups.push(self.group(run_id, g)?.0);
+            groups.push(self.group(run_id, g)?.request);
         }
         let mut plan_rows = Vec::new();
         let mut stmt = self
@@ -376,6 +387,14 @@ impl Journal {
         })
     }
 
+    /// A run taken up again may leave requests in doubt anew: counted when it ends.
+    pub fn resume_run(&self, run_id: i64) -> Result<(), JournalError> {
+        self.conn
+            .execute("UPDATE runs SET in_doubt = NULL WHERE id = ?1", [run_id])
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
     /// Marks how the run ended; only `finished` runs are no longer resumed.
     pub fn finish_run(
         &self,
@@ -383,9 +402,15 @@ impl Journal {
         outcome: &str,
         message: Option<&str>,
     ) -> Result<(), JournalError> {
+        // How many of its operations the run leaves in doubt: a later run looks for requests
+        // to send again only in runs that left some (see `carry`).
         self.conn
             .execute(
-                "UPDATE runs SET outcome = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
+                "UPDATE runs SET outcome = ?2, message = ?3, finished_at = ?4,
+                        in_doubt = (SELECT COUNT(*) FROM operations o WHERE o.run_id = ?1
+                                    AND (o.status IS NULL OR o.status = 'pending'
+                                         OR o.unanswered = 1))
+                 WHERE id = ?1",
                 params![run_id, outcome, message, now_text()],
             )
             .map(drop)

@@ -21,12 +21,21 @@ const OPEN: &str = "(status IS NULL OR status = 'pending')";
 /// `ORDER BY`: with one, this SQLite build (STAT4) prepared the statement again on every call.
 pub(super) const OPERATIONS_OF_GROUP: &str =
     "SELECT sku_id, action, excluded_plans, first_row, row_count, send_id, status, http_status,
-            error_code, message, attempts, request_id, correlation_id, finished_at, warnings, op_idx
+            error_code, message, attempts, request_id, correlation_id, finished_at, warnings,
+            unanswered, op_idx
      FROM operations WHERE run_id = ?1 AND group_idx = ?2";
 
-/// A group as recorded: the request, each operation's outcome so far (`None`: not sent
-/// yet) and the request ID each operation is sent under.
-pub(super) type StoredGroup = (Group, Vec<Option<OperationOutcome>>, Vec<Uuid>);
+/// A group as recorded.
+pub(super) struct StoredGroup {
+    pub request: Group,
+    /// Each operation's outcome so far (`None`: not sent yet).
+    pub outcomes: Vec<Option<OperationOutcome>>,
+    /// The request ID each operation is sent under.
+    pub send_ids: Vec<Uuid>,
+    /// The request ID the group was planned with (its other passes were carried over from
+    /// an earlier run, or split off after an answer).
+    pub own_request_id: Option<Uuid>,
+}
 
 /// The carried cells of one input row, as recorded.
 pub type Cells = Vec<String>;
@@ -36,12 +45,22 @@ impl Journal {
     /// and the request ID each is sent under.
     pub(super) fn group(&self, run_id: i64, group: i64) -> Result<StoredGroup, JournalError> {
         let e = |source| self.sqlite(source);
-        let (customer, user, license_group): (String, String, String) = self
+        let (customer, user, license_group, own_request_id): (
+            String,
+            String,
+            String,
+            Option<String>,
+        ) = self
             .conn
             .prepare_cached(
-                "SELECT customer_id, user, license_group FROM groups WHERE run_id = ?1 AND idx = ?2",
+                "SELECT customer_id, user, license_group, send_id FROM groups
+                 WHERE run_id = ?1 AND idx = ?2",
             )
-            .and_then(|mut s| s.query_row(params![run_id, group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+            .and_then(|mut s| {
+                s.query_row(params![run_id, group], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+            })
             .map_err(e)?;
         let mut request = Group {
             customer_id: customer.parse().map_err(|_| self.corrupt("customer ID"))?,
@@ -71,7 +90,7 @@ impl Journal {
             };
             let send_id: String = r.get(5).map_err(e)?;
             let send_id: Uuid = send_id.parse().map_err(|_| self.corrupt("request ID"))?;
-            let op_index: i64 = r.get(15).map_err(e)?;
+            let op_index: i64 = r.get(16).map_err(e)?;
             read.push((op_index, operation, outcome(r, 6).map_err(e)?, send_id));
         }
         read.sort_unstable_by_key(|(op_index, ..)| *op_index);
@@ -85,7 +104,12 @@ impl Journal {
             outcomes.push(outcome);
             send_ids.push(send_id);
         }
-        Ok((request, outcomes, send_ids))
+        Ok(StoredGroup {
+            request,
+            outcomes,
+            send_ids,
+            own_request_id: own_request_id.and_then(|id| id.parse().ok()),
+        })
     }
 
     /// Counts of a run: (groups with open operations, rows, rows whose operation is open).
@@ -160,7 +184,7 @@ impl Journal {
                 "SELECT r.line, r.cells, r.customer_id, r.invalid_message, r.sku_id, r.license_group,
                         r.idx, o.first_row, f.line, o.status, o.http_status, o.error_code,
                         o.message, o.attempts, o.request_id, o.correlation_id, o.finished_at,
-                        o.warnings
+                        o.warnings, o.unanswered
                  FROM rows r
                  LEFT JOIN operations o
                    ON o.run_id = r.run_id AND o.group_idx = r.group_idx AND o.op_idx = r.op_idx
@@ -353,6 +377,7 @@ fn outcome(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<OperationOutcome>>
         warnings: warnings
             .and_then(|w| serde_json::from_str(&w).ok())
             .unwrap_or_default(),
+        unanswered: r.get::<_, Option<i64>>(at + 9)?.unwrap_or(0) != 0,
     }))
 }
 
@@ -404,9 +429,14 @@ impl WorkSource for WorkPages {
             .map_err(e)?;
         let mut work = Vec::with_capacity(indices.len());
         for &g in &indices {
-            let (request, outcomes, send_ids) =
-                journal.group(self.run_id, g).map_err(|e| e.to_string())?;
-            work.extend(GroupWork::open(g as usize, request, &outcomes, &send_ids));
+            let stored = journal.group(self.run_id, g).map_err(|e| e.to_string())?;
+            work.extend(GroupWork::open(
+                g as usize,
+                stored.request,
+                &stored.outcomes,
+                &stored.send_ids,
+                stored.own_request_id,
+            ));
         }
         if let Some(&last) = indices.last() {
             self.after.insert(customer, last);

@@ -5,7 +5,10 @@ use rusqlite::Connection;
 /// 2: the rows keep what planning needs (user, action, exclusions), so the plan is computed
 /// where it is stored; operations know their first row and row count; groups their first
 /// request ID; runs their blank lines.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: request IDs follow the operation across runs (SPEC §8): operations know whether their
+/// last request got no definitive answer (`unanswered`), runs how many such operations they
+/// left (`in_doubt`), and `carried` says which requests of a run re-send an earlier run's.
+const SCHEMA_VERSION: i64 = 3;
 
 /// The page cache of a connection that plans, KiB.
 const CACHE_KIB: i64 = 16 * 1024;
@@ -39,7 +42,8 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              report_path  TEXT NOT NULL,
              delimiter    INTEGER NOT NULL,
              headers      TEXT NOT NULL,          -- JSON array of the carried header names
-             blank_lines  INTEGER NOT NULL DEFAULT 0
+             blank_lines  INTEGER NOT NULL DEFAULT 0,
+             in_doubt     INTEGER                 -- operations left without a definitive answer; NULL: not counted yet
          );
          CREATE INDEX IF NOT EXISTS runs_resume ON runs (input_hash, target, outcome);
          CREATE TABLE IF NOT EXISTS rows (
@@ -89,6 +93,7 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              warnings       TEXT,
              first_row      INTEGER NOT NULL DEFAULT 0, -- idx of the first row asking for it
              row_count      INTEGER NOT NULL DEFAULT 0,
+             unanswered     INTEGER NOT NULL DEFAULT 0, -- 1: its last request got no definitive answer
              PRIMARY KEY (run_id, group_idx, op_idx),
              FOREIGN KEY (run_id, group_idx) REFERENCES groups(run_id, idx)
          );
@@ -101,6 +106,14 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              run_id      INTEGER NOT NULL,
              finished_at TEXT NOT NULL,
              PRIMARY KEY (target, customer_id, user_key, sku_id, action)
+         );
+         CREATE TABLE IF NOT EXISTS carried (
+             run_id      INTEGER NOT NULL,        -- the run that sends it again …
+             group_idx   INTEGER NOT NULL,
+             request_id  TEXT NOT NULL,           -- … under the earlier run's request ID
+             from_run    INTEGER NOT NULL,
+             from_group  INTEGER NOT NULL,
+             PRIMARY KEY (run_id, group_idx, request_id)
          );",
     )?;
     let version: Option<i64> = conn
@@ -123,10 +136,26 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
                 "schema version {v} is newer than this license-batch understands ({SCHEMA_VERSION}); upgrade license-batch"
             )));
         }
-        Some(1) => migrate_from_1(conn)?,
+        Some(1) => {
+            migrate_from_1(conn)?;
+            migrate_from_2(conn)?;
+        }
+        Some(2) => migrate_from_2(conn)?,
         Some(_) => {}
     }
     Ok(())
+}
+
+/// Version 2 journals get the columns that let a request ID follow its operation into a later
+/// run; their unfinished runs count as possibly holding requests without an answer.
+fn migrate_from_2(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE runs ADD COLUMN in_doubt INTEGER;
+         ALTER TABLE operations ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
+         UPDATE meta SET value = '3' WHERE key = 'schema_version';
+         COMMIT;",
+    )
 }
 
 /// Version 1 journals get the new columns; their operations get first row and row count from
@@ -194,11 +223,11 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, "2");
+        assert_eq!(version, "3");
         let plan = journal.load_plan(1).unwrap();
         let operation = &plan.groups[0].operations[0];
         assert_eq!((operation.first_row, operation.row_count), (0, 2));
-        let (_, outcomes, _) = journal.group(1, 0).unwrap();
+        let outcomes = journal.group(1, 0).unwrap().outcomes;
         assert_eq!(
             outcomes[0].as_ref().unwrap().status,
             OperationStatus::Succeeded

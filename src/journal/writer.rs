@@ -3,6 +3,7 @@
 //! per request. A message that someone waits for (a new request ID, a flush) ends the batch at
 //! once and is acknowledged only after its commit.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -41,6 +42,23 @@ pub struct JournalWriter {
 struct Context {
     run_id: i64,
     target: String,
+    /// The passes of this run that re-send an earlier run's unanswered request: (group,
+    /// request ID) → (earlier run, its group). Usually empty.
+    carried: HashMap<(i64, String), (i64, i64)>,
+}
+
+/// The carried passes of `run_id` (see [`super::carry`]).
+fn carried_of(
+    conn: &Connection,
+    run_id: i64,
+) -> rusqlite::Result<HashMap<(i64, String), (i64, i64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT group_idx, request_id, from_run, from_group FROM carried WHERE run_id = ?1",
+    )?;
+    stmt.query_map([run_id], |r| {
+        Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
+    })?
+    .collect()
 }
 
 impl JournalWriter {
@@ -54,6 +72,7 @@ impl JournalWriter {
         let context = Context {
             run_id,
             target: target.to_string(),
+            carried: carried_of(&conn, run_id).map_err(|e| e.to_string())?,
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -173,7 +192,8 @@ fn write_outcomes(
 ) -> rusqlite::Result<()> {
     let mut update = tx.prepare_cached(
         "UPDATE operations SET status = ?4, http_status = ?5, error_code = ?6, message = ?7, attempts = ?8,
-                request_id = ?9, correlation_id = ?10, finished_at = ?11, warnings = ?12
+                request_id = ?9, correlation_id = ?10, finished_at = ?11, warnings = ?12,
+                unanswered = ?13
          WHERE run_id = ?1 AND group_idx = ?2 AND op_idx = ?3",
     )?;
     // A success is remembered per target; it undoes an earlier opposite one (a remove after
@@ -198,6 +218,11 @@ fn write_outcomes(
         let finished_at = outcome
             .finished_at
             .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        if let Some(request_id) = outcome.request_id
+            && !context.carried.is_empty()
+        {
+            answer_earlier_run(tx, context, group_index, request_id, outcome)?;
+        }
         update.execute(params![
             context.run_id,
             group_index as i64,
@@ -212,6 +237,7 @@ fn write_outcomes(
             finished_at,
             (!outcome.warnings.is_empty())
                 .then(|| serde_json::to_string(&outcome.warnings).expect("strings serialise")),
+            outcome.unanswered,
         ])?;
         if outcome.status == OperationStatus::Succeeded {
             if user.is_none() {
@@ -244,4 +270,54 @@ fn write_outcomes(
         }
     }
     Ok(())
+}
+
+/// A carried pass got its answer: the earlier run's operations sent under the same request ID
+/// get it too, so that run no longer holds a request in doubt.
+fn answer_earlier_run(
+    tx: &Transaction<'_>,
+    context: &Context,
+    group_index: usize,
+    request_id: uuid::Uuid,
+    outcome: &OperationOutcome,
+) -> rusqlite::Result<()> {
+    let definitive = match outcome.status {
+        OperationStatus::Succeeded => true,
+        OperationStatus::Failed => !outcome.unanswered,
+        OperationStatus::Skipped | OperationStatus::Pending => false,
+    };
+    let request_id = request_id.to_string();
+    let Some(&(from_run, from_group)) = context
+        .carried
+        .get(&(group_index as i64, request_id.clone()))
+        .filter(|_| definitive)
+    else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "UPDATE operations SET status = ?4, http_status = ?5, error_code = ?6,
+                message = 'answered in run ' || ?7 || ', which sent this request again: ' || ?8,
+                request_id = ?3, correlation_id = ?9, finished_at = ?10, unanswered = 0
+         WHERE run_id = ?1 AND group_idx = ?2 AND send_id = ?3
+           AND (status IS NULL OR status = 'pending' OR unanswered = 1)",
+    )?
+    .execute(params![
+        from_run,
+        from_group,
+        request_id,
+        status_text(outcome.status),
+        outcome.http_status.map(i64::from),
+        outcome.error_code,
+        context.run_id,
+        if outcome.message.is_empty() {
+            "done"
+        } else {
+            outcome.message.as_str()
+        },
+        outcome.correlation_id.map(|id| id.to_string()),
+        outcome
+            .finished_at
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+    ])
+    .map(drop)
 }

@@ -77,6 +77,11 @@ pub struct Violations {
     pub mixed_license_groups: u64,
     /// A change already applied under one request ID arrived again under another.
     pub new_request_id_for_applied_change: u64,
+    /// A license change (assign or remove of one SKU for one user) that a request of the
+    /// client already made was asked for again under another request ID, with nothing in
+    /// between that undid it: the client lost track of an applied request (on the real API a
+    /// second remove is an error). `--resend` does this on purpose.
+    pub license_change_repeated_under_new_request_id: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +232,9 @@ struct SandboxState {
     started: Instant,
     /// Applied changes (customer, user, operations) and the request ID that applied them.
     applied_changes: HashMap<String, String>,
+    /// Per (customer, user, SKU): the last change a request made to it (assign: true) and
+    /// that request's ID.
+    last_change: HashMap<(Uuid, String, Uuid), (bool, String)>,
     in_flight: Arc<InFlight>,
 }
 
@@ -275,6 +283,7 @@ impl SandboxState {
             quotas: HashMap::new(),
             started: Instant::now(),
             applied_changes: HashMap::new(),
+            last_change: HashMap::new(),
             in_flight: Arc::default(),
         }
     }
@@ -553,6 +562,10 @@ impl Sandbox {
         {
             s.consumed = s.consumed.saturating_sub(1);
         }
+        // Undone behind the client's back: assigning it again is a change of its own.
+        state
+            .last_change
+            .remove(&(customer, user.to_lowercase(), sku));
     }
 
     /// The ground truth as JSON (served at `/sandbox/record`).
@@ -982,7 +995,18 @@ fn record_and_answer(
     }
 }
 
+/// What makes two licenseupdates calls the same request: customer, user and body, with the
+/// license lists taken as sets (a request that names the same licenses in another order asks
+/// for the same change).
 fn fingerprint(customer: &str, user: &str, body: &Value) -> String {
+    let mut body = body.clone();
+    if let Value::Object(fields) = &mut body {
+        for (_, value) in fields.iter_mut() {
+            if let Value::Array(items) = value {
+                items.sort_by_cached_key(Value::to_string);
+            }
+        }
+    }
     format!(
         "{}|{}|{}",
         customer.to_lowercase(),
@@ -1459,25 +1483,46 @@ fn answer_license_update(
         }
     }
     let mut warnings = Vec::new();
-    let held = customer.assigned.entry(user_key).or_default();
+    let held = customer.assigned.entry(user_key.clone()).or_default();
+    // Per SKU: whether it is assigned (true) or removed, and whether that changed anything.
+    let mut changes = Vec::new();
     for sku in &assign {
         let s = customer
             .skus
             .iter_mut()
             .find(|s| s.id == *sku)
             .expect("checked above");
-        if held.insert(*sku) {
+        let changed = held.insert(*sku);
+        if changed {
             s.consumed += 1;
         }
+        changes.push((*sku, true, changed));
         if let Some((code, message)) = &s.warning {
             warnings.push(json!({"code": code, "message": message, "servicePlans": []}));
         }
     }
     for sku in &remove {
-        if held.remove(sku)
-            && let Some(s) = customer.skus.iter_mut().find(|s| s.id == *sku)
-        {
+        let changed = held.remove(sku);
+        if changed && let Some(s) = customer.skus.iter_mut().find(|s| s.id == *sku) {
             s.consumed = s.consumed.saturating_sub(1);
+        }
+        changes.push((*sku, false, changed));
+    }
+    let request_id = record.request_id.clone().unwrap_or_default();
+    for (sku, assigned, changed) in changes {
+        let key = (customer_id, user_key.clone(), sku);
+        if changed {
+            state
+                .last_change
+                .insert(key, (assigned, request_id.clone()));
+        } else if state
+            .last_change
+            .get(&key)
+            .is_some_and(|(was_assign, by)| *was_assign == assigned && *by != request_id)
+        {
+            state
+                .violations
+                .license_change_repeated_under_new_request_id += 1;
         }
     }
     record.applied = true;

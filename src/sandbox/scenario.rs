@@ -201,6 +201,7 @@ impl Scenario {
     /// rehearsal with one scenario never makes rows look done for another.
     pub fn fingerprint(&self) -> String {
         let json = serde_json::to_string(self).expect("scenarios serialise");
+        // A hex digest is ASCII: byte 12 is a character boundary.
         crate::journal::content_hash(json.as_bytes())[..12].to_string()
     }
 
