@@ -232,9 +232,9 @@ struct SandboxState {
     started: Instant,
     /// Applied changes (customer, user, operations) and the request ID that applied them.
     applied_changes: HashMap<String, String>,
-    /// Per (customer, user, SKU): the last change a request made to it (assign: true) and
-    /// that request's ID.
-    last_change: HashMap<(Uuid, String, Uuid), (bool, String)>,
+    /// Per (customer, user, SKU): the last change a request made to it — assign (true, with
+    /// its excluded plans) or remove — and that request's ID.
+    last_change: HashMap<(Uuid, String, Uuid), (bool, BTreeSet<Uuid>, String)>,
     in_flight: Arc<InFlight>,
 }
 
@@ -489,6 +489,11 @@ impl Sandbox {
             .reject_all_tokens = on;
     }
 
+    /// Replaces the faults of the scenario from the next call on (a night with other luck).
+    pub fn set_faults(&self, faults: scenario::Faults) {
+        self.state.lock().expect("sandbox lock").scenario.faults = faults;
+    }
+
     /// Turns the "partner token" fault (400 900316 on every call) on or off.
     pub fn set_partner_token(&self, on: bool) {
         self.state
@@ -602,6 +607,7 @@ fn dump_state(state: &SandboxState) -> Value {
         .collect();
     json!({
         "requests": state.requests,
+        "token_requests": state.progress.borrow().token_requests,
         "violations": state.violations,
         "licenses": applied,
         "seats": state.customers.iter().map(|(id, c)| json!({
@@ -1509,20 +1515,29 @@ fn answer_license_update(
         changes.push((*sku, false, changed));
     }
     let request_id = record.request_id.clone().unwrap_or_default();
+    let excluded = excluded_plans(body);
     for (sku, assigned, changed) in changes {
         let key = (customer_id, user_key.clone(), sku);
-        if changed {
-            state
-                .last_change
-                .insert(key, (assigned, request_id.clone()));
-        } else if state
+        let plans: BTreeSet<Uuid> = excluded
+            .iter()
+            .filter(|(s, _)| *s == sku && assigned)
+            .map(|&(_, plan)| plan)
+            .collect();
+        // Other excluded plans for a license the user holds are a change of their own.
+        let repeated = state
             .last_change
             .get(&key)
-            .is_some_and(|(was_assign, by)| *was_assign == assigned && *by != request_id)
-        {
+            .is_some_and(|(was_assign, was_plans, by)| {
+                *was_assign == assigned && *was_plans == plans && *by != request_id
+            });
+        if !changed && repeated {
             state
                 .violations
                 .license_change_repeated_under_new_request_id += 1;
+        } else {
+            state
+                .last_change
+                .insert(key, (assigned, plans, request_id.clone()));
         }
     }
     record.applied = true;

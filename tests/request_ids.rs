@@ -1,0 +1,433 @@
+//! Request IDs follow the operation across runs (SPEC §8): a request that got no definitive
+//! answer — applied, then the answer lost; retries run out; the client killed while it was in
+//! flight — is sent again under the same MS-RequestId by whichever run asks for its licenses
+//! next, also a new run of a grown or changed sheet. Asserted from the sandbox's ground truth:
+//! which request IDs it received, which it replayed, and that no license change it had applied
+//! was asked for again under another ID.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use common::*;
+use license_batch::report::RowStatus;
+use license_batch::sandbox::{RecordedRequest, Sandbox, scenario::Faults};
+use license_batch::{Completion, RunOptions};
+use uuid::Uuid;
+
+const HEADER: &str = "customer_id,user_id,sku,action,excluded_plans,name";
+const SPB: &str = "cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46";
+
+/// Every call is applied and then answered 503: with a single attempt, each request ends
+/// without a definitive answer although the tenant changed.
+fn answers_lost() -> Faults {
+    Faults {
+        apply_then_503_rate: 1.0,
+        ..Faults::default()
+    }
+}
+
+fn row(user: &str, sku: &str, action: &str, excluded: &str, name: &str) -> String {
+    format!("{CONTOSO},{user},{sku},{action},{excluded},{name}")
+}
+
+/// A run of `rows` (a file of its own, so a new run) with one attempt per request.
+async fn night(
+    sandbox: &Sandbox,
+    dir: &std::path::Path,
+    name: &str,
+    rows: &[String],
+) -> RunOptions {
+    let input = write_csv(dir, name, HEADER, rows);
+    let mut opts = options(sandbox, &input);
+    opts.settings.run.state_file = dir.join("state.sqlite");
+    opts.settings.retry.max_attempts = 1;
+    opts
+}
+
+fn requests_of<'a>(requests: &'a [RecordedRequest], user: &str) -> Vec<&'a RecordedRequest> {
+    requests
+        .iter()
+        .filter(|r| r.user.eq_ignore_ascii_case(user))
+        .collect()
+}
+
+fn ids(requests: &[&RecordedRequest]) -> BTreeSet<String> {
+    requests
+        .iter()
+        .map(|r| r.request_id.clone().expect("every request has an ID"))
+        .collect()
+}
+
+fn skus_of(body: &serde_json::Value, list: &str) -> BTreeSet<String> {
+    body[list]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| i.get("SkuId").unwrap_or(i).as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn statuses(path: &std::path::Path) -> Vec<(String, String)> {
+    read_report(path)
+        .into_iter()
+        .map(|r| (r["name"].clone(), r["result_status"].clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_grown_sheet_sends_an_unanswered_request_again_under_its_id() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let users: Vec<String> = (0..3).map(user_guid).collect();
+    let first: Vec<String> = users
+        .iter()
+        .map(|u| row(u, "SPB", "assign", "", "Émilie"))
+        .collect();
+    let night1 = run(night(&sandbox, dir.path(), "night1.csv", &first).await).await;
+    assert_eq!(night1.count(RowStatus::Failed), 3, "{night1}");
+    let applied_night1 = sandbox.requests().iter().filter(|r| r.applied).count();
+    assert_eq!(applied_night1, 3, "the sandbox applied all three");
+
+    sandbox.set_faults(Faults::default());
+    let mut grown = first.clone();
+    grown.push(row(&user_guid(9), "SPB", "assign", "", "Łukasz"));
+    let opts = night(&sandbox, dir.path(), "night2.csv", &grown).await;
+    let report = report_path(&opts.input);
+    let night2 = run(opts).await;
+    assert_eq!(night2.completion, Completion::Finished);
+    assert_eq!(night2.count(RowStatus::Succeeded), 4, "{night2}");
+
+    let requests = sandbox.requests();
+    for user in &users {
+        let sent = requests_of(&requests, user);
+        assert_eq!(sent.len(), 2, "one request each night for {user}");
+        assert_eq!(
+            ids(&sent).len(),
+            1,
+            "{user}: one request ID across both nights"
+        );
+        assert!(
+            sent[1].replay,
+            "{user}: answered from the idempotency store"
+        );
+        assert!(!sent[1].applied, "{user}: nothing applied twice");
+    }
+    assert_eq!(sandbox.violations(), Default::default());
+    for user in users.iter().chain([&user_guid(9)]) {
+        assert!(
+            sandbox
+                .licenses(CONTOSO.parse().unwrap(), user)
+                .contains(&SPB.parse::<Uuid>().unwrap())
+        );
+    }
+    assert!(
+        statuses(&report)
+            .iter()
+            .all(|(_, status)| status == "succeeded")
+    );
+}
+
+#[tokio::test]
+async fn a_group_that_grew_sends_the_earlier_request_first_then_the_new_license() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(1);
+    let night1 = [row(&user, "SPB", "assign", "", "Ödön")];
+    run(night(&sandbox, dir.path(), "night1.csv", &night1).await).await;
+    let earlier_id = sandbox.requests()[0].request_id.clone().unwrap();
+
+    sandbox.set_faults(Faults::default());
+    let night2 = [
+        row(&user, "Power BI Pro", "assign", "", "日本語"),
+        row(&user, "SPB", "assign", "", "Ödön"),
+    ];
+    let opts = night(&sandbox, dir.path(), "night2.csv", &night2).await;
+    let report = report_path(&opts.input);
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 2, "{summary}");
+
+    let requests = sandbox.requests();
+    let sent = &requests[1..];
+    assert_eq!(sent.len(), 2, "the earlier request, then the new license");
+    assert_eq!(sent[0].request_id.as_deref(), Some(earlier_id.as_str()));
+    assert_eq!(
+        skus_of(&sent[0].body, "LicensesToAssign"),
+        BTreeSet::from([SPB.to_string()])
+    );
+    assert!(sent[0].replay);
+    assert_ne!(sent[1].request_id.as_deref(), Some(earlier_id.as_str()));
+    assert_eq!(
+        skus_of(&sent[1].body, "LicensesToAssign"),
+        BTreeSet::from([POWER_BI.to_string()])
+    );
+    assert_eq!(sandbox.violations(), Default::default());
+    let held = sandbox.licenses(CONTOSO.parse().unwrap(), &user);
+    assert_eq!(
+        held,
+        BTreeSet::from([SPB.parse().unwrap(), POWER_BI.parse().unwrap()])
+    );
+    assert_eq!(
+        statuses(&report),
+        [
+            ("日本語".into(), "succeeded".into()),
+            ("Ödön".into(), "succeeded".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_license_the_new_sheet_dropped_is_sent_with_the_earlier_request_as_it_was() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(2);
+    let night1 = [
+        row(&user, "SPB", "assign", "", "a"),
+        row(&user, "Power BI Pro", "assign", "", "b"),
+    ];
+    run(night(&sandbox, dir.path(), "night1.csv", &night1).await).await;
+    let earlier = sandbox.requests()[0].clone();
+
+    sandbox.set_faults(Faults::default());
+    let night2 = [row(&user, "SPB", "assign", "", "a")];
+    let opts = night(&sandbox, dir.path(), "night2.csv", &night2).await;
+    let report = report_path(&opts.input);
+    run(opts).await;
+
+    let requests = sandbox.requests();
+    assert_eq!(requests.len(), 2, "only the earlier request, once more");
+    assert_eq!(requests[1].request_id, earlier.request_id);
+    assert_eq!(
+        skus_of(&requests[1].body, "LicensesToAssign"),
+        skus_of(&earlier.body, "LicensesToAssign"),
+        "the body of the earlier request, with the license the sheet no longer has"
+    );
+    assert!(requests[1].replay);
+    assert_eq!(sandbox.violations(), Default::default());
+    assert_eq!(statuses(&report), [("a".into(), "succeeded".into())]);
+}
+
+#[tokio::test]
+async fn a_remove_whose_answer_was_lost_is_not_sent_again_under_a_new_id() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(3);
+    run(night(
+        &sandbox,
+        dir.path(),
+        "night0.csv",
+        &[row(&user, "SPB", "assign", "", "x")],
+    )
+    .await)
+    .await;
+    sandbox.set_faults(answers_lost());
+    let removal = row(&user, "SPB", "remove", "", "x");
+    let night1 = run(night(
+        &sandbox,
+        dir.path(),
+        "night1.csv",
+        std::slice::from_ref(&removal),
+    )
+    .await)
+    .await;
+    assert_eq!(night1.count(RowStatus::Failed), 1);
+    assert!(
+        sandbox.licenses(CONTOSO.parse().unwrap(), &user).is_empty(),
+        "applied all the same"
+    );
+
+    sandbox.set_faults(Faults::default());
+    let grown = [removal, row(&user_guid(4), "SPB", "assign", "", "y")];
+    let summary = run(night(&sandbox, dir.path(), "night2.csv", &grown).await).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 2, "{summary}");
+    let requests = sandbox.requests();
+    let removes: Vec<&RecordedRequest> = requests_of(&requests, &user)
+        .into_iter()
+        .filter(|r| !skus_of(&r.body, "LicensesToRemove").is_empty())
+        .collect();
+    assert_eq!(removes.len(), 2);
+    assert_eq!(ids(&removes).len(), 1, "the remove kept its request ID");
+    assert!(removes[1].replay);
+    assert_eq!(sandbox.violations(), Default::default());
+}
+
+#[tokio::test]
+async fn a_changed_license_waits_while_the_earlier_request_still_gets_no_answer() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(5);
+    run(night(
+        &sandbox,
+        dir.path(),
+        "night1.csv",
+        &[row(&user, "SPB", "assign", "SWAY", "x")],
+    )
+    .await)
+    .await;
+    let earlier_id = sandbox.requests()[0].request_id.clone().unwrap();
+
+    // Night 2 asks for the same license with other excluded plans while the service answers
+    // 503 to everything: the earlier request is tried again, the new one is held back.
+    sandbox.set_faults(Faults {
+        transient_rate: 1.0,
+        ..Faults::default()
+    });
+    let changed = [row(&user, "SPB", "assign", "TEAMS1", "x")];
+    let opts = night(&sandbox, dir.path(), "night2.csv", &changed).await;
+    let report = report_path(&opts.input);
+    run(opts).await;
+    let night2: Vec<RecordedRequest> = sandbox.requests()[1..].to_vec();
+    assert_eq!(night2.len(), 1, "the changed license was not sent");
+    assert_eq!(night2[0].request_id.as_deref(), Some(earlier_id.as_str()));
+    let rows = read_report(&report);
+    assert_eq!(rows[0]["result_status"], "failed");
+    assert!(
+        rows[0]["result_message"].contains("an earlier request for this license got no answer"),
+        "{}",
+        rows[0]["result_message"]
+    );
+
+    // Night 3, the same sheet, with the service back: the earlier request first, then the
+    // change of excluded plans under a new ID.
+    sandbox.set_faults(Faults::default());
+    let opts = night(&sandbox, dir.path(), "night2.csv", &changed).await;
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 1, "{summary}");
+    let night3: Vec<RecordedRequest> = sandbox.requests()[2..].to_vec();
+    assert_eq!(night3.len(), 2);
+    assert_eq!(night3[0].request_id.as_deref(), Some(earlier_id.as_str()));
+    assert!(night3[0].replay);
+    assert_ne!(night3[1].request_id.as_deref(), Some(earlier_id.as_str()));
+    assert!(
+        night3[1]
+            .body
+            .to_string()
+            .contains("57ff2da0-773e-42df-b2af-ffb7a2317929")
+    );
+    assert_eq!(sandbox.violations(), Default::default());
+}
+
+#[tokio::test]
+async fn an_answered_request_is_not_carried_again() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(6);
+    let sheet = [row(&user, "SPB", "assign", "", "x")];
+    run(night(&sandbox, dir.path(), "night1.csv", &sheet).await).await;
+    sandbox.set_faults(Faults::default());
+    run(night(&sandbox, dir.path(), "night2.csv", &sheet).await).await;
+    // Night 3 of a third file: already done (night 2's answer settled night 1's request).
+    let summary = run(night(&sandbox, dir.path(), "night3.csv", &sheet).await).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 1);
+    assert_eq!(sandbox.requests().len(), 2, "nothing sent on night 3");
+    let journal =
+        license_batch::journal::Journal::open_to_read(&dir.path().join("state.sqlite")).unwrap();
+    let runs: HashMap<i64, Vec<(String, u64)>> = journal
+        .recent_runs(10)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.counts))
+        .collect();
+    assert_eq!(
+        runs[&1],
+        [("succeeded".to_string(), 1)],
+        "night 1's row got the answer night 2 received for its request"
+    );
+}
+
+/// The binary is killed (SIGKILL) while four requests are in flight — applied, their answers
+/// held back — and six were never sent; the next night runs a grown sheet (a new file, so a new
+/// run). Every operation keeps the one request ID of the killed run.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_a_grown_sheet_keeps_the_request_ids_of_the_killed_run() {
+    let sandbox = start("").await;
+    sandbox.set_faults(Faults {
+        apply_then_timeout_rate: 1.0,
+        hold_secs: Some(120),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let first: Vec<String> = (0..10)
+        .map(|i| row(&user_guid(i), "SPB", "assign", "", "Zoë"))
+        .collect();
+    write_csv(dir.path(), "night1.csv", HEADER, &first);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_license-batch"))
+        .args([
+            "run",
+            "night1.csv",
+            "--state",
+            "state.sqlite",
+            "--concurrency",
+            "4",
+        ])
+        .args(["--requests-per-minute", "60000", "-q"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("LICENSE_BATCH_API_BASE_URL", sandbox.url.to_string())
+        .env("LICENSE_BATCH_AUTH_AUTHORITY", sandbox.url.to_string())
+        .env("LICENSE_BATCH_TENANT_ID", license_batch::sandbox::TENANT_ID)
+        .env("LICENSE_BATCH_CLIENT_ID", license_batch::sandbox::CLIENT_ID)
+        .env(
+            "LICENSE_BATCH_CLIENT_SECRET",
+            license_batch::sandbox::CLIENT_SECRET,
+        )
+        .env(
+            "LICENSE_BATCH_REFRESH_TOKEN",
+            license_batch::sandbox::REFRESH_TOKEN,
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The kill follows the sandbox's own count: four requests received (and applied).
+    sandbox.wait_for(4, 0).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed: Vec<RecordedRequest> = sandbox.requests();
+    assert_eq!(killed.iter().filter(|r| r.applied).count(), killed.len());
+
+    sandbox.set_faults(Faults::default());
+    let mut grown = first.clone();
+    grown.extend((10..15).map(|i| row(&user_guid(i), "SPB", "assign", "", "Ångström")));
+    let summary = run(night(&sandbox, dir.path(), "night2.csv", &grown).await).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 15, "{summary}");
+
+    let requests = sandbox.requests();
+    for r in &killed {
+        let sent = requests_of(&requests, &r.user);
+        assert_eq!(
+            ids(&sent).len(),
+            1,
+            "{}: one request ID across the kill",
+            r.user
+        );
+        assert!(
+            sent[1..].iter().all(|s| s.replay),
+            "{}: applied once",
+            r.user
+        );
+    }
+    assert_eq!(sandbox.violations(), Default::default());
+    let applied_per_user: HashMap<String, usize> =
+        requests
+            .iter()
+            .filter(|r| r.applied)
+            .fold(HashMap::new(), |mut m, r| {
+                *m.entry(r.user.to_lowercase()).or_default() += 1;
+                m
+            });
+    assert_eq!(applied_per_user.len(), 15);
+    assert!(
+        applied_per_user.values().all(|&n| n == 1),
+        "{applied_per_user:?}"
+    );
+}
