@@ -204,6 +204,10 @@ fn subscribed_sku(s: &scenario::SkuScenario) -> Result<SubscribedSku, String> {
     })
 }
 
+/// A change a request made to one license of one user: assigned (true, with its excluded
+/// plans) or removed, and that request's ID.
+type LicenseChange = (bool, BTreeSet<Uuid>, String);
+
 struct Stored {
     fingerprint: String,
     status: u16,
@@ -232,9 +236,8 @@ struct SandboxState {
     started: Instant,
     /// Applied changes (customer, user, operations) and the request ID that applied them.
     applied_changes: HashMap<String, String>,
-    /// Per (customer, user, SKU): the last change a request made to it — assign (true, with
-    /// its excluded plans) or remove — and that request's ID.
-    last_change: HashMap<(Uuid, String, Uuid), (bool, BTreeSet<Uuid>, String)>,
+    /// Per (customer, user, SKU): the last change a request made to it.
+    last_change: HashMap<(Uuid, String, Uuid), LicenseChange>,
     in_flight: Arc<InFlight>,
 }
 
