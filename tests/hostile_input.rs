@@ -203,3 +203,79 @@ fn a_thousand_columns_work() {
     assert_eq!(report[0].len(), 1000 + 12);
     assert_eq!(&report[0][999], "996");
 }
+
+/// The corpus file's own records (header first), as a spreadsheet would show them.
+fn input_records(name: &str) -> Vec<csv::StringRecord> {
+    let bytes = std::fs::read(corpus(name)).unwrap();
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text)
+        .records()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The report's header row.
+fn report_header(file: &Path, dir: &tempfile::TempDir) -> Vec<String> {
+    let report = license_batch::report::default_path(&dir.path().join(file.file_name().unwrap()));
+    let mut reader = csv::Reader::from_path(report).unwrap();
+    reader.headers().unwrap().iter().map(String::from).collect()
+}
+
+#[test]
+fn utf8_sheets_keep_every_cell_and_header_as_they_were() {
+    for (name, exit, statuses) in [
+        (
+            "utf8_first_characters.csv",
+            1,
+            vec!["succeeded", "succeeded", "invalid", "invalid"],
+        ),
+        ("foreign_headers.csv", 0, vec!["succeeded"]),
+        ("bom_multibyte_header.csv", 0, vec!["succeeded"]),
+    ] {
+        let file = corpus(name);
+        let (output, report, dir) = run(&file);
+        assert_eq!(
+            output.status.code(),
+            Some(exit),
+            "{name}: {}",
+            stderr(&output)
+        );
+        assert!(!stderr(&output).contains("panicked"), "{name}");
+        let report = report.unwrap();
+        let input = input_records(name);
+        let columns = input[0].len();
+        let header = report_header(&file, &dir);
+        assert_eq!(
+            header[..columns],
+            input[0].iter().collect::<Vec<_>>(),
+            "{name}: the header as it was (without the BOM)"
+        );
+        assert_eq!(status_column(&report, columns), statuses, "{name}");
+        for (row, reported) in input[1..].iter().zip(&report) {
+            for (column, cell) in row.iter().enumerate() {
+                let expected = license_batch::report::neutralise(cell);
+                assert_eq!(
+                    &reported[column],
+                    expected.as_ref(),
+                    "{name} column {column}"
+                );
+            }
+        }
+    }
+    // The invalid rows name the column and the problem, several-byte characters and all.
+    let (_, report, _dir) = run(&corpus("utf8_first_characters.csv"));
+    let report = report.unwrap();
+    assert!(
+        report[2][12].contains("column customer_id: \"Ü7f3c2a10"),
+        "{}",
+        &report[2][12]
+    );
+    assert!(
+        report[3][12].contains("no subscription called \"Ünknown Prödüct\""),
+        "{}",
+        &report[3][12]
+    );
+    assert_eq!(&report[3][5], "'=É formula before É");
+}
