@@ -1,8 +1,8 @@
 //! Arbitrary Unicode through the whole pipeline — plan, run against the sandbox, report, the
 //! report rewritten from the journal, `status`, `verify` — in every carried column (German and
-//! Japanese headers among them), in user IDs and in SKU names: no panic, every row reported,
-//! and every carried cell byte-identical to the input except the documented `'` before a cell
-//! a spreadsheet would execute.
+//! Japanese headers among them), in user IDs and in SKU names (the tenant's too): no panic,
+//! every row reported, and every carried cell byte-identical to the input except the documented
+//! `'` before a cell a spreadsheet would execute.
 
 mod common;
 
@@ -50,10 +50,29 @@ fn user_id(index: usize) -> impl Strategy<Value = String> {
     ]
 }
 
+/// The tenant: Business Premium, Power BI Pro, and a product whose name and part number are
+/// not ASCII; every user exists.
+fn scenario() -> String {
+    format!(
+        r#"
+        [[customers]]
+        id = "{CONTOSO}"
+        skus = [
+            {{ sku = "SPB", total = 100000 }},
+            {{ sku = "Power BI Pro", total = 100000 }},
+            {{ sku = "9a1c0f3e-5b7d-4e2a-8c6f-1d3b5a7c9e0f", name = "Büro 日本 🙂", part_number = "BÜRO_日本", license_group = "group1", total = 100000 }},
+        ]
+        "#
+    )
+}
+
 fn sku() -> impl Strategy<Value = String> {
     prop_oneof![
         Just("SPB".to_string()),
         Just("Power BI Pro".to_string()),
+        Just("Büro 日本 🙂".to_string()),
+        Just("BÜRO 日本 🙂".to_string()),
+        Just("BÜRO_日本".to_string()),
         Just("Ünknown Prödüct".to_string()),
         unicode_cell(),
     ]
@@ -95,7 +114,7 @@ proptest! {
     #[test]
     fn unicode_cells_come_back_as_they_went_in(rows in rows(), bom in any::<bool>()) {
         RUNTIME.block_on(async {
-            let sandbox = start("").await;
+            let sandbox = start(&scenario()).await;
             let dir = tempfile::tempdir().unwrap();
             let header: Vec<&str> = ["customer_id", "user_id", "sku"].into_iter().chain(CARRIED).collect();
             let mut writer = csv::Writer::from_writer(Vec::new());
@@ -126,6 +145,10 @@ proptest! {
                 }
                 let status = &reported[header.len() + 1];
                 prop_assert!(["succeeded", "failed", "invalid"].contains(&status), "{}", status);
+                // A valid user and a name of the product resolve to it, whatever its letters.
+                if row[1].starts_with("00000000-") && row[2].to_lowercase().starts_with("büro") {
+                    prop_assert_eq!(&reported[header.len() + 2], "9a1c0f3e-5b7d-4e2a-8c6f-1d3b5a7c9e0f");
+                }
             }
 
             // The report rewritten from the journal alone is the same file.

@@ -40,6 +40,9 @@ struct EarlierRequest {
     new_group: i64,
 }
 
+/// The rows of `carry_matches` read at a time.
+const PAGE: i64 = 4096;
+
 impl Draft<'_> {
     /// Puts the requests of earlier runs on `target` that got no definitive answer into this
     /// run's plan, where this run asks for one of their licenses again; returns how many.
@@ -47,6 +50,7 @@ impl Draft<'_> {
     /// an older one. A request whose licenses a newer run changed since (a success recorded in
     /// `done`) is not re-sent: its replayed answer would no longer describe the tenant.
     pub fn carry_unanswered(&mut self, target: &str) -> Result<usize, JournalError> {
+        self.group()?;
         let e = |source| self.sqlite(source);
         let candidates: Vec<i64> = self
             .conn()
@@ -66,97 +70,155 @@ impl Draft<'_> {
         self.refuse_settling_uncounted()?;
         let mut carried = 0;
         for run in candidates {
-            let (requests, in_doubt) = self.unanswered_requests_of(run, target)?;
-            if in_doubt == 0 {
+            if self.stage_unanswered_requests_of(run, target)? == 0 {
                 // Nothing of it is in doubt any more: later runs need not look at it again.
                 self.conn()
                     .execute("UPDATE runs SET in_doubt = 0 WHERE id = ?1", [run])
                     .map_err(e)?;
+                continue;
             }
-            for request in requests {
-                if self.carry(&request)? {
-                    carried += 1;
-                }
-            }
+            carried += self.carry_staged(run)?;
         }
+        self.conn()
+            .execute_batch(
+                "DROP TABLE IF EXISTS temp.carry_doubt; DROP TABLE IF EXISTS temp.carry_matches;",
+            )
+            .map_err(e)?;
         if carried > 0 {
             self.settled(carried);
         }
         Ok(carried)
     }
 
-    /// The requests of `run` without a definitive answer whose group this run has too (same
-    /// customer, user and license group), each with its licenses in their order; and how many
-    /// of the run's operations are in doubt at all.
-    fn unanswered_requests_of(
-        &self,
-        run: i64,
-        target: &str,
-    ) -> Result<(Vec<EarlierRequest>, u64), JournalError> {
+    /// Stages in temporary tables the operations of `run` without a definitive answer
+    /// (`carry_doubt`, indexed by user) and those of them whose group this run has too — same
+    /// customer, user and license group — in request order (`carry_matches`); returns how
+    /// many of the run's operations are in doubt. In tables rather than in memory: a run
+    /// killed early leaves every operation in doubt, a million for a million-row sheet, and
+    /// each side is read once (no lookup per group through an index made for other queries).
+    fn stage_unanswered_requests_of(&self, run: i64, target: &str) -> Result<u64, JournalError> {
         let e = |source| self.sqlite(source);
-        let in_doubt: i64 = self
+        self.conn()
+            .execute_batch(
+                "DROP TABLE IF EXISTS temp.carry_doubt;
+                 DROP TABLE IF EXISTS temp.carry_matches;
+                 CREATE TEMP TABLE carry_doubt (
+                     customer_id, user_key, license_group, group_idx, send_id, op_idx, sku_id,
+                     action, excluded_plans, changed_since);",
+            )
+            .map_err(e)?;
+        let in_doubt = self
             .conn()
-            .query_row(
-                &format!("SELECT COUNT(*) FROM operations o WHERE o.run_id = ?1 AND {IN_DOUBT}"),
-                [run],
-                |r| r.get(0),
+            .execute(
+                &format!(
+                    "INSERT INTO temp.carry_doubt
+                     SELECT g.customer_id, g.user_key, g.license_group, o.group_idx, o.send_id,
+                            o.op_idx, o.sku_id, o.action, o.excluded_plans,
+                            EXISTS (SELECT 1 FROM done d
+                                    WHERE d.target = ?2 AND d.customer_id = g.customer_id
+                                      AND d.user_key = g.user_key AND d.sku_id = o.sku_id
+                                      AND d.run_id > ?1)
+                     FROM operations o JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx
+                     WHERE o.run_id = ?1 AND {IN_DOUBT}"
+                ),
+                params![run, target],
             )
             .map_err(e)?;
         if in_doubt == 0 {
-            return Ok((Vec::new(), 0));
+            return Ok(0);
         }
-        let mut stmt = self
-            .conn()
-            .prepare(&format!(
-                "SELECT o.group_idx, o.send_id, o.sku_id, o.action, o.excluded_plans, ng.idx,
-                        EXISTS (SELECT 1 FROM done d
-                                WHERE d.target = ?3 AND d.customer_id = eg.customer_id
-                                  AND d.user_key = eg.user_key AND d.sku_id = o.sku_id
-                                  AND d.run_id > ?1)
-                 FROM operations o
-                 JOIN groups eg ON eg.run_id = o.run_id AND eg.idx = o.group_idx
-                 JOIN groups ng ON ng.run_id = ?2 AND ng.customer_id = eg.customer_id
-                               AND ng.user_key = eg.user_key AND ng.license_group = eg.license_group
-                 WHERE o.run_id = ?1 AND {IN_DOUBT}
-                 ORDER BY o.group_idx, o.send_id, o.op_idx"
-            ))
+        self.conn()
+            .execute_batch(
+                "CREATE INDEX temp.carry_doubt_by_user
+                     ON carry_doubt (customer_id, user_key, license_group);",
+            )
             .map_err(e)?;
-        let mut rows = stmt.query(params![run, self.run_id(), target]).map_err(e)?;
-        let mut requests: Vec<EarlierRequest> = Vec::new();
-        let mut superseded: Vec<bool> = Vec::new();
-        while let Some(r) = rows.next().map_err(e)? {
-            let from_group: i64 = r.get(0).map_err(e)?;
-            let request_id: String = r.get(1).map_err(e)?;
-            let license = License {
-                sku: r.get(2).map_err(e)?,
-                action: r.get(3).map_err(e)?,
-                excluded: r.get(4).map_err(e)?,
-            };
-            let new_group: i64 = r.get(5).map_err(e)?;
-            let changed_since: bool = r.get(6).map_err(e)?;
-            match requests.last_mut() {
-                Some(last) if last.from_group == from_group && last.request_id == request_id => {
-                    last.licenses.push(license);
-                    *superseded.last_mut().expect("one per request") |= changed_since;
-                }
-                _ => {
-                    requests.push(EarlierRequest {
-                        from_run: run,
-                        from_group,
-                        request_id,
-                        licenses: vec![license],
-                        new_group,
-                    });
-                    superseded.push(changed_since);
+        self.conn()
+            .execute(
+                "CREATE TEMP TABLE carry_matches AS
+                 SELECT d.group_idx, d.send_id, d.sku_id, d.action, d.excluded_plans,
+                        d.changed_since, ng.idx AS new_group
+                 FROM groups ng JOIN temp.carry_doubt d
+                   ON d.customer_id = ng.customer_id AND d.user_key = ng.user_key
+                  AND d.license_group = ng.license_group
+                 WHERE ng.run_id = ?1
+                 ORDER BY d.group_idx, d.send_id, d.op_idx",
+                [self.run_id()],
+            )
+            .map_err(e)?;
+        Ok(in_doubt as u64)
+    }
+
+    /// Carries the staged requests of `from_run` a page of rows at a time; returns how many.
+    fn carry_staged(&self, from_run: i64) -> Result<usize, JournalError> {
+        let e = |source| self.sqlite(source);
+        let mut carried = 0;
+        let mut current: Option<(EarlierRequest, bool)> = None;
+        let mut after = 0_i64;
+        loop {
+            let page: Vec<(i64, i64, String, License, bool, i64)> = self
+                .conn()
+                .prepare_cached(
+                    "SELECT rowid, group_idx, send_id, sku_id, action, excluded_plans,
+                            changed_since, new_group
+                     FROM temp.carry_matches WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![after, PAGE], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            License {
+                                sku: r.get(3)?,
+                                action: r.get(4)?,
+                                excluded: r.get(5)?,
+                            },
+                            r.get(6)?,
+                            r.get(7)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(e)?;
+            let Some(last) = page.last() else { break };
+            after = last.0;
+            for (_, from_group, request_id, license, changed_since, new_group) in page {
+                match &mut current {
+                    Some((request, superseded))
+                        if request.from_group == from_group && request.request_id == request_id =>
+                    {
+                        request.licenses.push(license);
+                        *superseded |= changed_since;
+                    }
+                    _ => {
+                        if let Some((request, superseded)) = current.take()
+                            && !superseded
+                            && self.carry(&request)?
+                        {
+                            carried += 1;
+                        }
+                        current = Some((
+                            EarlierRequest {
+                                from_run,
+                                from_group,
+                                request_id,
+                                licenses: vec![license],
+                                new_group,
+                            },
+                            changed_since,
+                        ));
+                    }
                 }
             }
         }
-        let requests = requests
-            .into_iter()
-            .zip(superseded)
-            .filter_map(|(request, superseded)| (!superseded).then_some(request))
-            .collect();
-        Ok((requests, in_doubt as u64))
+        if let Some((request, superseded)) = current
+            && !superseded
+            && self.carry(&request)?
+        {
+            carried += 1;
+        }
+        Ok(carried)
     }
 
     /// Makes `request` a pass of its new group when that group asks, still open, for one of
@@ -273,5 +335,85 @@ impl Draft<'_> {
             request.from_run
         );
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::super::draft::tests::{add_rows, sheet};
+    use crate::journal::{Journal, NewRun};
+
+    const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
+    /// Business Premium, Power BI Pro, Visio Plan 2: one license group.
+    const SKUS: [&str; 3] = ["SPB", "POWER_BI_PRO", "VISIOCLIENT"];
+
+    /// Per user of `run`: the request IDs its operations are sent under.
+    fn send_ids(journal: &Journal, run: i64) -> BTreeMap<String, BTreeSet<String>> {
+        let mut stmt = journal
+            .conn
+            .prepare(
+                "SELECT g.user_key, o.send_id FROM operations o
+                 JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx WHERE o.run_id = ?1",
+            )
+            .unwrap();
+        let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for pair in stmt
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+        {
+            let (user, id): (String, String) = pair.unwrap();
+            ids.entry(user).or_default().insert(id);
+        }
+        ids
+    }
+
+    #[test]
+    fn a_killed_run_of_any_size_lends_its_request_ids_to_a_grown_sheet() {
+        // 1,400 users with three licenses each: 4,200 operations in doubt, more than a page,
+        // and a page ends inside a request.
+        let users = 1400;
+        let mut text = String::from("customer_id,user_id,sku\n");
+        for i in 0..users {
+            for sku in SKUS {
+                text.push_str(&format!("{C},u{i}@x.com,{sku}\n"));
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open_for_run(&dir.path().join("state.sqlite")).unwrap();
+        let input = sheet(&text);
+        let on_target = |header| NewRun {
+            target: "t",
+            ..NewRun::scratch(header)
+        };
+        let mut draft = journal.draft(on_target(&input.header)).unwrap();
+        add_rows(&mut draft, &input);
+        let killed = draft.commit().unwrap();
+        let before = send_ids(&journal, killed);
+
+        // The next night: every user again, one more, and another target's run beside it.
+        text.push_str(&format!("{C},new@x.com,SPB\n"));
+        let grown = sheet(&text);
+        let mut draft = journal.draft(on_target(&grown.header)).unwrap();
+        add_rows(&mut draft, &grown);
+        assert_eq!(draft.carry_unanswered("another API").unwrap(), 0);
+        assert_eq!(draft.carry_unanswered("t").unwrap(), users);
+        let next = draft.commit().unwrap();
+        let after = send_ids(&journal, next);
+        for (user, ids) in &before {
+            assert_eq!(ids.len(), 1, "one request per user");
+            assert_eq!(
+                &after[user], ids,
+                "{user} keeps the killed run's request ID"
+            );
+        }
+        assert!(!before.contains_key("new@x.com"));
+        assert_eq!(after["new@x.com"].len(), 1);
+        assert!(
+            before
+                .values()
+                .all(|ids| !ids.is_superset(&after["new@x.com"]))
+        );
     }
 }

@@ -628,7 +628,7 @@ impl Drop for Draft<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use super::*;
@@ -640,12 +640,12 @@ mod tests {
     const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
     const PBI: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";
 
-    fn sheet(text: &str) -> crate::input::InputFile {
+    pub(in crate::journal) fn sheet(text: &str) -> crate::input::InputFile {
         crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap()
     }
 
     /// Resolves every row of `input` against the built-in catalog into `draft`.
-    fn add_rows(draft: &mut Draft<'_>, input: &crate::input::InputFile) {
+    pub(in crate::journal) fn add_rows(draft: &mut Draft<'_>, input: &crate::input::InputFile) {
         for row in &input.rows {
             let resolution = resolve_row(&input.header, row, &BuiltinCatalog);
             draft.add_row(row, &input.header, &resolution).unwrap();
