@@ -205,7 +205,7 @@ async fn assert_a_throttled_customer_waits_alone(
     let pauses: Vec<(std::time::SystemTime, Duration)> = contoso
         .iter()
         .filter(|r| r.status == 429)
-        .map(|r| (r.at, Duration::from_secs(r.retry_after.unwrap())))
+        .map(|r| (r.at, Duration::from_secs_f64(r.retry_after.unwrap())))
         .collect();
     assert!(!pauses.is_empty(), "Contoso's quota was hit");
     // Requests already on the wire when a 429 left may land just after it.
@@ -802,4 +802,69 @@ async fn a_second_401_aborts_the_run() {
     assert_eq!(statuses, [201, 401, 401]);
     assert_eq!(summary.count(RowStatus::Pending), 5);
     assert_eq!(exit_code_for(&Ok(summary)), 3);
+}
+
+/// Runs two users' SPB against a bucket of one call that refills `per_minute` and tells its
+/// wait in the `style` of the scenario; returns the retry gaps of the record.
+async fn throttled_twice(per_minute: u32, style: &str) -> Vec<(String, Duration)> {
+    let sandbox = start(&format!(
+        "[throttle]\nmode = \"bucket\"\nper_minute = {per_minute}\nburst = 1\nretry_after = \"{style}\"\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..2)
+        .map(|i| format!("{CONTOSO},{},SPB,,T{i}", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 2, "{style}: {summary}");
+    let requests = sandbox.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.status != 429 || r.retry_after.is_none()),
+        "{style}: no Retry-After header was sent"
+    );
+    let mut gaps = Vec::new();
+    for (i, throttled) in requests.iter().enumerate().filter(|(_, r)| r.status == 429) {
+        if let Some(retry) = requests[i + 1..]
+            .iter()
+            .find(|r| r.request_id == throttled.request_id)
+        {
+            gaps.push((
+                throttled.request_id.clone().unwrap(),
+                retry.at.duration_since(throttled.at).unwrap(),
+            ));
+        }
+    }
+    assert!(!gaps.is_empty(), "{style}: the quota throttled");
+    gaps
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_waits_the_body_s_n() {
+    // 20/min: the next call in 3 s, and the body says "Try again in 3 seconds".
+    for (_, gap) in throttled_twice(20, "body_only").await {
+        assert!(
+            gap >= Duration::from_secs(3),
+            "retried after {gap:?}, sooner than told"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_429_that_says_nothing_backs_off_exponentially() {
+    // 12/min: the second user waits 5 s for its call, so its request is throttled again and
+    // again; each wait is at least twice the one before, from a second on.
+    let gaps = throttled_twice(12, "absent").await;
+    let mut by_request: HashMap<String, Vec<Duration>> = HashMap::new();
+    for (id, gap) in gaps {
+        by_request.entry(id).or_default().push(gap);
+    }
+    let longest = by_request.values().max_by_key(|g| g.len()).unwrap();
+    assert!(longest.len() >= 2, "throttled more than once: {longest:?}");
+    for (n, gap) in longest.iter().enumerate() {
+        let least = Duration::from_secs(1 << n);
+        assert!(*gap >= least, "wait {n}: {gap:?}, less than {least:?}");
+    }
 }

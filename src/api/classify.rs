@@ -12,7 +12,8 @@ pub enum Verdict {
     /// 201/200: the change is applied; warnings as `code: message`.
     Succeeded { warnings: Vec<String> },
     /// 429: wait at least this long, slow the whole pool, retry with the same request ID.
-    Throttled { retry_after: Duration },
+    /// `None`: neither a `Retry-After` nor the body said how long (the engine backs off).
+    Throttled { retry_after: Option<Duration> },
     /// 408/5xx/timeout/reset: back off and retry with the same request ID.
     Transient,
     /// 401: refresh the token once and retry.
@@ -71,13 +72,11 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Classifi
     let (verdict, message) = match (status, code.as_deref()) {
         (429, _) => {
             let wait = retry_after_delay(retry_after, &description);
-            (
-                Verdict::Throttled { retry_after: wait },
-                detail(&format!(
-                    "throttled, retry after {}s",
-                    wait.as_secs_f64().ceil()
-                )),
-            )
+            let told = match wait {
+                Some(wait) => format!("throttled, retry after {}s", wait.as_secs_f64().ceil()),
+                None => "throttled, no wait given".to_string(),
+            };
+            (Verdict::Throttled { retry_after: wait }, detail(&told))
         }
         (401, _) => (Verdict::Unauthorized, detail("access token rejected")),
         (_, Some("900316")) => (
@@ -120,29 +119,30 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Classifi
 }
 
 /// Reads `Retry-After` (seconds or an HTTP date); falls back to the body's
-/// "Try again in N seconds", then to one second.
-pub fn retry_after_delay(header: Option<&str>, message: &str) -> Duration {
+/// "Try again in N seconds"; `None` when neither says.
+pub fn retry_after_delay(header: Option<&str>, message: &str) -> Option<Duration> {
     if let Some(h) = header.map(str::trim) {
         if let Ok(secs) = h.parse::<f64>()
             && secs.is_finite()
             && secs >= 0.0
         {
-            return Duration::from_secs_f64(secs.min(3600.0));
+            return Some(Duration::from_secs_f64(secs.min(3600.0)));
         }
         if let Ok(when) = httpdate::parse_http_date(h) {
-            return when
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-                .min(Duration::from_secs(3600));
+            return Some(
+                when.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(Duration::from_secs(3600)),
+            );
         }
     }
     message
         .split("Try again in ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .map(|n| Duration::from_secs(n.min(3600)))
-        .unwrap_or(Duration::from_secs(1))
+        .and_then(|n| n.parse::<f64>().ok())
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| Duration::from_secs_f64(n.min(3600.0)))
 }
 
 /// Finds the SKU in "Subscription with Account … and SKU <guid> does not have …".
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(
             c.verdict,
             Verdict::Throttled {
-                retry_after: Duration::from_secs(3)
+                retry_after: Some(Duration::from_secs(3))
             }
         );
         assert!(c.message.contains("Rate limit is exceeded"));
@@ -192,14 +192,36 @@ mod tests {
         assert_eq!(
             c.verdict,
             Verdict::Throttled {
-                retry_after: Duration::from_secs(7)
+                retry_after: Some(Duration::from_secs(7))
             }
         );
         let in_two = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
-        let Verdict::Throttled { retry_after } = classify(429, Some(&in_two), b"").verdict else {
+        let Verdict::Throttled {
+            retry_after: Some(retry_after),
+        } = classify(429, Some(&in_two), b"").verdict
+        else {
             panic!()
         };
         assert!(retry_after <= Duration::from_secs(3) && retry_after >= Duration::from_secs(1));
+        // A fraction of a second, as a gateway may say it.
+        assert_eq!(
+            classify(429, Some("0.25"), b"").verdict,
+            Verdict::Throttled {
+                retry_after: Some(Duration::from_millis(250))
+            }
+        );
+    }
+
+    #[test]
+    fn a_429_that_says_no_wait_leaves_the_wait_to_the_engine() {
+        let body = br#"{"statusCode":429,"message":"Rate limit is exceeded."}"#;
+        let c = classify(429, None, body);
+        assert_eq!(c.verdict, Verdict::Throttled { retry_after: None });
+        assert!(c.message.contains("no wait given"), "{}", c.message);
+        assert_eq!(
+            classify(429, None, b"").verdict,
+            Verdict::Throttled { retry_after: None }
+        );
     }
 
     #[test]

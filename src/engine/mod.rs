@@ -347,6 +347,19 @@ impl Dispatcher {
         self.stats.snapshot()
     }
 
+    /// The waits after 429s that say nothing of how long (no `Retry-After`, no "Try again in
+    /// N seconds"): exponential with jitter from a second, up to a minute, for as long as
+    /// `retry.max_elapsed_secs` allows.
+    fn untold_throttle_backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_secs(1).max(self.settings.min_retry_delay))
+            .with_max_delay(Duration::from_secs(60))
+            .without_max_times()
+            .build()
+    }
+
     fn retry_policy(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_jitter()

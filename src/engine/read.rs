@@ -81,6 +81,7 @@ impl Dispatcher {
     pub async fn read(&self, url: Url) -> Result<Value, ReadFailure> {
         let started = Instant::now();
         let mut backoff = self.retry_policy().build();
+        let mut untold = self.untold_throttle_backoff();
         let mut renewed_after_401 = false;
         loop {
             if !self.pacer.admit(None, &self.stop).await {
@@ -113,6 +114,9 @@ impl Dispatcher {
             match classified.verdict {
                 Verdict::Succeeded { .. } => return Ok(body.unwrap_or(Value::Null)),
                 Verdict::Throttled { retry_after } => {
+                    let retry_after = retry_after
+                        .or_else(|| untold.next())
+                        .unwrap_or(std::time::Duration::from_secs(60));
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     self.pacer.throttled(None, sent_at, retry_after);
                     if started.elapsed() + retry_after > self.settings.max_elapsed {

@@ -133,6 +133,7 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
         let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
         let started = Instant::now();
         let mut backoff = shared.calls.retry_policy().build();
+        let mut untold = shared.calls.untold_throttle_backoff();
         let mut renewed_after_401 = false;
         // Whether an attempt may have reached the service (a timeout, a reset, a 5xx), here or
         // before a resume: a give-up then leaves the request without a definitive answer. A
@@ -210,6 +211,9 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                     continue 'pass;
                 }
                 Verdict::Throttled { retry_after } => {
+                    let retry_after = retry_after
+                        .or_else(|| untold.next())
+                        .unwrap_or(Duration::from_secs(60));
                     shared.calls.stats.throttled.fetch_add(1, Ordering::Relaxed);
                     shared.observer.throttled(retry_after);
                     tracing::info!(customer = %group.customer_id, "throttled (429): waiting {retry_after:?}");

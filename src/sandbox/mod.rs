@@ -57,8 +57,8 @@ pub struct RecordedRequest {
     pub applied: bool,
     /// The fault injected into this call, if any.
     pub fault: Option<&'static str>,
-    /// The Retry-After of a 429, in seconds.
-    pub retry_after: Option<u64>,
+    /// The Retry-After of a 429, in seconds (as sent; absent when the header was).
+    pub retry_after: Option<f64>,
 }
 
 mod humantime_serde_compat {
@@ -291,17 +291,34 @@ impl SandboxState {
         }
     }
 
-    /// Charges one call against the hidden quota; `Some(retry_after_secs)` when it is spent.
+    /// Charges one call against the hidden quota; `Some(retry_after_secs)`, rounded up to whole
+    /// seconds, when it is spent.
+    #[cfg(test)]
     fn charge_quota(&mut self, customer: &str) -> Option<u64> {
+        self.charge_quota_exact(customer)
+            .map(|wait| (wait.ceil() as u64).max(1))
+    }
+
+    /// Charges one call against the hidden quota; `Some(seconds until a call would pass)`
+    /// when it is spent.
+    fn charge_quota_exact(&mut self, customer: &str) -> Option<f64> {
         let throttle = self.scenario.throttle.clone()?;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        // The partner's rate as scheduled now (the last change whose time has come).
+        let scheduled = throttle
+            .schedule
+            .iter()
+            .filter(|change| change.at_secs <= elapsed)
+            .last()
+            .map_or(throttle.per_minute, |change| change.per_minute);
         let (key, per_minute) = match throttle.per {
-            scenario::ThrottleScope::Partner => (String::new(), throttle.per_minute),
+            scenario::ThrottleScope::Partner => (String::new(), scheduled),
             scenario::ThrottleScope::Customer => {
                 let own = Uuid::try_parse(customer)
                     .ok()
                     .and_then(|id| self.customers.get(&id))
                     .and_then(|c| c.quota_per_minute);
-                (customer.to_lowercase(), own.unwrap_or(throttle.per_minute))
+                (customer.to_lowercase(), own.unwrap_or(scheduled))
             }
         };
         let now = Instant::now();
@@ -317,12 +334,11 @@ impl SandboxState {
                     *tokens -= 1.0;
                     None
                 } else {
-                    Some((((1.0 - *tokens) / per_second).ceil() as u64).max(1))
+                    Some((1.0 - *tokens) / per_second)
                 }
             }
             scenario::ThrottleMode::Window => {
                 let length = throttle.window_secs.unwrap_or(60).max(1);
-                let elapsed = now.duration_since(self.started).as_secs_f64();
                 let window = (elapsed / length as f64).floor();
                 // (calls counted, a moment inside the window they were counted in)
                 let (count, marker) = self.quotas.entry(key).or_insert((0.0, now));
@@ -335,14 +351,44 @@ impl SandboxState {
                     *count += 1.0;
                     None
                 } else {
-                    let left = (window + 1.0) * length as f64 - elapsed;
-                    Some((left.ceil() as u64).max(1))
+                    Some((window + 1.0) * length as f64 - elapsed)
                 }
             }
         }
     }
 
-    /// One call's latency in milliseconds around `mean`, as the scenario spreads it.
+    /// The 429 of a spent quota, its wait told as the scenario's throttle tells it; `exact`:
+    /// the seconds until a call would pass.
+    fn quota_answer(&self, exact: f64) -> Answer {
+        use scenario::RetryAfterStyle;
+        let style = self
+            .scenario
+            .throttle
+            .as_ref()
+            .map(|t| (t.retry_after, t.retry_after_constant_secs));
+        let whole = (exact.ceil() as u64).max(1);
+        let (header, told) = match style.unwrap_or((RetryAfterStyle::Up, None)) {
+            (RetryAfterStyle::Up, _) => (Some(whole.to_string()), Some(whole)),
+            (RetryAfterStyle::Exact, _) => (Some(format!("{exact:.3}")), Some(whole)),
+            (RetryAfterStyle::Constant, constant) => {
+                let n = constant.unwrap_or(1);
+                (Some(n.to_string()), Some(n))
+            }
+            (RetryAfterStyle::BodyOnly, _) => (None, Some(whole)),
+            (RetryAfterStyle::Absent, _) => (None, None),
+        };
+        let message = match told {
+            Some(n) => format!("Rate limit is exceeded. Try again in {n} seconds."),
+            None => "Rate limit is exceeded.".to_string(),
+        };
+        (
+            429,
+            header.map(|h| ("retry-after", h)).into_iter().collect(),
+            json!({"statusCode": 429, "message": message}),
+            false,
+        )
+    }
+
     fn latency(&mut self, mean: u64) -> u64 {
         let spread = self.scenario.faults.latency_jitter_ms.unwrap_or(0) as f64;
         let mean = mean as f64;
@@ -844,13 +890,20 @@ async fn license_update(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let (_in_flight, latency) = {
+    let (_in_flight, latency, charged_on_arrival) = {
         let mut s = state.lock().expect("sandbox lock");
         let in_flight = s.in_flight.enter();
         let latency = s.scenario.faults.latency_ms.map(|mean| s.latency(mean));
-        (in_flight, latency)
+        // A gateway counts the call as it arrives, and answers a 429 at once.
+        let on_arrival = s
+            .scenario
+            .throttle
+            .as_ref()
+            .is_some_and(|t| t.charge == scenario::Charge::OnArrival);
+        let charged = on_arrival.then(|| s.charge_quota_exact(&customer));
+        (in_flight, latency, charged)
     };
-    if let Some(ms) = latency {
+    if let Some(ms) = latency.filter(|_| !matches!(charged_on_arrival, Some(Some(_)))) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let header = |name: &str| {
@@ -874,6 +927,7 @@ async fn license_update(
         &headers,
         request_id.clone(),
         body_json,
+        charged_on_arrival,
     );
     if reset {
         // Drop the connection without a byte of answer, as a reset does. `resume_unwind` ends
@@ -922,6 +976,7 @@ fn record_and_answer(
     headers: &HeaderMap,
     request_id: Option<String>,
     body_json: Value,
+    charged_on_arrival: Option<Option<f64>>,
 ) -> Reply {
     let header = |name: &str| {
         headers
@@ -943,8 +998,15 @@ fn record_and_answer(
         fault: None,
         retry_after: None,
     };
-    let (status, extra_headers, answer, definitive) =
-        answer_license_update(&mut state, customer, user, headers, &body_json, &mut record);
+    let (status, extra_headers, answer, definitive) = answer_license_update(
+        &mut state,
+        customer,
+        user,
+        headers,
+        &body_json,
+        &mut record,
+        charged_on_arrival,
+    );
     record.status = status;
     record.retry_after = extra_headers
         .iter()
@@ -1258,6 +1320,8 @@ fn check_user(customer: &Customer, user: &str) -> Result<(), Answer> {
     Ok(())
 }
 
+/// `charged_on_arrival`: the quota was charged when the call arrived (a gateway), with this
+/// result; `None`: charge it now.
 fn answer_license_update(
     state: &mut SandboxState,
     customer_text: &str,
@@ -1265,6 +1329,7 @@ fn answer_license_update(
     headers: &HeaderMap,
     body: &Value,
     record: &mut RecordedRequest,
+    charged_on_arrival: Option<Option<f64>>,
 ) -> Answer {
     if let Err(answer) = check_token(state, headers, true) {
         return answer;
@@ -1298,14 +1363,13 @@ fn answer_license_update(
         );
     }
 
-    if let Some(wait) = state.charge_quota(customer_text) {
+    let quota = match charged_on_arrival {
+        Some(charged) => charged,
+        None => state.charge_quota_exact(customer_text),
+    };
+    if let Some(wait) = quota {
         record.fault = Some("quota");
-        return (
-            429,
-            vec![("retry-after", wait.to_string())],
-            json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {wait} seconds.")}),
-            false,
-        );
+        return state.quota_answer(wait);
     }
     let storm = match (faults.storm_after, faults.storm_length) {
         (Some(after), Some(length)) => call > after && call <= after + length,
@@ -1566,6 +1630,62 @@ mod tests {
         let scenario: Scenario = toml::from_str(throttle).unwrap();
         let customers = Customer::all_of(&scenario).unwrap();
         SandboxState::new(scenario, customers)
+    }
+
+    /// How a spent bucket tells its wait, for each style: header and body.
+    #[test]
+    fn a_429_tells_its_wait_as_the_scenario_says() {
+        let told = |style: &str| {
+            let mut s = state(&format!(
+                "[throttle]\nmode = \"bucket\"\nper_minute = 600\nburst = 1\n{style}"
+            ));
+            assert_eq!(s.charge_quota_exact("a"), None);
+            let wait = s.charge_quota_exact("a").expect("spent");
+            assert!(wait > 0.0 && wait <= 0.1, "{wait}");
+            let (status, headers, body, _) = s.quota_answer(wait);
+            assert_eq!(status, 429);
+            let header = headers.first().map(|(_, v)| v.clone());
+            (header, body["message"].as_str().unwrap().to_string())
+        };
+        let in_body = |n: u64| format!("Rate limit is exceeded. Try again in {n} seconds.");
+        assert_eq!(told(""), (Some("1".into()), in_body(1)));
+        let (exact, _) = told("retry_after = \"exact\"");
+        let exact: f64 = exact.unwrap().parse().unwrap();
+        assert!(exact > 0.0 && exact <= 0.1, "{exact}");
+        assert_eq!(
+            told("retry_after = \"constant\"\nretry_after_constant_secs = 57"),
+            (Some("57".into()), in_body(57))
+        );
+        assert_eq!(told("retry_after = \"body_only\""), (None, in_body(1)));
+        assert_eq!(
+            told("retry_after = \"absent\""),
+            (None, "Rate limit is exceeded.".into())
+        );
+    }
+
+    #[test]
+    fn a_bucket_holds_what_the_scenario_says_and_its_rate_follows_the_schedule() {
+        for burst in [1_u64, 5, 3000] {
+            let mut s = state(&format!(
+                "[throttle]\nmode = \"bucket\"\nper_minute = 60\nburst = {burst}\n"
+            ));
+            let passed = (0..burst + 10)
+                .take_while(|_| s.charge_quota_exact("a").is_none())
+                .count();
+            assert_eq!(passed as u64, burst, "a full bucket of {burst}");
+        }
+        // 60/min at first, 6,000/min from 10 s on: 20 s in, a second of refill is 100 calls.
+        let mut s = state(
+            "[throttle]\nmode = \"bucket\"\nper_minute = 60\nburst = 1000\n\
+             schedule = [{ at_secs = 10, per_minute = 6000 }]\n",
+        );
+        s.started = Instant::now() - Duration::from_secs(20);
+        while s.charge_quota_exact("a").is_none() {}
+        let wait = s.charge_quota_exact("a").unwrap();
+        assert!(
+            (wait - 0.01).abs() < 0.005,
+            "the next token in 1/100 s: {wait}"
+        );
     }
 
     /// Mean, standard deviation and median of 20,000 latencies of `faults`.

@@ -129,10 +129,60 @@ pub struct Throttle {
     pub per: ThrottleScope,
     /// Bucket: the refill rate; window: the calls allowed per window.
     pub per_minute: u64,
-    /// Bucket capacity (default: one second's worth).
+    /// Bucket capacity (default: one second's worth), independent of the rate: from 1 to
+    /// minutes of refill.
     pub burst: Option<u64>,
     /// Window length (default 60).
     pub window_secs: Option<u64>,
+    /// How the wait is told (default `up`).
+    #[serde(default)]
+    pub retry_after: RetryAfterStyle,
+    /// The wait of `retry_after = "constant"`, whatever the quota says (e.g. 1, or the 57 of
+    /// Partner Center's throttling guidance).
+    pub retry_after_constant_secs: Option<u64>,
+    /// The rate changes during the run: from `at_secs` after the sandbox started, `per_minute`
+    /// is this entry's (the last entry whose time has come).
+    #[serde(default)]
+    pub schedule: Vec<RateChange>,
+    /// When a call spends the quota (default `after_latency`).
+    #[serde(default)]
+    pub charge: Charge,
+}
+
+/// How a 429 tells its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryAfterStyle {
+    /// `Retry-After` in whole seconds, rounded up (at least 1), and the same N in the body.
+    #[default]
+    Up,
+    /// `Retry-After` with the exact fraction of a second (`0.02`).
+    Exact,
+    /// Always `retry_after_constant_secs`, whatever the quota needs.
+    Constant,
+    /// No header; the body's "Try again in N seconds" (rounded up) only.
+    BodyOnly,
+    /// Neither header nor N: `{"statusCode":429,"message":"Rate limit is exceeded."}`.
+    Absent,
+}
+
+/// A change of the quota's rate during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateChange {
+    pub at_secs: f64,
+    pub per_minute: u64,
+}
+
+/// When a call is counted against the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Charge {
+    /// When the service processes it, after the call's latency (the 429 comes that late).
+    #[default]
+    AfterLatency,
+    /// On arrival, as an API gateway in front of the service does: a 429 is answered at once.
+    OnArrival,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
