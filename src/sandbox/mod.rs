@@ -308,8 +308,7 @@ impl SandboxState {
         let scheduled = throttle
             .schedule
             .iter()
-            .filter(|change| change.at_secs <= elapsed)
-            .last()
+            .rfind(|change| change.at_secs <= elapsed)
             .map_or(throttle.per_minute, |change| change.per_minute);
         let (key, per_minute) = match throttle.per {
             scenario::ThrottleScope::Partner => (String::new(), scheduled),
