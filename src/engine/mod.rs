@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBuilder;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -214,6 +214,9 @@ pub struct Stats {
     /// License updates that got an answer, and the time they took together.
     answered: AtomicU64,
     answer_micros: AtomicU64,
+    /// The same for reads.
+    reads_answered: AtomicU64,
+    read_micros: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -224,6 +227,8 @@ pub struct StatsSnapshot {
     pub throttled: u64,
     /// Mean time a license update took to be answered.
     pub mean_latency: Option<Duration>,
+    /// Mean time a read took to be answered.
+    pub mean_read_latency: Option<Duration>,
 }
 
 impl Stats {
@@ -233,8 +238,15 @@ impl Stats {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    fn read_answered(&self, took: Duration) {
+        self.reads_answered.fetch_add(1, Ordering::Relaxed);
+        self.read_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> StatsSnapshot {
         let answered = self.answered.load(Ordering::Relaxed);
+        let reads_answered = self.reads_answered.load(Ordering::Relaxed);
         StatsSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
@@ -242,6 +254,9 @@ impl Stats {
             throttled: self.throttled.load(Ordering::Relaxed),
             mean_latency: (answered > 0).then(|| {
                 Duration::from_micros(self.answer_micros.load(Ordering::Relaxed) / answered)
+            }),
+            mean_read_latency: (reads_answered > 0).then(|| {
+                Duration::from_micros(self.read_micros.load(Ordering::Relaxed) / reads_answered)
             }),
         }
     }
@@ -377,6 +392,8 @@ struct Shared {
     observer: Arc<dyn Observer>,
     abort_reason: Mutex<Option<String>>,
     blocked: Mutex<HashMap<Uuid, CustomerBlock>>,
+    /// One permit per request the pool may have in flight now.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where the engine takes its groups from: the journal, a page per customer at a time, so
@@ -546,12 +563,21 @@ pub async fn execute(
     observer: Arc<dyn Observer>,
     recorder: Arc<dyn Recorder>,
 ) -> EngineReport {
-    // One worker per request the pool may ever have in flight; those past the pool's
-    // current size wait until it grows to them, or until the work is done.
-    let workers = (calls.settings.concurrency.max as u64)
+    // Requests in flight are permits: as many as the pool's size, which only grows. A worker
+    // holds one while it works on a group, and gives it back while it waits out a 429 (its
+    // call waits, the pool need not): so there are workers to spare, twice the most the pool
+    // may have, each waiting for a permit until the work is done.
+    let most_in_flight = (calls.settings.concurrency.max as u64)
         .min(work.groups)
         .max(1) as usize;
-    let (pool_size, _) = watch::channel(calls.settings.pool_size(None).min(workers));
+    let workers = (most_in_flight * 2).min(work.groups.max(1) as usize);
+    // The calls already answered (the subscribed-SKU reads) tell the latency before the first
+    // write does: the pool starts at its size for that, not at 8 (no slow start).
+    let known = calls.stats.snapshot();
+    let mut pool_size = calls
+        .settings
+        .pool_size(known.mean_latency.or(known.mean_read_latency))
+        .min(most_in_flight);
     let drained = CancellationToken::new();
     let shared = Arc::new(Shared {
         queue: Mutex::new(Lanes::new(work)),
@@ -560,23 +586,26 @@ pub async fn execute(
         observer,
         abort_reason: Mutex::new(None),
         blocked: Mutex::new(HashMap::new()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(pool_size)),
     });
 
     let (results_tx, mut results) = mpsc::unbounded_channel();
     let mut handles = Vec::new();
-    for index in 0..workers {
+    for _ in 0..workers {
         let shared = Arc::clone(&shared);
         let results_tx = results_tx.clone();
-        let mut pool_size = pool_size.subscribe();
         let drained = drained.clone();
         let supervisor = Arc::clone(&shared);
         let worker = tokio::spawn(async move {
-            tokio::select! {
-                grown = pool_size.wait_for(|size| *size > index) => if grown.is_err() { return },
-                _ = drained.cancelled() => return,
-                _ = shared.calls.stop.cancelled() => return,
-            }
             while !shared.calls.stop.is_cancelled() {
+                let mut permit = tokio::select! {
+                    permit = Arc::clone(&shared.in_flight).acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return,
+                    },
+                    _ = drained.cancelled() => return,
+                    _ = shared.calls.stop.cancelled() => return,
+                };
                 let next = shared
                     .queue
                     .lock()
@@ -595,7 +624,8 @@ pub async fn execute(
                         break;
                     }
                 };
-                let outcomes = worker::run_group(&shared, &work).await;
+                let outcomes = worker::run_group(&shared, &work, &mut permit).await;
+                drop(permit);
                 let operations = &work.request.operations;
                 let settled_rows = outcomes
                     .iter()
@@ -631,18 +661,15 @@ pub async fn execute(
         }
         shared.recorder.record(group, outcomes);
         let latency = shared.calls.stats.snapshot().mean_latency;
-        let wanted = shared.calls.settings.pool_size(latency).min(workers);
-        pool_size.send_if_modified(|size| {
-            let grows = wanted > *size;
-            if grows {
-                tracing::debug!(
-                    "the pool grows to {wanted} requests in flight: calls take {:.2} s on average",
-                    latency.unwrap_or_default().as_secs_f64()
-                );
-                *size = wanted;
-            }
-            grows
-        });
+        let wanted = shared.calls.settings.pool_size(latency).min(most_in_flight);
+        if wanted > pool_size {
+            tracing::debug!(
+                "the pool grows to {wanted} requests in flight: calls take {:.2} s on average",
+                latency.unwrap_or_default().as_secs_f64()
+            );
+            shared.in_flight.add_permits(wanted - pool_size);
+            pool_size = wanted;
+        }
     }
     for handle in handles {
         let _ = handle.await;
@@ -657,7 +684,7 @@ pub async fn execute(
     let stats = shared.calls.stats();
     // Only a run that kept the whole pool busy, and was not slowed by the API's quota, shows
     // that the pool's size was the limit.
-    let pool = *pool_size.borrow();
+    let pool = pool_size;
     let advice = stats
         .mean_latency
         .filter(|_| stats.throttled == 0 && stats.requests >= 4 * pool as u64)

@@ -17,7 +17,7 @@
 //! lane is paused, another customer is throttled before anything else was answered, the limit
 //! is the partner's after all, and the whole pool waits again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,12 +27,42 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// A Retry-After at least this long comes from a fixed window, not a token bucket.
+/// A Retry-After at least this long may come from a fixed window — or be a constant that says
+/// nothing (Partner Center's guidance shows `Retry-After: 57`): a probe tells which.
 pub const WINDOW_LIKE: Duration = Duration::from_secs(3);
-/// Pace this far below the learned refill rate, so the bucket never runs dry.
-const MARGIN: f64 = 0.99;
-/// Without a 429 for this long, try 1% more.
-const PROBE_AFTER: Duration = Duration::from_secs(5);
+/// How far back a throttle event looks at what the API let through.
+const MEASURE_SPAN: Duration = Duration::from_secs(1);
+/// Answers since the last event over less than this are too few to count: the measurement
+/// then takes the whole [`MEASURE_SPAN`].
+const MEASURE_AT_LEAST: Duration = Duration::from_millis(100);
+/// A measurement of at least this many answers says where the limit is: the pace then grows
+/// in fine steps near it. A thinner one (the first 429s of a run come a tenth of a second in)
+/// only slows the pace, which then grows fast again.
+const TRUSTED_ANSWERS: usize = 10;
+/// Growth per second while no trusted limit is known.
+const GROW_UNKNOWN: f64 = 1.5;
+/// Pace this far below what the API let through when it throttled.
+const MARGIN: f64 = 0.97;
+/// After a throttle event the rate holds this long before it grows again.
+const HOLD: Duration = Duration::from_secs(2);
+/// Growth per second far below the limit the last throttle event measured (×); back up to it
+/// (+ this share of it: the API let that much through); just above it (+ this share: fine
+/// steps, where the next 429 is expected); and beyond (×, gently for a second, then fast: the
+/// quota rose).
+const GROW_FAR: f64 = 1.3;
+const GROW_BACK: f64 = 0.05;
+const GROW_NEAR: f64 = 0.01;
+const GROW_BEYOND_FIRST: f64 = 1.1;
+const GROW_BEYOND: f64 = 1.5;
+/// Where "near the last throttle point" begins and ends, as shares of it.
+const NEAR_FROM: f64 = 0.9;
+const NEAR_TO: f64 = 1.02;
+/// After a long Retry-After: the pool waits this long, then lets one call through to see
+/// whether the quota is a spent window (the probe is throttled again) or a bucket that told an
+/// uninformative wait (it passes).
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// The slowest pace a throttled allowance falls to, calls per second.
+const FLOOR: f64 = 0.2;
 
 /// Whose allowance a 429 spends, as far as the pacer has learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,29 +76,103 @@ pub enum Scope {
 pub struct Pacer {
     ceiling: DefaultDirectRateLimiter,
     state: Mutex<Pacing>,
+    /// Wakes the calls waiting out a pause that ended early (a probe that passed).
+    resumed: tokio::sync::Notify,
 }
 
-/// A pause and a learned rate: the pool's, or one customer lane's.
+/// What a long Retry-After turned out to mean, for one allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LongWaits {
+    /// Not seen yet, or not told apart.
+    Unknown,
+    /// A fixed window: the allowance is spent until the wait ends.
+    Window,
+    /// The API says long waits while calls still pass: only the throttled call waits.
+    Uninformative,
+}
+
+/// A probe after a long Retry-After: released at `at`, or still to be released.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Probe {
+    Waiting,
+    Released(Instant),
+}
+
+/// What a call may do under an allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Slot {
+    /// Go: nothing is paced.
+    Free,
+    /// Go at this instant.
+    At(Instant),
+    /// Go now, alone: the probe after a long Retry-After.
+    Probe,
+}
+
+/// The API's allowance as the pacer tracks it: the pool's, or one customer lane's. A rate
+/// controller: each throttle event sets the pace just below what the API let through in the
+/// seconds before it (accepted answers ÷ time, pauses left out, so neither the bucket's size
+/// nor how Retry-After is rounded changes it); without 429s the pace grows again — fast while
+/// far below the last event's rate, in fine steps near it, faster again beyond it, so a quota
+/// that rises is found within seconds.
 struct Allowance {
     paused_until: Option<Instant>,
-    /// Requests per second the API allows, once learned.
-    learned_rate: Option<f64>,
+    /// Calls per second to pace at; `None`: not limited (the ceiling only).
+    rate: Option<f64>,
+    /// What the API let through at the last throttle event, calls per second.
+    limit: Option<f64>,
     next_slot: Instant,
-    answered_since_event: u64,
+    /// When the recent calls that were answered (anything but 429) were sent, in order.
+    accepted: VecDeque<Instant>,
+    /// Answers before this do not count in a measurement (the last event, or the end of a
+    /// pause).
+    measure_from: Instant,
+    /// The last throttle event; a 429 of a call sent before it belongs to it.
     last_event: Option<Instant>,
-    last_probe: Instant,
+    grown_at: Instant,
+    long_waits: LongWaits,
+    probe: Option<Probe>,
+    /// Until when the latest 429 told its call to wait (that call waits; the pool need not).
+    told_until: Option<Instant>,
+    /// The last event measured the limit: the pace holds a moment before it grows.
+    hold: bool,
+    /// How long calls take to be answered (a moving average): calls sent within this of an
+    /// event still meet the quota the calls before it spent, and belong to that event.
+    latency: Option<Duration>,
+    /// Since when the pace has been past the fine steps above the limit.
+    beyond_since: Option<Instant>,
+}
+
+/// What the API let through, and whether enough was seen to call it the limit.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    rate: f64,
+    trusted: bool,
 }
 
 impl Allowance {
     fn new(now: Instant) -> Self {
         Allowance {
             paused_until: None,
-            learned_rate: None,
+            rate: None,
+            limit: None,
             next_slot: now,
-            answered_since_event: 0,
+            accepted: VecDeque::new(),
+            measure_from: now,
             last_event: None,
-            last_probe: now,
+            grown_at: now,
+            long_waits: LongWaits::Unknown,
+            probe: None,
+            told_until: None,
+            hold: false,
+            latency: None,
+            beyond_since: None,
         }
+    }
+
+    /// Whether a 429 of this allowance still tells its call to wait.
+    fn told_to_wait(&self, now: Instant) -> bool {
+        self.told_until.is_some_and(|until| until > now)
     }
 
     fn paused_for(&self, now: Instant) -> Option<Duration> {
@@ -77,62 +181,225 @@ impl Allowance {
             .filter(|left| !left.is_zero())
     }
 
-    fn extend_pause(&mut self, until: Instant) {
+    fn pause_until(&mut self, until: Instant) {
         if self.paused_until.is_none_or(|current| current < until) {
             self.paused_until = Some(until);
         }
+        // What the API lets through is measured while calls go, not across a pause.
+        self.measure_from = self.measure_from.max(until);
     }
 
-    /// Pauses for `retry_after` and learns from it; `true` when this 429 starts a new throttle
-    /// event (429s of requests already in flight during a pause belong to the running one).
-    /// `whose` names the allowance in the log, `None` keeps quiet.
-    fn throttle(&mut self, now: Instant, retry_after: Duration, whose: Option<&str>) -> bool {
-        let new_event = self.paused_until.is_none_or(|until| until <= now);
-        self.extend_pause(now + retry_after);
-        if !new_event {
+    /// A call sent at `sent_at` was answered (not 429).
+    fn answered(&mut self, sent_at: Instant, now: Instant) {
+        let took = now.saturating_duration_since(sent_at);
+        self.latency = Some(match self.latency {
+            Some(mean) => (mean * 7 + took) / 8,
+            None => took,
+        });
+        // Kept by when they were sent, in order: answers come back in another order.
+        let position = self.accepted.partition_point(|&at| at <= sent_at);
+        self.accepted.insert(position, sent_at);
+        while self
+            .accepted
+            .front()
+            .is_some_and(|&at| now.saturating_duration_since(at) > MEASURE_SPAN * 2)
+        {
+            self.accepted.pop_front();
+        }
+        if let Some(Probe::Released(at)) = self.probe
+            && sent_at >= at
+        {
+            // The probe passed: long waits here do not mean a spent window.
+            self.probe = None;
+            self.long_waits = LongWaits::Uninformative;
+            self.paused_until = None;
+            self.measure_from = now;
+        }
+    }
+
+    /// What the API let through up to `now` (the sending time of the throttled call), calls
+    /// per second: the calls sent since the last event or pause and answered, over at most
+    /// [`MEASURE_SPAN`]; when that is too short, all of the span. By sending time, so that the
+    /// measurement ends where the throttled call was sent, not a latency earlier. `None` when
+    /// nothing was answered.
+    fn measured(&self, now: Instant) -> Option<Measured> {
+        // Over the whole span and over its recent half: the pace usually grew during the
+        // span, and the half sees less of the time it was still below the limit.
+        let over = |span: Duration| {
+            let span_start = now.checked_sub(span).unwrap_or(now);
+            let mut from = self.measure_from.max(span_start);
+            if now.saturating_duration_since(from) < MEASURE_AT_LEAST {
+                from = span_start.max(self.accepted.front().copied().unwrap_or(now));
+            }
+            let seconds = now.saturating_duration_since(from).max(MEASURE_AT_LEAST);
+            let count = self
+                .accepted
+                .iter()
+                .filter(|&&at| at >= from && at <= now)
+                .count();
+            (count, count as f64 / seconds.as_secs_f64())
+        };
+        let (count, whole) = over(MEASURE_SPAN);
+        let rate = [MEASURE_SPAN / 2, MEASURE_SPAN / 4]
+            .into_iter()
+            .map(over)
+            .filter(|(count, _)| *count >= TRUSTED_ANSWERS)
+            .fold(whole, |best, (_, recent)| best.max(recent));
+        (count > 0).then_some(Measured {
+            rate,
+            trusted: count >= TRUSTED_ANSWERS,
+        })
+    }
+
+    /// A 429 of a call sent at `sent_at`: learns from it and pauses when the allowance is spent;
+    /// `true` when it starts a new throttle event (the 429s of calls sent before the last one
+    /// belong to that one). `whose` names the allowance in the log, `None` keeps quiet.
+    fn throttle(
+        &mut self,
+        sent_at: Instant,
+        now: Instant,
+        retry_after: Duration,
+        whose: Option<&str>,
+    ) -> bool {
+        let long = retry_after >= WINDOW_LIKE;
+        if self
+            .told_until
+            .is_none_or(|until| until < now + retry_after)
+        {
+            self.told_until = Some(now + retry_after);
+        }
+        if let Some(Probe::Released(at)) = self.probe
+            && sent_at >= at
+        {
+            // The probe was throttled too: a spent window, waited out whole (the wait for the
+            // probe's answer ends here).
+            self.probe = None;
+            self.long_waits = LongWaits::Window;
+            self.rate = None;
+            self.paused_until = None;
+            self.pause_until(now + retry_after);
+            self.last_event = Some(now);
+            return true;
+        }
+        let grace = self.latency.unwrap_or_default();
+        if self.last_event.is_some_and(|event| sent_at < event + grace) {
             return false;
         }
-        if retry_after < WINDOW_LIKE
-            && let Some(last) = self.last_event
-        {
-            let seconds = now.duration_since(last).as_secs_f64();
-            if seconds >= 0.5 && self.answered_since_event > 0 {
-                let rate = self.answered_since_event as f64 / seconds * MARGIN;
-                if let Some(whose) = whose {
-                    tracing::info!(
-                        "the API allows {whose} about {:.0} requests/minute; pacing at that",
-                        rate * 60.0
-                    );
-                }
-                self.learned_rate = Some(rate);
-            }
-        }
         self.last_event = Some(now);
-        self.last_probe = now;
-        self.answered_since_event = 0;
+        if long && self.long_waits == LongWaits::Window {
+            // Used in a burst, then waited out; the next window starts unpaced.
+            self.rate = None;
+            self.pause_until(now + retry_after);
+            return true;
+        }
+        if long && self.long_waits == LongWaits::Unknown {
+            self.probe = Some(Probe::Waiting);
+            self.pause_until(now + PROBE_AFTER.min(retry_after));
+        }
+        let Some(measured) = self.measured(sent_at) else {
+            // Nothing let through since the last event (a storm of 429s, a quota spent):
+            // sending more is no use, the whole pool waits what it was told (unless a probe
+            // will tell sooner). The pace stays: nothing was learned about it.
+            if self.probe.is_none() {
+                let told = if self.long_waits == LongWaits::Uninformative {
+                    retry_after.min(PROBE_AFTER)
+                } else {
+                    retry_after
+                };
+                self.pause_until(now + told);
+            }
+            return true;
+        };
+        // What was let through includes what a full bucket held: never more than the pace
+        // the calls were sent at.
+        let rate = (measured.rate.min(self.rate.unwrap_or(f64::INFINITY)) * MARGIN).max(FLOOR);
+        let trusted = Some(measured).filter(|m| m.trusted);
+        if let Some(whose) = whose {
+            tracing::info!(
+                "the API allows {whose} about {:.0} requests/minute; pacing at that",
+                rate * 60.0
+            );
+        }
+        self.limit = trusted.map(|m| m.rate).or(self.limit);
+        self.hold = trusted.is_some();
+        self.rate = Some(rate);
+        self.grown_at = now;
+        self.measure_from = self.measure_from.max(now);
         true
     }
 
-    /// The next slot under the learned rate, if one is learned; reserves it.
-    fn reserve_slot(&mut self, now: Instant) -> Option<Instant> {
-        let mut rate = self.learned_rate?;
-        if now.duration_since(self.last_probe) >= PROBE_AFTER {
-            rate *= 1.01;
-            self.learned_rate = Some(rate);
-            self.last_probe = now;
+    /// The pace grows while nothing is throttled (see the type's docs), up to `ceiling`.
+    fn grow(&mut self, now: Instant, ceiling: f64) {
+        let Some(rate) = self.rate else {
+            return;
+        };
+        let Some(event) = self.last_event else {
+            return;
+        };
+        let seconds = now.saturating_duration_since(self.grown_at).as_secs_f64();
+        if (self.hold && now.saturating_duration_since(event) < HOLD) || seconds <= 0.0 {
+            return;
         }
+        self.grown_at = now;
+        let grown = match self.limit {
+            // No limit known: no point to slow down near one.
+            None => rate * GROW_UNKNOWN.powf(seconds),
+            Some(limit) => {
+                if rate < NEAR_TO * limit {
+                    self.beyond_since = None;
+                }
+                let since = *self.beyond_since.get_or_insert(now);
+                Self::grown(rate, limit, seconds, now.saturating_duration_since(since))
+            }
+        };
+        self.rate = Some(grown.min(ceiling));
+    }
+
+    /// `rate` after `seconds` without a 429, the last event having measured `limit`;
+    /// `beyond`: how long the pace has been past the fine steps.
+    fn grown(rate: f64, limit: f64, seconds: f64, beyond: Duration) -> f64 {
+        if rate < NEAR_FROM * limit {
+            (rate * GROW_FAR.powf(seconds)).min(NEAR_FROM * limit)
+        } else if rate < limit {
+            (rate + limit * GROW_BACK * seconds).min(limit)
+        } else if rate < NEAR_TO * limit {
+            rate + limit * GROW_NEAR * seconds
+        } else if beyond < Duration::from_secs(1) {
+            rate * GROW_BEYOND_FIRST.powf(seconds)
+        } else {
+            rate * GROW_BEYOND.powf(seconds)
+        }
+    }
+
+    /// Reserves the next slot under the paced rate. A probe due goes to the first call that
+    /// asks.
+    fn reserve_slot(&mut self, now: Instant, ceiling: f64) -> Slot {
+        if self.probe == Some(Probe::Waiting) {
+            self.probe = Some(Probe::Released(now));
+            // Nobody else goes until the probe is answered (or a generous while passes).
+            self.paused_until = Some(now + Duration::from_secs(30));
+            return Slot::Probe;
+        }
+        self.grow(now, ceiling);
+        let Some(rate) = self.rate else {
+            return Slot::Free;
+        };
         let interval = Duration::from_secs_f64(1.0 / rate);
         // A slot that no worker was waiting for is not lost (up to one interval back): the
         // rate is kept on average, not only while some worker happens to wait in `admit`.
-        let slot = self.next_slot.max(now.checked_sub(interval).unwrap_or(now));
+        // Not near a measured limit, though: there, two calls at once may be one too many
+        // for a bucket that holds a single call.
+        let near = self.limit.is_some_and(|limit| rate >= NEAR_FROM * limit);
+        let catch_up = if near { Duration::ZERO } else { interval };
+        let slot = self.next_slot.max(now.checked_sub(catch_up).unwrap_or(now));
         self.next_slot = slot + interval;
-        Some(slot)
+        Slot::At(slot)
     }
 
     /// When a request could go under this allowance, without reserving anything.
     fn ready_at(&self, now: Instant) -> Instant {
         let mut at = now.max(self.paused_until.unwrap_or(now));
-        if self.learned_rate.is_some() {
+        if self.rate.is_some() {
             at = at.max(self.next_slot);
         }
         at
@@ -154,6 +421,8 @@ struct EventMark {
 }
 
 struct Pacing {
+    /// The client's ceiling, calls per second: no learned pace grows past it.
+    ceiling_rate: f64,
     scope: Scope,
     pool: Allowance,
     lanes: HashMap<Uuid, Allowance>,
@@ -168,9 +437,9 @@ impl Pacing {
     }
 
     fn answered(&mut self, lane: Option<Uuid>, sent_at: Instant, now: Instant) {
-        self.pool.answered_since_event += 1;
+        self.pool.answered(sent_at, now);
         let Some(customer) = lane else { return };
-        self.lane(customer, now).answered_since_event += 1;
+        self.lane(customer, now).answered(sent_at, now);
         let Some(mark) = &mut self.last_event else {
             return;
         };
@@ -189,7 +458,7 @@ impl Pacing {
             && mark.window_like
             && !mark.others_throttled
             && mark.others_answered_in_flight >= 2
-            && self.pool.paused_for(now).is_some();
+            && self.pool.told_to_wait(now);
         if per_pair {
             let throttled = mark.customer;
             self.limit_per_customer(throttled);
@@ -205,16 +474,25 @@ impl Pacing {
     ) {
         let Some(customer) = lane else {
             // A call for no customer in particular spends the partner's allowance.
-            self.pool.throttle(now, retry_after, Some("this partner"));
+            self.pool
+                .throttle(sent_at, now, retry_after, Some("this partner"));
             return;
         };
         let per_customer = self.scope == Scope::Customer;
         let lane_label = format!("customer {customer}");
         let lane = self.lane(customer, now);
-        let lane_event = lane.throttle(now, retry_after, per_customer.then_some(&lane_label));
+        let lane_event = lane.throttle(
+            sent_at,
+            now,
+            retry_after,
+            per_customer.then_some(&lane_label),
+        );
         match self.scope {
             Scope::Partner => {
-                if !self.pool.throttle(now, retry_after, Some("this partner")) {
+                if !self
+                    .pool
+                    .throttle(sent_at, now, retry_after, Some("this partner"))
+                {
                     if let Some(mark) = &mut self.last_event
                         && mark.customer != customer
                     {
@@ -247,7 +525,7 @@ impl Pacing {
                         && self
                             .lanes
                             .get(&mark.customer)
-                            .is_some_and(|l| l.paused_for(now).is_some())
+                            .is_some_and(|l| l.told_to_wait(now))
                 });
                 self.mark_event(customer, retry_after, now);
                 if partner_wide {
@@ -255,7 +533,8 @@ impl Pacing {
                         "the API throttles per partner after all: the whole pool waits again"
                     );
                     self.scope = Scope::Partner;
-                    self.pool.throttle(now, retry_after, Some("this partner"));
+                    self.pool
+                        .throttle(sent_at, now, retry_after, Some("this partner"));
                 }
             }
         }
@@ -268,8 +547,7 @@ impl Pacing {
         );
         self.scope = Scope::Customer;
         // The pool-wide pause and rate were this customer's; its lane keeps them.
-        self.pool.paused_until = None;
-        self.pool.learned_rate = None;
+        self.pool = Allowance::new(Instant::now());
     }
 
     fn mark_event(&mut self, customer: Uuid, retry_after: Duration, now: Instant) {
@@ -295,10 +573,11 @@ impl Pacing {
         pool.max(lane)
     }
 
-    fn reserve_slot(&mut self, lane: Option<Uuid>, now: Instant) -> Option<Instant> {
+    fn reserve_slot(&mut self, lane: Option<Uuid>, now: Instant) -> Slot {
+        let ceiling = self.ceiling_rate;
         match lane.filter(|_| self.scope == Scope::Customer) {
-            Some(customer) => self.lane(customer, now).reserve_slot(now),
-            None => self.pool.reserve_slot(now),
+            Some(customer) => self.lane(customer, now).reserve_slot(now, ceiling),
+            None => self.pool.reserve_slot(now, ceiling),
         }
     }
 }
@@ -312,7 +591,9 @@ impl Pacer {
         let now = Instant::now();
         Pacer {
             ceiling: RateLimiter::direct(quota),
+            resumed: tokio::sync::Notify::new(),
             state: Mutex::new(Pacing {
+                ceiling_rate: requests_per_minute.max(1) as f64 / 60.0,
                 scope: Scope::Partner,
                 pool: Allowance::new(now),
                 lanes: HashMap::new(),
@@ -333,14 +614,29 @@ impl Pacer {
     /// A call (for `lane`'s customer, if any) sent at `sent_at` was answered with anything but
     /// a 429: it used the API's allowance.
     pub fn answered(&self, lane: Option<Uuid>, sent_at: Instant) {
-        self.state().answered(lane, sent_at, Instant::now());
+        self.update(lane, |state, now| state.answered(lane, sent_at, now));
+    }
+
+    /// Changes the state; wakes the calls waiting out a pause that this ended or shortened
+    /// (they slept for the pause as it was).
+    fn update(&self, lane: Option<Uuid>, change: impl FnOnce(&mut Pacing, Instant)) {
+        let now = Instant::now();
+        let mut state = self.state();
+        let before = state.paused_for(lane, now);
+        change(&mut state, now);
+        let after = state.paused_for(lane, now);
+        drop(state);
+        if before.is_some_and(|before| after.is_none_or(|after| after < before)) {
+            self.resumed.notify_waiters();
+        }
     }
 
     /// A 429 of a call sent at `sent_at`: pauses the whole pool, or only `lane` once the limit
     /// is known to be per customer, for `retry_after`, and learns from it (see the module docs).
     pub fn throttled(&self, lane: Option<Uuid>, sent_at: Instant, retry_after: Duration) {
-        self.state()
-            .throttled(lane, sent_at, retry_after, Instant::now());
+        self.update(lane, |state, now| {
+            state.throttled(lane, sent_at, retry_after, now)
+        });
     }
 
     /// How long a call for `lane` would still wait for a pause, if it would.
@@ -367,9 +663,11 @@ impl Pacer {
             // `biased`: when both are ready, the stop wins (select! would otherwise pick one at
             // random and let a call through after a signal).
             while let Some(left) = self.paused_for(lane) {
+                let resumed = self.resumed.notified();
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => return false,
+                    _ = resumed => {}
                     _ = tokio::time::sleep(left) => {}
                 }
             }
@@ -379,11 +677,15 @@ impl Pacer {
                 _ = self.ceiling.until_ready() => {}
             }
             let slot = self.state().reserve_slot(lane, Instant::now());
-            if let Some(slot) = slot {
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return false,
-                    _ = tokio::time::sleep_until(slot) => {}
+            match slot {
+                Slot::Probe => return true,
+                Slot::Free => {}
+                Slot::At(slot) => {
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep_until(slot) => {}
+                    }
                 }
             }
             // A 429 may have paused the pool (or the lane) while we waited for the slot.
@@ -402,55 +704,391 @@ mod tests {
     const B: Uuid = Uuid::from_u128(0xB);
     const C: Uuid = Uuid::from_u128(0xC);
 
-    #[tokio::test]
-    async fn pause_extends_but_never_shortens() {
-        let pacer = Pacer::new(60_000);
-        pacer.throttled(None, Instant::now(), Duration::from_secs(5));
-        pacer.throttled(None, Instant::now(), Duration::from_secs(1));
-        let left = pacer.paused_for(None).unwrap();
-        assert!(left > Duration::from_secs(4), "{left:?}");
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    /// The quota of a simulated API: a token bucket whose rate may change, or a fixed window.
+    enum Quota {
+        Bucket { capacity: f64, tokens: f64, at: f64 },
+        Window { length: f64, index: f64, calls: f64 },
+    }
+
+    impl Quota {
+        fn bucket(capacity: f64) -> Quota {
+            Quota::Bucket {
+                capacity,
+                tokens: capacity,
+                at: 0.0,
+            }
+        }
+
+        /// Charges a call at `t` seconds; the exact wait when the quota is spent. `rate`: calls
+        /// per second of a bucket, calls per window of a window.
+        fn charge(&mut self, t: f64, rate: f64) -> Option<f64> {
+            match self {
+                Quota::Bucket {
+                    capacity,
+                    tokens,
+                    at,
+                } => {
+                    *tokens = (*tokens + (t - *at) * rate).min(*capacity);
+                    *at = t;
+                    if *tokens >= 1.0 {
+                        *tokens -= 1.0;
+                        None
+                    } else {
+                        Some((1.0 - *tokens) / rate)
+                    }
+                }
+                Quota::Window {
+                    length,
+                    index,
+                    calls,
+                } => {
+                    if (t / *length).floor() != *index {
+                        *index = (t / *length).floor();
+                        *calls = 0.0;
+                    }
+                    if *calls >= rate {
+                        Some((*index + 1.0) * *length - t)
+                    } else {
+                        *calls += 1.0;
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// How the simulated API tells its wait.
+    #[derive(Clone, Copy, Debug)]
+    enum Told {
+        /// Whole seconds, rounded up.
+        Up,
+        Exact,
+        Constant(u64),
+    }
+
+    impl Told {
+        fn wait(self, exact: f64) -> f64 {
+            match self {
+                Told::Up => exact.ceil().max(1.0),
+                Told::Exact => exact,
+                Told::Constant(n) => n as f64,
+            }
+        }
+    }
+
+    /// What a simulated client saw.
+    struct Seen {
+        /// Calls accepted in each second of the simulation.
+        per_second: Vec<u32>,
+        sent: u32,
+        throttled: u32,
+    }
+
+    impl Seen {
+        /// Calls accepted per second from `from` to `to` seconds.
+        fn rate(&self, from: usize, to: usize) -> f64 {
+            self.per_second[from..to].iter().sum::<u32>() as f64 / (to - from) as f64
+        }
+
+        fn throttled_share(&self) -> f64 {
+            self.throttled as f64 / self.sent as f64
+        }
+    }
+
+    /// An answer on its way back: arrival and sending time (ns), the wait told if throttled.
+    type Answer = Reverse<(u64, u64, Option<u64>)>;
+
+    /// A client with `pool` calls in flight at most, each answered after `latency` seconds,
+    /// that always has work, paced by one [`Allowance`] against `quota`, whose rate at `t`
+    /// seconds is `rate_at(t)`. A discrete-event simulation on instants made from numbers:
+    /// deterministic, no clock.
+    fn simulate(
+        mut quota: Quota,
+        told: Told,
+        rate_at: impl Fn(f64) -> f64,
+        pool: usize,
+        latency: f64,
+        seconds: usize,
+    ) -> Seen {
+        let origin = Instant::now();
+        let at = |ns: u64| origin + Duration::from_nanos(ns);
+        let ns = |t: f64| (t * 1e9) as u64;
+        let mut allowance = Allowance::new(origin);
+        let mut answers: BinaryHeap<Answer> = BinaryHeap::new();
+        let mut seen = Seen {
+            per_second: vec![0; seconds],
+            sent: 0,
+            throttled: 0,
+        };
+        let deliver = |allowance: &mut Allowance, Reverse((arrival, sent, wait)): Answer| {
+            match wait {
+                None => allowance.answered(at(sent), at(arrival)),
+                Some(wait) => {
+                    allowance.throttle(at(sent), at(arrival), Duration::from_nanos(wait), None);
+                }
+            }
+            arrival as f64 / 1e9
+        };
+        let mut t = 0.0_f64;
+        // The slot the next call has reserved (a worker sleeps until it, once admitted).
+        let mut reserved: Option<(f64, bool)> = None;
+        while t < seconds as f64 {
+            // Answers due by now arrive; a full pool waits for the next one.
+            while answers.len() >= pool
+                || answers
+                    .peek()
+                    .is_some_and(|Reverse((arrival, ..))| *arrival <= ns(t))
+            {
+                let answer = answers.pop().expect("peeked");
+                t = t.max(deliver(&mut allowance, answer));
+            }
+            let (send, probe) = match reserved {
+                Some(reserved) => reserved,
+                None => {
+                    if let Some(left) = allowance.paused_for(at(ns(t))) {
+                        // Wait out the pause, or until the next answer (a probe's may end it).
+                        let until = t + left.as_secs_f64();
+                        match answers.pop() {
+                            Some(answer) if answer.0.0 <= ns(until) => {
+                                t = t.max(deliver(&mut allowance, answer));
+                            }
+                            other => {
+                                answers.extend(other);
+                                t = until;
+                            }
+                        }
+                        continue;
+                    }
+                    let send = match allowance.reserve_slot(at(ns(t)), 100_000.0) {
+                        Slot::Free => (t, false),
+                        Slot::Probe => (t, true),
+                        Slot::At(slot) => (t.max(slot.duration_since(origin).as_secs_f64()), false),
+                    };
+                    reserved = Some(send);
+                    send
+                }
+            };
+            // An answer due before the slot arrives first; the slot stays reserved.
+            if let Some(Reverse((arrival, ..))) = answers.peek()
+                && *arrival <= ns(send)
+            {
+                let answer = answers.pop().expect("peeked");
+                t = t.max(deliver(&mut allowance, answer));
+                continue;
+            }
+            reserved = None;
+            // A pause that began while the call waited for its slot holds it back (`admit`
+            // looks again after the slot).
+            if !probe && allowance.paused_for(at(ns(send))).is_some() {
+                t = send;
+                continue;
+            }
+            t = send;
+            if t >= seconds as f64 {
+                break;
+            }
+            let wait = quota.charge(t, rate_at(t)).map(|exact| told.wait(exact));
+            seen.sent += 1;
+            match wait {
+                None => seen.per_second[t as usize] += 1,
+                Some(_) => seen.throttled += 1,
+            }
+            answers.push(Reverse((ns(t + latency), ns(t), wait.map(ns))));
+        }
+        seen
+    }
+
+    const R: f64 = 50.0;
+
+    #[test]
+    fn the_pace_converges_on_a_bucket_whatever_its_size_and_its_retry_after() {
+        for capacity in [1.0, 5.0, 50.0, 3000.0] {
+            for told in [Told::Up, Told::Exact, Told::Constant(1), Told::Constant(57)] {
+                // A bucket of 3,000 at 50/s takes 100 s to empty at the pool's 80/s.
+                let seconds = if capacity > 1000.0 { 260 } else { 90 };
+                let seen = simulate(Quota::bucket(capacity), told, |_| R, 8, 0.1, seconds);
+                let steady = seen.rate(seconds - 30, seconds);
+                // A bucket of one call throttles every call that comes a little early: the
+                // pace settles lower there (docs/BENCHMARKS.md).
+                let (least, most_throttled) = if capacity < 2.0 {
+                    (0.92, 0.025)
+                } else {
+                    (0.95, 0.02)
+                };
+                assert!(
+                    steady >= least * R,
+                    "bucket of {capacity}, {told:?}: {steady:.1}/s of {R}"
+                );
+                assert!(
+                    seen.throttled_share() <= most_throttled,
+                    "bucket of {capacity}, {told:?}: {} of {} throttled",
+                    seen.throttled,
+                    seen.sent
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_quota_that_drops_or_rises_is_followed_within_ten_seconds() {
+        // 50/s, 25/s from 40 s, 100/s from 80 s; a bucket of 5.
+        let rate_at = |t: f64| match t {
+            t if t < 40.0 => 50.0,
+            t if t < 80.0 => 25.0,
+            _ => 100.0,
+        };
+        for told in [Told::Up, Told::Exact] {
+            // Calls of 50 ms and 8 in flight: the client could do 160/s.
+            let seen = simulate(Quota::bucket(5.0), told, rate_at, 8, 0.05, 120);
+            let after_drop = seen.rate(50, 80);
+            assert!(
+                after_drop >= 0.95 * 25.0,
+                "{told:?}: {after_drop:.1}/s after the drop"
+            );
+            let after_rise = seen.rate(90, 120);
+            assert!(
+                after_rise >= 0.95 * 100.0,
+                "{told:?}: {after_rise:.1}/s after the rise"
+            );
+            assert!(
+                seen.throttled_share() <= 0.02,
+                "{told:?}: {}",
+                seen.throttled_share()
+            );
+        }
+    }
+
+    #[test]
+    fn a_fixed_window_is_used_whole_and_waited_out() {
+        // 500 calls per 10 s window; the 429 tells the seconds to the window's end.
+        for told in [Told::Exact, Told::Up] {
+            let quota = Quota::Window {
+                length: 10.0,
+                index: 0.0,
+                calls: 0.0,
+            };
+            let seen = simulate(quota, told, |_| 500.0, 8, 0.1, 60);
+            // Windows 1 to 5 (the first is the one the pacer learns in).
+            let used: Vec<u32> = (1..6)
+                .map(|w| seen.per_second[w * 10..w * 10 + 10].iter().sum())
+                .collect();
+            assert!(used.iter().all(|&n| n == 500), "{told:?}: {used:?}");
+            assert!(
+                seen.throttled_share() <= 0.02,
+                "{told:?}: {} of {} throttled",
+                seen.throttled,
+                seen.sent
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn admit_waits_out_a_pause() {
-        let pacer = Pacer::new(60_000);
+    async fn a_window_is_probed_then_waited_out_and_used_in_a_burst() {
+        let pacer = Pacer::new(1_000_000);
         let stop = CancellationToken::new();
-        pacer.throttled(None, Instant::now(), Duration::from_secs(3));
+        let sent = Instant::now();
+        for _ in 0..20 {
+            pacer.answered(None, sent);
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        pacer.throttled(
+            None,
+            sent + Duration::from_millis(400),
+            Duration::from_secs(40),
+        );
+        // A long wait: the pool waits a second, then one call alone goes as a probe.
         let before = Instant::now();
         assert!(pacer.admit(None, &stop).await);
-        assert!(before.elapsed() >= Duration::from_secs(3));
+        assert_eq!(before.elapsed(), PROBE_AFTER);
+        let probe_sent = Instant::now();
+        assert!(
+            pacer.paused_for(None).is_some(),
+            "nobody else while the probe is out"
+        );
+        // Throttled again: a spent window, waited out whole.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        pacer.throttled(None, probe_sent, Duration::from_secs(39));
+        let left = pacer.paused_for(None).unwrap();
+        assert!(left > Duration::from_secs(38), "{left:?}");
+        assert_eq!(
+            pacer.state().pool.rate,
+            None,
+            "the next window starts unpaced"
+        );
+        // The next long wait is known for a window: no probe.
+        tokio::time::advance(Duration::from_secs(40)).await;
+        pacer.throttled(None, Instant::now(), Duration::from_secs(50));
+        assert!(pacer.paused_for(None).unwrap() > Duration::from_secs(49));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_bucket_refill_rate_is_learned_between_two_throttle_events() {
+    async fn a_long_retry_after_from_a_bucket_is_told_apart_by_the_probe() {
         let pacer = Pacer::new(1_000_000);
+        let stop = CancellationToken::new();
+        let sent = Instant::now();
+        for _ in 0..20 {
+            pacer.answered(None, sent);
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        pacer.throttled(None, Instant::now(), Duration::from_secs(57));
+        assert!(pacer.admit(None, &stop).await);
+        let probe_sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        pacer.answered(None, probe_sent);
+        assert_eq!(pacer.paused_for(None), None, "the probe passed: no window");
+        // From now on a long wait only slows the pool.
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            pacer.answered(None, Instant::now() - Duration::from_millis(50));
+        }
+        pacer.throttled(None, Instant::now(), Duration::from_secs(57));
+        assert_eq!(pacer.paused_for(None), None);
+        assert!(pacer.state().pool.rate.is_some());
+        // And when nothing passed since, the pool waits a second, not 57.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        pacer.throttled(None, Instant::now(), Duration::from_secs(57));
+        assert!(pacer.paused_for(None).unwrap() <= PROBE_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_calls_sent_before_an_event_belong_to_it() {
+        let pacer = Pacer::new(1_000_000);
+        // 100 calls a second for two seconds, each answered 50 ms after it was sent.
+        for _ in 0..200 {
+            let sent = Instant::now();
+            tokio::time::advance(Duration::from_millis(10)).await;
+            pacer.answered(None, sent - Duration::from_millis(40));
+        }
+        let sent = Instant::now() - Duration::from_millis(50);
+        pacer.throttled(None, sent, Duration::from_secs(1));
+        let rate = pacer.state().pool.rate.unwrap();
+        assert!((rate / (100.0 * MARGIN) - 1.0).abs() < 0.05, "{rate}");
+        // 429s of calls sent before the event, or within a latency after it, change nothing.
+        pacer.throttled(
+            None,
+            sent - Duration::from_millis(5),
+            Duration::from_secs(1),
+        );
+        tokio::time::advance(Duration::from_millis(20)).await;
         pacer.throttled(None, Instant::now(), Duration::from_secs(1));
-        tokio::time::advance(Duration::from_secs(2)).await;
-        for _ in 0..100 {
-            pacer.answered(None, Instant::now());
+        assert_eq!(pacer.state().pool.rate, Some(rate));
+        // One sent later is an event of its own: it measures the calls since.
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_millis(20)).await;
+            pacer.answered(None, Instant::now() - Duration::from_millis(10));
         }
         pacer.throttled(None, Instant::now(), Duration::from_secs(1));
-        let learned = pacer.state().pool.learned_rate.unwrap();
-        assert!((learned - 50.0 * MARGIN).abs() < 0.5, "{learned}");
-        // 429s of requests in flight during the pause are the same event: nothing changes.
-        pacer.throttled(None, Instant::now(), Duration::from_secs(1));
-        assert_eq!(pacer.state().pool.learned_rate, Some(learned));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_window_teaches_no_rate() {
-        let pacer = Pacer::new(1_000_000);
-        pacer.throttled(None, Instant::now(), Duration::from_secs(40));
-        tokio::time::advance(Duration::from_secs(41)).await;
-        pacer.answered(None, Instant::now());
-        pacer.throttled(None, Instant::now(), Duration::from_secs(40));
-        assert_eq!(pacer.state().pool.learned_rate, None);
+        let again = pacer.state().pool.rate.unwrap();
+        assert!(again < rate, "50 a second since: {again}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_learned_rate_spaces_the_slots() {
         let pacer = Pacer::new(1_000_000);
-        pacer.state().pool.learned_rate = Some(10.0);
+        pacer.state().pool.rate = Some(10.0);
         let stop = CancellationToken::new();
         let before = Instant::now();
         for _ in 0..5 {
@@ -466,7 +1104,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slot_nobody_waited_for_is_taken_late_not_lost() {
         let pacer = Pacer::new(1_000_000);
-        pacer.state().pool.learned_rate = Some(10.0);
+        pacer.state().pool.rate = Some(10.0);
         let stop = CancellationToken::new();
         assert!(pacer.admit(None, &stop).await);
         // Nobody asks for 250 ms: the slot due at 100 ms is still there, the one at 200 ms
@@ -499,24 +1137,39 @@ mod tests {
         assert!(!pacer.admit(None, &stop).await);
     }
 
-    /// Two throttle events of A, with B answered in between: the limit is per pair.
+    /// Two throttle events of A, with B answered in between: the limit is per pair. A and B
+    /// are each answered 5 times a second.
     async fn learn_per_customer(pacer: &Pacer) {
-        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
-        tokio::time::advance(Duration::from_secs(2)).await;
-        for _ in 0..10 {
-            pacer.answered(Some(A), Instant::now());
-            pacer.answered(Some(B), Instant::now());
+        for _ in 0..2 {
+            for _ in 0..10 {
+                tokio::time::advance(Duration::from_millis(200)).await;
+                pacer.answered(Some(A), Instant::now());
+                pacer.answered(Some(B), Instant::now());
+            }
+            pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         }
-        pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_429_pauses_every_customer() {
+    async fn the_first_429_slows_every_customer() {
         let pacer = Pacer::new(1_000_000);
+        let sent = Instant::now();
+        for _ in 0..40 {
+            pacer.answered(Some(B), sent);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
         pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Partner);
-        assert!(pacer.paused_for(Some(B)).is_some());
-        assert!(pacer.ready_at(B) > Instant::now());
+        let rate = pacer.state().pool.rate.expect("the pool is paced");
+        assert!(
+            (rate - 40.0 * MARGIN).abs() < 0.5,
+            "40 answers in 1 s: {rate}"
+        );
+        let stop = CancellationToken::new();
+        assert!(pacer.admit(Some(B), &stop).await);
+        let before = Instant::now();
+        assert!(pacer.admit(Some(B), &stop).await);
+        assert!(before.elapsed() >= Duration::from_secs_f64(1.0 / rate) - Duration::from_millis(1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -524,25 +1177,27 @@ mod tests {
         let pacer = Pacer::new(1_000_000);
         learn_per_customer(&pacer).await;
         assert_eq!(pacer.scope(), Scope::Customer);
-        assert!(pacer.paused_for(Some(A)).is_some());
-        assert!(pacer.paused_for(Some(B)).is_none(), "B goes on");
+        // A's lane paces near A's rate, 5 answers a second (a second's window holds 5 or 6).
+        let rate = pacer.state().lanes[&A].rate.unwrap();
+        assert!((4.5..=6.0 * MARGIN).contains(&rate), "{rate}");
+        assert_eq!(pacer.state().pool.rate, None, "the pool is not paced");
         assert!(pacer.ready_at(B) <= Instant::now());
-        assert!(pacer.ready_at(A) > Instant::now());
-        // A's lane paces at A's rate: 10 answers in the 2 s between its events.
-        let rate = pacer.state().lanes[&A].learned_rate.unwrap();
-        assert!((rate - 5.0 * MARGIN).abs() < 0.1, "{rate}");
-        assert_eq!(pacer.state().pool.learned_rate, None);
 
         let stop = CancellationToken::new();
         let before = Instant::now();
-        assert!(pacer.admit(Some(B), &stop).await);
+        for _ in 0..5 {
+            assert!(pacer.admit(Some(B), &stop).await);
+        }
         assert_eq!(
             before.elapsed(),
             Duration::ZERO,
-            "B is not held by A's pause"
+            "B is not held by A's pace"
         );
-        assert!(pacer.admit(Some(A), &stop).await);
-        assert!(before.elapsed() >= Duration::from_secs(1));
+        // A slot nobody waited for is kept for one interval: two go at once, the third waits.
+        for _ in 0..3 {
+            assert!(pacer.admit(Some(A), &stop).await);
+        }
+        assert!(before.elapsed() >= Duration::from_secs_f64(1.0 / rate) - Duration::from_millis(1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -558,10 +1213,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn others_throttled_during_the_pause_keep_it_pool_wide() {
+    async fn others_throttled_in_the_same_event_keep_it_pool_wide() {
         let pacer = Pacer::new(1_000_000);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
         pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
-        pacer.throttled(Some(B), Instant::now(), Duration::from_secs(1));
+        // B's call was sent before A's 429 arrived: the same event, another customer.
+        pacer.throttled(Some(B), sent, Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         for _ in 0..10 {
             pacer.answered(Some(A), Instant::now());
@@ -569,7 +1227,7 @@ mod tests {
         }
         pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Partner);
-        assert!(pacer.paused_for(Some(B)).is_some());
+        assert!(pacer.state().pool.rate.is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -584,7 +1242,7 @@ mod tests {
         pacer.answered(Some(C), sent);
         assert_eq!(pacer.scope(), Scope::Customer);
         assert!(pacer.paused_for(Some(B)).is_none());
-        assert!(pacer.paused_for(Some(A)).unwrap() > Duration::from_secs(39));
+        assert!(pacer.paused_for(Some(A)).is_some(), "A waits for its probe");
     }
 
     #[tokio::test(start_paused = true)]
@@ -609,7 +1267,7 @@ mod tests {
         assert_eq!(pacer.scope(), Scope::Partner);
         assert!(
             pacer.paused_for(Some(C)).is_some(),
-            "the whole pool waits again"
+            "nothing passed since: the whole pool waits again"
         );
     }
 
@@ -620,7 +1278,7 @@ mod tests {
         pacer.answered(Some(C), Instant::now());
         pacer.throttled(Some(B), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Customer);
-        assert!(pacer.paused_for(Some(B)).is_some());
-        assert!(pacer.paused_for(Some(C)).is_none());
+        assert!(pacer.state().lanes[&B].rate.is_some());
+        assert!(pacer.ready_at(C) <= Instant::now());
     }
 }

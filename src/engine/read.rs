@@ -106,6 +106,9 @@ impl Dispatcher {
                 error_code: classified.error_code.clone(),
                 message: classified.message.clone(),
             };
+            if exchange.http_status.is_some() {
+                self.stats.read_answered(sent_at.elapsed());
+            }
             if exchange.http_status.is_some()
                 && !matches!(classified.verdict, Verdict::Throttled { .. })
             {
@@ -121,6 +124,13 @@ impl Dispatcher {
                     self.pacer.throttled(None, sent_at, retry_after);
                     if started.elapsed() + retry_after > self.settings.max_elapsed {
                         return Err(failure(ReadFailureKind::Unavailable));
+                    }
+                    // This call waits what it was told, from the answer on; the pool is slowed
+                    // by the pacer.
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => return Err(failure(ReadFailureKind::Stopped)),
+                        _ = tokio::time::sleep(retry_after) => {}
                     }
                 }
                 Verdict::Transient => match backoff.next() {

@@ -87,8 +87,34 @@ fn new_pass(operations: Vec<usize>) -> Pass {
     }
 }
 
-/// Sends one group; returns an outcome for each of its open operations.
-pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, OperationOutcome)> {
+/// Waits out the Retry-After of a throttled call without holding a place in the pool: the
+/// permit goes back while it sleeps and is taken again after. `false` when the run stops.
+async fn wait_throttled(
+    shared: &Shared,
+    wait: Duration,
+    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> bool {
+    drop(permit.take());
+    if !sleep_unless_stopped(wait, &shared.calls.stop).await {
+        return false;
+    }
+    tokio::select! {
+        biased;
+        _ = shared.calls.stop.cancelled() => false,
+        again = std::sync::Arc::clone(&shared.in_flight).acquire_owned() => {
+            *permit = again.ok();
+            permit.is_some()
+        }
+    }
+}
+
+/// Sends one group; returns an outcome for each of its open operations. `permit`: its place
+/// among the requests in flight, given back while it waits out a 429.
+pub(super) async fn run_group(
+    shared: &Shared,
+    work: &GroupWork,
+    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Vec<(usize, OperationOutcome)> {
     let group = &work.request;
     let operations = &group.operations;
     let mut outcomes: Vec<Option<OperationOutcome>> = vec![None; operations.len()];
@@ -235,6 +261,11 @@ pub(super) async fn run_group(shared: &Shared, work: &GroupWork) -> Vec<(usize, 
                         }
                         settle(&mut outcomes, &remaining, outcome);
                         continue 'pass;
+                    }
+                    // Never sooner than told: from when the answer came (the API counts from
+                    // when it answered, which is later than the call was sent).
+                    if !wait_throttled(shared, retry_after, permit).await {
+                        break 'pass;
                     }
                 }
                 Verdict::Transient => match backoff.next() {
