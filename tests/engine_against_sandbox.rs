@@ -868,3 +868,34 @@ async fn a_429_that_says_nothing_backs_off_exponentially() {
         assert!(*gap >= least, "wait {n}: {gap:?}, less than {least:?}");
     }
 }
+
+/// No slow start: the reads before the first write tell the latency, so the pool starts at
+/// what the ceiling needs for it (3,000/min at 0.4 s: 20 in flight, 30 with the margin) and
+/// not at 8. Evidence from the sandbox's record: how many writes arrived before the first
+/// write could have been answered.
+#[tokio::test]
+async fn the_pool_starts_at_its_size_for_the_latency_of_the_reads() {
+    let sandbox = start("[faults]\nlatency_ms = 400\nread_latency_ms = 400\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..60)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.requests_per_minute = 3000;
+    opts.settings.limits.concurrency = Concurrency::growing();
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 60);
+    let requests = sandbox.requests();
+    // A write is recorded once its latency has passed: the writes recorded within 400 ms of
+    // the first one were all sent before any write was answered.
+    let first = requests[0].at;
+    let before_any_answer = requests
+        .iter()
+        .filter(|r| r.at.duration_since(first).unwrap() < Duration::from_millis(400))
+        .count();
+    assert!(
+        before_any_answer > 8,
+        "only {before_any_answer} writes went out before the first answer"
+    );
+}

@@ -1,21 +1,28 @@
 //! Pacing: a `governor` ceiling of `requests_per_minute` across the whole pool (burst of one, so
-//! requests are spread, not bunched), pauses that hold workers while a Retry-After runs, and
-//! allowances learned from the API's throttling — pool-wide, or per customer lane once the API
-//! shows that it limits per partner+customer pair.
+//! requests are spread, not bunched), and allowances learned from the API's throttling —
+//! pool-wide, or per customer lane once the API shows that it limits per partner+customer pair.
 //!
-//! Learning: a short Retry-After (under [`WINDOW_LIKE`]) means a token bucket that refills
-//! continuously. Between two throttle events the bucket went from empty to empty, so the
-//! answers between them divided by the time between them is its refill rate; the pool (or the
-//! lane) then paces just below it and probes upwards while no 429 comes. A long Retry-After
-//! means a fixed window: nothing is learned, the window is used in a burst and waited out.
+//! Learning ([`Allowance`]): Partner Center publishes no quota and changes it dynamically, so
+//! the pacer assumes nothing of the bucket's size or of how Retry-After is told. Each throttle
+//! event — the first 429 of a call sent after the last event (and a latency after it: calls
+//! sent right after a slowdown still meet the quota the earlier ones spent) — sets the pace
+//! just below what the API let through in the second before: calls counted by when they were
+//! sent, capped by the pace they were sent at (so what a full bucket held is not taken for
+//! refill), pauses left out. Without 429s the pace grows back: fast far below that limit, back
+//! up to it quickly, in fine steps just above it, then faster and faster (a quota that rose).
+//! When nothing at all passed since the last event the pool waits the Retry-After. A long
+//! Retry-After may be a spent window or an uninformative constant: the pool waits a second and
+//! lets one probe through; throttled again, it is a window, waited out and then used in a
+//! burst; answered, long waits only hold the throttled calls. The throttled call itself waits
+//! its Retry-After in the worker, never sooner.
 //!
 //! Scope: Partner Center limits per partner, or per partner+customer pair, and does not say
-//! which. The pacer starts pool-wide: a 429 pauses every worker (SPEC §5). When two throttle
+//! which. The pacer starts pool-wide: a 429 slows every worker (SPEC §5). When two throttle
 //! events in a row come from the same customer, nobody else was throttled during them and
 //! other customers were answered in between, the limit is the pair's: from then on a 429
-//! pauses and teaches only that customer's lane, and the other customers go on. When, while a
-//! lane is paused, another customer is throttled before anything else was answered, the limit
-//! is the partner's after all, and the whole pool waits again.
+//! slows and teaches only that customer's lane, and the other customers go on. When, while a
+//! lane's call still waits out its 429, another customer is throttled before anything else was
+//! answered, the limit is the partner's after all, and the whole pool is paced again.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -63,6 +70,10 @@ const NEAR_TO: f64 = 1.02;
 const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// The slowest pace a throttled allowance falls to, calls per second.
 const FLOOR: f64 = 0.2;
+/// When every 429 costs its call a long wait (a long Retry-After that is not a window, such
+/// as Partner Center's 57 s), a probe above the limit costs more than it can gain: the pace
+/// stays this far below what was measured and does not probe past it.
+const CAUTIOUS_MARGIN: f64 = 0.93;
 
 /// Whose allowance a 429 spends, as far as the pacer has learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +179,11 @@ impl Allowance {
             latency: None,
             beyond_since: None,
         }
+    }
+
+    /// Every 429 costs its call a long wait here: pace below the limit, do not probe past it.
+    fn cautious(&self) -> bool {
+        self.long_waits == LongWaits::Uninformative
     }
 
     /// Whether a 429 of this allowance still tells its call to wait.
@@ -312,7 +328,12 @@ impl Allowance {
         };
         // What was let through includes what a full bucket held: never more than the pace
         // the calls were sent at.
-        let rate = (measured.rate.min(self.rate.unwrap_or(f64::INFINITY)) * MARGIN).max(FLOOR);
+        let margin = if self.cautious() {
+            CAUTIOUS_MARGIN
+        } else {
+            MARGIN
+        };
+        let rate = (measured.rate.min(self.rate.unwrap_or(f64::INFINITY)) * margin).max(FLOOR);
         let trusted = Some(measured).filter(|m| m.trusted);
         if let Some(whose) = whose {
             tracing::info!(
@@ -344,6 +365,9 @@ impl Allowance {
         let grown = match self.limit {
             // No limit known: no point to slow down near one.
             None => rate * GROW_UNKNOWN.powf(seconds),
+            Some(limit) if self.cautious() => Self::grown(rate, limit, seconds, Duration::ZERO)
+                .min(CAUTIOUS_MARGIN * limit)
+                .max(rate),
             Some(limit) => {
                 if rate < NEAR_TO * limit {
                     self.beyond_since = None;
@@ -913,10 +937,13 @@ mod tests {
                 let steady = seen.rate(seconds - 30, seconds);
                 // A bucket of one call throttles every call that comes a little early: the
                 // pace settles lower there (docs/BENCHMARKS.md).
-                let (least, most_throttled) = if capacity < 2.0 {
-                    (0.92, 0.025)
-                } else {
-                    (0.95, 0.02)
+                // A long Retry-After that is no window costs every throttled call that wait:
+                // the pace keeps further below the limit and probes no further (fewer 429s).
+                let (least, most_throttled) = match (capacity < 2.0, told) {
+                    (true, Told::Constant(57)) => (0.8, 0.005),
+                    (false, Told::Constant(57)) => (0.9, 0.005),
+                    (true, _) => (0.92, 0.025),
+                    (false, _) => (0.95, 0.02),
                 };
                 assert!(
                     steady >= least * R,

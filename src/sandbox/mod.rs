@@ -1148,12 +1148,26 @@ fn read_answer(
         .into_response()
 }
 
+/// Reads take the scenario's `read_latency_ms`, as the real API's take time too.
+async fn read_delay(state: &Shared) {
+    let delay = state
+        .lock()
+        .expect("sandbox lock")
+        .scenario
+        .faults
+        .read_latency_ms;
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 async fn subscribed_skus(
     State(state): State<Shared>,
     Path(customer): Path<String>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
+    read_delay(&state).await;
     let groups = asked_groups(uri.query());
     read_answer(&state, &headers, &customer, true, |c| {
         let items = c
@@ -1178,6 +1192,7 @@ async fn user_licenses(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
+    read_delay(&state).await;
     let groups = asked_groups(uri.query());
     read_answer(&state, &headers, &customer, true, |c| {
         check_user(c, &user)?;
@@ -1204,6 +1219,7 @@ async fn deployment_insights(
     Path(customer): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    read_delay(&state).await;
     let processed = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     read_answer(&state, &headers, &customer, false, |c| {
         let items = c

@@ -71,6 +71,8 @@ pub struct Faults {
     pub latency_ms: Option<u64>,
     /// Added after a licenseupdates call was processed (applied), before the answer leaves.
     pub answer_delay_ms: Option<u64>,
+    /// Added before every read (subscribed SKUs, a user's licenses, insights) is answered.
+    pub read_latency_ms: Option<u64>,
     /// `latency_ms` varies by this much: uniformly up to it either way, or as the standard
     /// deviation of a log-normal latency (see `latency_spread`).
     pub latency_jitter_ms: Option<u64>,
