@@ -51,14 +51,14 @@ const GROW_UNKNOWN: f64 = 1.5;
 /// Pace this far below what the API let through when it throttled.
 const MARGIN: f64 = 0.97;
 /// After a throttle event the rate holds this long before it grows again.
-const HOLD: Duration = Duration::from_secs(2);
+const HOLD: Duration = Duration::from_secs(3);
 /// Growth per second far below the limit the last throttle event measured (×); back up to it
 /// (+ this share of it: the API let that much through); just above it (+ this share: fine
 /// steps, where the next 429 is expected); and beyond (×, gently for a second, then fast: the
 /// quota rose).
 const GROW_FAR: f64 = 1.3;
 const GROW_BACK: f64 = 0.05;
-const GROW_NEAR: f64 = 0.01;
+const GROW_NEAR: f64 = 0.005;
 const GROW_BEYOND_FIRST: f64 = 1.1;
 const GROW_BEYOND: f64 = 1.5;
 /// Where "near the last throttle point" begins and ends, as shares of it.
