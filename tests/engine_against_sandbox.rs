@@ -283,19 +283,29 @@ async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_wou
 
 /// Not set, the pool starts at 8 and grows with the measured latency until the ceiling, not
 /// the pool, sets the pace: 50/s at 0.3 s per call needs 15 in flight (23 with the margin).
-#[tokio::test]
-async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
-    let sandbox = start("[faults]\nlatency_ms = 300\n").await;
+/// `users` groups of Contoso against `sandbox`, at a ceiling of 3,000/min with the pool not
+/// set (it sizes itself); every row must succeed.
+async fn run_with_a_pool_that_grows(
+    sandbox: &license_batch::sandbox::Sandbox,
+    users: usize,
+) -> license_batch::RunSummary {
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..200)
+    let rows: Vec<String> = (0..users)
         .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
         .collect();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let mut opts = options(&sandbox, &input);
+    let mut opts = options(sandbox, &input);
     opts.settings.limits.requests_per_minute = 3000;
     opts.settings.limits.concurrency = Concurrency::growing();
     let summary = run(opts).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 200);
+    assert_eq!(summary.count(RowStatus::Succeeded), users as u64);
+    summary
+}
+
+#[tokio::test]
+async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
+    let sandbox = start("[faults]\nlatency_ms = 300\n").await;
+    let summary = run_with_a_pool_that_grows(&sandbox, 200).await;
     let most = sandbox.most_in_flight();
     assert!(
         most > 8,
@@ -876,16 +886,7 @@ async fn a_429_that_says_nothing_backs_off_exponentially() {
 #[tokio::test]
 async fn the_pool_starts_at_its_size_for_the_latency_of_the_reads() {
     let sandbox = start("[faults]\nlatency_ms = 400\nread_latency_ms = 400\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..60)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.requests_per_minute = 3000;
-    opts.settings.limits.concurrency = Concurrency::growing();
-    let summary = run(opts).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 60);
+    run_with_a_pool_that_grows(&sandbox, 60).await;
     let requests = sandbox.requests();
     // A write is recorded once its latency has passed: the writes recorded within 400 ms of
     // the first one were all sent before any write was answered.
