@@ -16,15 +16,15 @@
 //!     cargo bench --bench quota_shapes -- bucket-5        # shapes whose name contains it
 //!     POLICIES=ours cargo bench --bench quota_shapes      # only some policies
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use license_batch::config::{EnvSecrets, FileConfig, Overrides, Settings};
-use license_batch::sandbox::{self, Sandbox, Scenario};
-use license_batch::secret::Secret;
-use license_batch::{RunOptions, run};
+use license_batch::config::Overrides;
+use license_batch::run;
+use license_batch::sandbox::{self, Sandbox};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -158,53 +158,22 @@ enum Policy {
     Careful,
 }
 
-/// The `n`th customer of a benchmark sheet; the first is Contoso of the sandbox's docs.
-fn customer(n: usize) -> String {
-    match n {
-        0 => "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90".into(),
-        n => format!("7f3c2a10-4b8e-4d21-9c3a-{n:012}"),
-    }
-}
-
-fn user(i: usize) -> String {
-    format!("00000000-0000-4000-8000-{i:012}")
-}
+use support::{customer, user};
 
 const SPB: &str = "cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46";
 
 async fn ours(sandbox: &Sandbox, shape: &Shape) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("sheet.csv");
-    let mut text = String::from("customer_id,user_id,sku\n");
-    for i in 0..shape.groups {
-        text.push_str(&format!(
-            "{},{},SPB\n",
-            customer(i % shape.customers),
-            user(i)
-        ));
-    }
-    std::fs::write(&input, text).unwrap();
-    let url = sandbox.url.to_string();
-    let env = |name: &str| match name {
-        "LICENSE_BATCH_API_BASE_URL" | "LICENSE_BATCH_AUTH_AUTHORITY" => Some(url.clone()),
-        "LICENSE_BATCH_TENANT_ID" => Some(sandbox::TENANT_ID.to_string()),
-        "LICENSE_BATCH_CLIENT_ID" => Some(sandbox::CLIENT_ID.to_string()),
-        _ => None,
-    };
+    support::write_sheet(&input, shape.groups, shape.customers);
     let overrides = Overrides {
         requests_per_minute: Some(60_000),
-        state_file: Some(dir.path().join("state.sqlite")),
-        insights: Some(false),
         ..Default::default()
     };
-    let settings = Settings::resolve(FileConfig::default(), &env, &overrides).unwrap();
-    let mut opts = RunOptions::new(&input, settings);
-    opts.secrets = EnvSecrets {
-        client_secret: Some(Secret::new(sandbox::CLIENT_SECRET)),
-        refresh_token: Some(Secret::new(sandbox::REFRESH_TOKEN)),
-        access_token: None,
-    };
-    run(opts).await.unwrap();
+    let state = dir.path().join("state.sqlite");
+    run(support::run_options(sandbox, &input, &state, overrides))
+        .await
+        .unwrap();
 }
 
 /// A peer's client: a token, then `workers` loops taking groups in turn.
@@ -289,11 +258,8 @@ async fn peer(sandbox: &Sandbox, shape: &Shape, policy: Policy) {
 }
 
 async fn measure(shape: &Shape, policy: Policy) {
-    let scenario: Scenario =
-        toml::from_str(&format!("permissive = true\n{}{LATENCY}", shape.throttle)).unwrap();
-    let sandbox = Sandbox::start(scenario, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap();
+    let sandbox =
+        support::start_sandbox(&format!("permissive = true\n{}{LATENCY}", shape.throttle)).await;
     match policy {
         Policy::Ours => ours(&sandbox, shape).await,
         _ => peer(&sandbox, shape, policy).await,

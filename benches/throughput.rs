@@ -4,13 +4,12 @@
 //!     cargo bench --bench throughput                 # every case (about five minutes)
 //!     cargo bench --bench throughput -- bucket       # cases whose name contains "bucket"
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod support;
+
 use std::time::{Duration, Instant, SystemTime};
 
-use license_batch::config::{EnvSecrets, FileConfig, Overrides, Settings};
-use license_batch::sandbox::{self, Sandbox, Scenario};
-use license_batch::secret::Secret;
-use license_batch::{RunOptions, run};
+use license_batch::config::Overrides;
+use license_batch::run;
 
 struct Case {
     name: &'static str,
@@ -23,14 +22,6 @@ struct Case {
     limit_per_minute: f64,
     /// The sheet's groups go to this many customers in turn ([`customer`]).
     customers: usize,
-}
-
-/// The `n`th customer of a benchmark sheet; the first is Contoso of the sandbox's docs.
-fn customer(n: usize) -> String {
-    match n {
-        0 => "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90".into(),
-        n => format!("7f3c2a10-4b8e-4d21-9c3a-{n:012}"),
-    }
 }
 
 const CASES: &[Case] = &[
@@ -150,39 +141,19 @@ fn cpu_seconds() -> Option<f64> {
 async fn measure(case: &Case) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("sheet.csv");
-    let mut text = String::from("customer_id,user_id,sku\n");
-    for i in 0..case.groups {
-        text.push_str(&format!(
-            "{},00000000-0000-4000-8000-{i:012},SPB\n",
-            customer(i % case.customers)
-        ));
-    }
-    std::fs::write(&input, text).unwrap();
-    let scenario: Scenario = toml::from_str(case.scenario).unwrap();
-    let sandbox = Sandbox::start(scenario, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap();
-    let url = sandbox.url.to_string();
-    let env = |name: &str| match name {
-        "LICENSE_BATCH_API_BASE_URL" | "LICENSE_BATCH_AUTH_AUTHORITY" => Some(url.clone()),
-        "LICENSE_BATCH_TENANT_ID" => Some(sandbox::TENANT_ID.to_string()),
-        "LICENSE_BATCH_CLIENT_ID" => Some(sandbox::CLIENT_ID.to_string()),
-        _ => None,
-    };
+    support::write_sheet(&input, case.groups, case.customers);
+    let sandbox = support::start_sandbox(case.scenario).await;
     let overrides = Overrides {
         requests_per_minute: Some(case.requests_per_minute),
         concurrency: case.concurrency,
-        state_file: Some(dir.path().join("state.sqlite")),
-        insights: Some(false),
         ..Default::default()
     };
-    let settings = Settings::resolve(FileConfig::default(), &env, &overrides).unwrap();
-    let mut opts = RunOptions::new(&input, settings);
-    opts.secrets = EnvSecrets {
-        client_secret: Some(Secret::new(sandbox::CLIENT_SECRET)),
-        refresh_token: Some(Secret::new(sandbox::REFRESH_TOKEN)),
-        access_token: None,
-    };
+    let opts = support::run_options(
+        &sandbox,
+        &input,
+        &dir.path().join("state.sqlite"),
+        overrides,
+    );
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();
