@@ -124,6 +124,71 @@ async fn the_report_tells_the_truth_for_every_row() {
     }
 }
 
+/// A remove round trip, from the tenant's state: two licenses assigned, one removed, the
+/// other still held; the remove request is the documented LicenseUpdate with only
+/// `LicensesToRemove` set (a tool that never sends it leaves the tenant at {A, B}).
+#[tokio::test]
+async fn a_remove_takes_exactly_its_license_and_leaves_the_other() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nskus = [{{ sku = \"SPE_E3\", total = 10 }}, {{ sku = \"POWER_BI_PRO\", total = 10 }}]\n"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(7);
+    let customer: Uuid = CONTOSO.parse().unwrap();
+    let (e3, power_bi): (Uuid, Uuid) = (E3.parse().unwrap(), POWER_BI.parse().unwrap());
+    let assign = write_csv(
+        dir.path(),
+        "assign.csv",
+        HEADER,
+        &[
+            format!("{CONTOSO},{user},SPE_E3,assign,A"),
+            format!("{CONTOSO},{user},POWER_BI_PRO,assign,B"),
+        ],
+    );
+    assert_eq!(
+        run(options(&sandbox, &assign))
+            .await
+            .count(RowStatus::Succeeded),
+        2
+    );
+    assert_eq!(
+        sandbox.licenses(customer, &user),
+        std::collections::BTreeSet::from([e3, power_bi])
+    );
+
+    let remove = write_csv(
+        dir.path(),
+        "remove.csv",
+        HEADER,
+        &[format!("{CONTOSO},{user},SPE_E3,remove,A")],
+    );
+    assert_eq!(
+        run(options(&sandbox, &remove))
+            .await
+            .count(RowStatus::Succeeded),
+        1
+    );
+    assert_eq!(
+        sandbox.licenses(customer, &user),
+        std::collections::BTreeSet::from([power_bi]),
+        "the removed license is gone, the other is kept"
+    );
+    let requests = sandbox.requests();
+    let sent = requests.last().unwrap();
+    assert!(sent.applied);
+    assert_eq!(
+        sent.body,
+        serde_json::json!({
+            "LicensesToAssign": null,
+            "LicensesToRemove": [E3],
+            "LicenseWarnings": null,
+            "Attributes": {"ObjectType": "LicenseUpdate"}
+        })
+    );
+    assert_request_ids_are_idempotent(&sandbox);
+}
+
 #[tokio::test]
 async fn retries_reuse_the_request_id_and_each_group_is_one_request() {
     let sandbox = start("[faults]\ntransient_every = 2\n").await;
@@ -157,10 +222,30 @@ async fn retries_reuse_the_request_id_and_each_group_is_one_request() {
         "some calls failed transiently and were retried"
     );
     assert_eq!(requests.iter().filter(|r| r.applied).count(), 12);
+    // Each row reports the request ID that the sandbox applied for its user, and the
+    // correlation ID of the call that brought the answer.
+    let applied: HashMap<&str, &license_batch::sandbox::RecordedRequest> = requests
+        .iter()
+        .filter(|r| r.applied)
+        .map(|r| (r.user.as_str(), r))
+        .collect();
     let report = read_report(&report_path(&input));
     for row in &report {
-        assert!(row["result_request_id"].parse::<Uuid>().is_ok());
-        assert!(row["result_correlation_id"].parse::<Uuid>().is_ok());
+        let sent = applied[row["user_id"].as_str()];
+        assert_eq!(
+            Some(&row["result_request_id"]),
+            sent.request_id.as_ref(),
+            "{row:?}"
+        );
+        let answered_by: Vec<_> = requests
+            .iter()
+            .filter(|r| r.request_id == sent.request_id && r.status == 201)
+            .filter_map(|r| r.correlation_id.as_ref())
+            .collect();
+        assert!(
+            answered_by.contains(&&row["result_correlation_id"]),
+            "{row:?} vs {answered_by:?}"
+        );
         assert!(row["result_finished_at"].ends_with('Z'));
     }
     assert_request_ids_are_idempotent(&sandbox);
@@ -317,6 +402,29 @@ async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
     assert!(most <= 20, "{most} in flight");
     assert_eq!(summary.advice, None, "{summary}");
     assert_eq!(sandbox.requests().len(), 200);
+}
+
+/// While no quota is known the pool grows for at most 3,000/min; an API that takes far more
+/// (a bucket that stores minutes of calls) finds it busy and throttling nothing, and the pool
+/// grows past that, up to what the ceiling needs (issue 15: `bucket-60s` was held at 8).
+#[tokio::test]
+async fn a_busy_pool_that_draws_no_429_grows_past_what_three_thousand_a_minute_need() {
+    let sandbox = start("[faults]\nlatency_ms = 100\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..600)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.requests_per_minute = 60_000;
+    opts.settings.limits.concurrency = Concurrency::growing();
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 600);
+    let requests = sandbox.requests();
+    assert_eq!(requests.len(), 600, "one call per group, none throttled");
+    // 3,000/min at 0.1 s per call needs 8 in flight: the pool's start.
+    let most = sandbox.most_in_flight();
+    assert!(most > 8, "the pool stayed at {most} in flight");
 }
 
 /// Every throttled call is sent again no sooner than its 429 said (header or body).

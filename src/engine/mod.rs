@@ -225,6 +225,8 @@ pub struct StatsSnapshot {
     pub reads: u64,
     pub retries: u64,
     pub throttled: u64,
+    /// License updates that got an answer of any kind (429s included).
+    pub answered: u64,
     /// Mean time a license update took to be answered.
     pub mean_latency: Option<Duration>,
     /// Mean time a read took to be answered.
@@ -252,6 +254,7 @@ impl Stats {
             reads: self.reads.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
+            answered,
             mean_latency: (answered > 0).then(|| {
                 Duration::from_micros(self.answer_micros.load(Ordering::Relaxed) / answered)
             }),
@@ -316,6 +319,66 @@ impl EngineSettings {
             carried * 60.0,
             self.requests_per_minute
         ))
+    }
+}
+
+/// Grows a pool that sizes itself when its own size, not the API, holds the pace back.
+///
+/// Why: while no quota is known the pool is sized for at most [`GROWS_FOR_PER_MINUTE`], which
+/// is too small for a quota above it (a bucket that stores a minute of calls, a rate that
+/// rises mid-run: 8 calls of 0.1 s carry 80/s however much the API would take). Each watch
+/// ([`PoolGrowth::WATCH`]) in which the pool was busy — answers came in at nearly what its
+/// calls in flight can carry — and not one call was throttled, it grows by a step. A 429 stops the growth for that watch: from
+/// then on the pacer, not the pool, sets the pace, and the pool only needs to carry it.
+#[derive(Debug)]
+struct PoolGrowth {
+    since: tokio::time::Instant,
+    answered: u64,
+    throttled: u64,
+}
+
+impl PoolGrowth {
+    /// How long the pool is watched before it may grow. Two seconds, not one: a bucket that
+    /// holds one second of refill is spent before the first watch ends (its 429 stops the
+    /// growth), so the pool meets it at its start and draws no more 429s than before.
+    const WATCH: Duration = Duration::from_secs(2);
+    /// The share of what the pool can carry that counts as busy.
+    const BUSY: f64 = 0.8;
+    /// A step, not a factor: every call in flight when a stored burst runs out comes back 429,
+    /// and the pool a factor has reached by then is many times what the refill needs (×1.5
+    /// each watch: 93 in flight and 6% 429s on the `bucket-60s` shape of docs/BENCHMARKS.md).
+    const STEP: usize = 4;
+
+    fn new(now: tokio::time::Instant, stats: &StatsSnapshot) -> Self {
+        PoolGrowth {
+            since: now,
+            answered: stats.answered,
+            throttled: stats.throttled,
+        }
+    }
+
+    /// The pool's new size, when the watch that just ended shows it held the pace back;
+    /// never more than `most`.
+    fn grown(
+        &mut self,
+        now: tokio::time::Instant,
+        stats: &StatsSnapshot,
+        pool: usize,
+        most: usize,
+    ) -> Option<usize> {
+        let watched = now.saturating_duration_since(self.since);
+        if watched < Self::WATCH {
+            return None;
+        }
+        let answered = stats.answered.saturating_sub(self.answered);
+        let throttled = stats.throttled.saturating_sub(self.throttled);
+        *self = PoolGrowth::new(now, stats);
+        let latency = stats.mean_latency?.as_secs_f64().max(1e-6);
+        let carried = (answered - throttled.min(answered)) as f64 / watched.as_secs_f64();
+        let could_carry = pool as f64 / latency;
+        let busy = throttled == 0 && carried >= Self::BUSY * could_carry;
+        let grown = (pool + Self::STEP).min(most);
+        (busy && grown > pool).then_some(grown)
     }
 }
 
@@ -654,6 +717,10 @@ pub async fn execute(
     drop(results_tx);
 
     let mut ratio = FailureRatio::default();
+    // Only a pool that sizes itself grows past what the ceiling needs at its latency, and
+    // never past what the ceiling needs at all.
+    let grows_while_busy = !shared.calls.settings.concurrency.is_fixed();
+    let mut growth = PoolGrowth::new(tokio::time::Instant::now(), &shared.calls.stats());
     while let Some((group, settled_rows, outcomes)) = results.recv().await {
         shared.observer.group_finished(settled_rows);
         if let Some(reason) = ratio.observe(&outcomes, &shared.calls.settings) {
@@ -669,6 +736,20 @@ pub async fn execute(
             );
             shared.in_flight.add_permits(wanted - pool_size);
             pool_size = wanted;
+        }
+        let stats = shared.calls.stats();
+        let most = latency.map_or(most_in_flight, |latency| {
+            EngineSettings::in_flight_needed(shared.calls.settings.requests_per_minute, latency)
+                .min(most_in_flight)
+        });
+        if grows_while_busy
+            && let Some(grown) = growth.grown(tokio::time::Instant::now(), &stats, pool_size, most)
+        {
+            tracing::debug!(
+                "the pool grows to {grown} requests in flight: it was busy and the API throttled none"
+            );
+            shared.in_flight.add_permits(grown - pool_size);
+            pool_size = grown;
         }
     }
     for handle in handles {
@@ -765,5 +846,70 @@ mod tests {
         // Set by the operator: that many whatever the latency.
         let fixed = settings(3000, Concurrency::fixed(8));
         assert_eq!(fixed.pool_size(Some(Duration::from_millis(500))), 8);
+    }
+
+    /// The counters after `answered` answers (of which `throttled` 429s) of calls that took
+    /// `latency_ms` each.
+    fn counted(answered: u64, throttled: u64, latency_ms: u64) -> StatsSnapshot {
+        StatsSnapshot {
+            answered,
+            throttled,
+            mean_latency: Some(Duration::from_millis(latency_ms)),
+            ..StatsSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn a_busy_pool_that_draws_no_429_grows_each_watch_and_stops_at_the_first_429() {
+        let start = tokio::time::Instant::now();
+        let watch = |n: u32| start + PoolGrowth::WATCH * n;
+        let secs = PoolGrowth::WATCH.as_secs();
+        let mut growth = PoolGrowth::new(start, &counted(0, 0, 100));
+        // 8 calls of 0.1 s carry 80/s. Half a watch is not yet a verdict.
+        assert_eq!(
+            growth.grown(start + PoolGrowth::WATCH / 2, &counted(40, 0, 100), 8, 256),
+            None
+        );
+        // A watch at 78/s, nothing throttled: the pool was what held the pace.
+        let mut answered = 78 * secs;
+        let grown = growth
+            .grown(watch(1), &counted(answered, 0, 100), 8, 256)
+            .unwrap();
+        assert!(grown > 8, "{grown}");
+        // The bigger pool was busy too: it grows again, from its new size.
+        answered += grown as u64 * 10 * secs;
+        let again = growth
+            .grown(watch(2), &counted(answered, 0, 100), grown, 256)
+            .unwrap();
+        assert!(again > grown, "{again} after {grown}");
+        // One 429 in the watch: the quota, not the pool, is the limit now.
+        answered += again as u64 * 10 * secs;
+        assert_eq!(
+            growth.grown(watch(3), &counted(answered, 1, 100), again, 256),
+            None
+        );
+        // A pool that was not busy (the pacer held it back at 20/s) stays as it is.
+        answered += 20 * secs;
+        assert_eq!(
+            growth.grown(watch(4), &counted(answered, 1, 100), again, 256),
+            None
+        );
+    }
+
+    #[test]
+    fn a_pool_never_grows_past_the_most_it_may_have() {
+        let start = tokio::time::Instant::now();
+        let later = start + PoolGrowth::WATCH;
+        let secs = PoolGrowth::WATCH.as_secs();
+        let mut growth = PoolGrowth::new(start, &counted(0, 0, 100));
+        assert_eq!(
+            growth.grown(later, &counted(95 * secs, 0, 100), 10, 12),
+            Some(12)
+        );
+        let mut full = PoolGrowth::new(start, &counted(0, 0, 100));
+        assert_eq!(
+            full.grown(later, &counted(120 * secs, 0, 100), 12, 12),
+            None
+        );
     }
 }
