@@ -113,16 +113,7 @@ async fn tokens_living_three_seconds_never_fail_a_row() {
     opts.settings.limits.concurrency = Concurrency::fixed(2);
     let summary = run(opts).await;
     assert_eq!(summary.count(RowStatus::Succeeded), 300);
-    assert!(
-        summary.elapsed > Duration::from_secs(9),
-        "three token lifetimes: {:?}",
-        summary.elapsed
-    );
-    assert!(
-        sandbox.tokens_issued() >= 3,
-        "renewed ahead of expiry: {}",
-        sandbox.tokens_issued()
-    );
+    assert_tokens_renewed_ahead_of_expiry(&sandbox);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

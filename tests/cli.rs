@@ -1,6 +1,8 @@
 //! The real binary: exit codes (SPEC §10), help texts, the README's sample run, and the
 //! errors an operator sees before anything is sent.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -96,8 +98,11 @@ fn the_sample_scenario_yields_the_realistic_mix() {
             "{code} missing in summary:\n{stdout}"
         );
     }
-    // JSON logs: every stderr line is a JSON object.
-    for line in text(&out.stderr).lines() {
+    // JSON logs: every stderr line is a JSON object, and there are some (the scenario's
+    // refusals are logged).
+    let stderr = text(&out.stderr);
+    assert!(stderr.lines().count() > 0, "no logs at all");
+    for line in stderr.lines() {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "not JSON: {line}"
@@ -156,8 +161,22 @@ fn bad_config_exits_2() {
         "{}",
         text(&out.stderr)
     );
-    let out = license_batch(dir.path(), &["run", "in.csv", "--concurrency", "0"]);
+    // With credentials (the sandbox), so that only the setting can be what is refused.
+    let out = license_batch(
+        dir.path(),
+        &["run", "in.csv", "--sandbox", "--concurrency", "0"],
+    );
     assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("concurrency"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = license_batch(
+        dir.path(),
+        &["run", "in.csv", "--sandbox", "--concurrency", "1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -280,7 +299,8 @@ fn the_readme_flow_quick_start_then_scenario_shows_the_mix_then_nothing_is_resen
         "{}",
         text(&out.stdout)
     );
-    // The quick start again: all done already, nothing sent.
+    // The quick start again: the summary says all was done already (that nothing reached the
+    // API is shown from a server's record in the next test).
     let again = run_sample(dir.path(), quick);
     let stdout = text(&again.stdout);
     assert!(
@@ -288,6 +308,56 @@ fn the_readme_flow_quick_start_then_scenario_shows_the_mix_then_nothing_is_resen
         "{stdout}"
     );
     assert!(stdout.contains("57 succeeded"), "{stdout}");
+}
+
+/// The same sheet the next night, against a sandbox server that keeps its record across both
+/// runs: the second run sends nothing, and reports every row as the first did.
+#[test]
+fn the_same_sheet_again_sends_nothing_the_server_can_see() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let server = common::SandboxServer::start(dir.path(), "");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let received = || -> usize {
+        runtime.block_on(server.record())["requests"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let night = || {
+        Command::new(env!("CARGO_BIN_EXE_license-batch"))
+            .args(["run", "samples/onboarding.csv", "-q"])
+            .args(["--requests-per-minute", "6000"])
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(server.env())
+            .output()
+            .unwrap()
+    };
+    let report = dir.path().join("samples/onboarding.report.csv");
+    assert_eq!(night().status.code(), Some(1));
+    let first = received();
+    assert!(first > 0);
+    let statuses = |path: &Path| -> Vec<String> {
+        let mut reader = csv::Reader::from_path(path).unwrap();
+        let column = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "result_status")
+            .unwrap();
+        reader
+            .records()
+            .map(|r| r.unwrap()[column].to_string())
+            .collect()
+    };
+    let first_statuses = statuses(&report);
+    assert_eq!(night().status.code(), Some(1));
+    assert_eq!(received(), first, "the second night sent something");
+    assert_eq!(statuses(&report), first_statuses);
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The hostile-input corpus (`tests/hostile/`) through the real binary on the sandbox: every
 //! file gets a precise outcome — exit 2 naming the line and what to do, or per-row `invalid` —
 //! never a panic, never a row silently dropped, and no formula reaches the report unneutralised.
+//! The sandbox runs as a server process, so what was sent is read from what it received.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,19 +18,36 @@ fn corpus(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs `run <file> --sandbox` in a temp dir; returns the output and the report rows.
-fn run(file: &Path) -> (Output, Option<Vec<csv::StringRecord>>, tempfile::TempDir) {
+/// What a run of a corpus file did: its output, its report's rows (if it wrote one), its
+/// directory, and the license updates the sandbox server received.
+type Ran = (
+    Output,
+    Option<Vec<csv::StringRecord>>,
+    tempfile::TempDir,
+    Vec<serde_json::Value>,
+);
+
+/// Runs `run <file>` in a temp dir against a sandbox server (its default, permissive world).
+fn run(file: &Path) -> Ran {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join(file.file_name().unwrap());
     std::fs::copy(file, &input).unwrap();
+    let server = common::SandboxServer::start(dir.path(), "");
     let output = Command::new(BIN)
         .args(["run"])
         .arg(&input)
-        .args(["--sandbox", "-q", "--requests-per-minute", "60000"])
+        .args(["-q", "--requests-per-minute", "60000"])
         .current_dir(dir.path())
         .env_clear()
+        .envs(server.env())
         .output()
         .unwrap();
+    let record = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(server.record());
+    let sent = record["requests"].as_array().cloned().unwrap_or_default();
     let report = license_batch::report::default_path(&input);
     let rows = report.exists().then(|| {
         // The report keeps the input's delimiter: tell it from the header line.
@@ -44,7 +64,7 @@ fn run(file: &Path) -> (Output, Option<Vec<csv::StringRecord>>, tempfile::TempDi
             .unwrap();
         reader.records().map(Result::unwrap).collect()
     });
-    (output, rows, dir)
+    (output, rows, dir, sent)
 }
 
 fn stderr(output: &Output) -> String {
@@ -53,7 +73,7 @@ fn stderr(output: &Output) -> String {
 
 /// Exit 2, nothing sent, and the message names the line and the reason.
 fn assert_refused(name: &str, line: Option<u64>, reason: &str) {
-    let (output, report, _dir) = run(&corpus(name));
+    let (output, report, _dir, sent) = run(&corpus(name));
     let message = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{name}: {message}");
     if let Some(line) = line {
@@ -64,6 +84,7 @@ fn assert_refused(name: &str, line: Option<u64>, reason: &str) {
     }
     assert!(message.contains(reason), "{name}: {message}");
     assert!(!message.contains("panicked"), "{name}: {message}");
+    assert!(sent.is_empty(), "{name}: the server received {sent:?}");
     assert!(report.is_none(), "{name}: nothing ran, so no report");
 }
 
@@ -90,21 +111,22 @@ fn files_that_cannot_be_used_are_refused_with_line_and_advice() {
 
 #[test]
 fn a_header_without_rows_is_nothing_to_do() {
-    let (output, report, _dir) = run(&corpus("header_only.csv"));
+    let (output, report, _dir, sent) = run(&corpus("header_only.csv"));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(sent.is_empty(), "{sent:?}");
     assert_eq!(report.unwrap().len(), 0);
     assert!(String::from_utf8_lossy(&output.stdout).contains("0 total"));
 }
 
 #[test]
 fn bom_crlf_and_semicolon_files_work() {
-    let (output, report, _dir) = run(&corpus("bom_crlf.csv"));
+    let (output, report, _dir, _sent) = run(&corpus("bom_crlf.csv"));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(
         status_column(&report.unwrap(), 3),
         ["succeeded", "succeeded"]
     );
-    let (output, report, _dir) = run(&corpus("semicolon.csv"));
+    let (output, report, _dir, _sent) = run(&corpus("semicolon.csv"));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report = report.unwrap();
     assert_eq!(&report[0][3], "a;b", "the quoted cell with a ';' survives");
@@ -112,7 +134,7 @@ fn bom_crlf_and_semicolon_files_work() {
 
 #[test]
 fn ragged_rows_are_invalid_and_kept() {
-    let (output, report, _dir) = run(&corpus("ragged.csv"));
+    let (output, report, _dir, _sent) = run(&corpus("ragged.csv"));
     assert_eq!(output.status.code(), Some(1));
     let report = report.unwrap();
     assert_eq!(
@@ -129,7 +151,7 @@ fn ragged_rows_are_invalid_and_kept() {
 
 #[test]
 fn formulas_in_every_column_are_invalid_and_neutralised() {
-    let (output, report, _dir) = run(&corpus("formulas.csv"));
+    let (output, report, _dir, _sent) = run(&corpus("formulas.csv"));
     assert_eq!(output.status.code(), Some(1));
     let report = report.unwrap();
     assert_eq!(report.len(), 1);
@@ -145,7 +167,10 @@ fn formulas_in_every_column_are_invalid_and_neutralised() {
 
 #[test]
 fn user_ids_that_could_reach_another_endpoint_never_leave() {
-    let (output, report, _dir) = run(&corpus("path_user.csv"));
+    let (output, report, _dir, sent) = run(&corpus("path_user.csv"));
+    // Only the legal guest UPN reached the server, decoded back to itself.
+    let users: Vec<&str> = sent.iter().map(|r| r["user"].as_str().unwrap()).collect();
+    assert_eq!(users, ["a#b@contoso.com"]);
     assert_eq!(output.status.code(), Some(1));
     let report = report.unwrap();
     assert_eq!(
@@ -158,7 +183,7 @@ fn user_ids_that_could_reach_another_endpoint_never_leave() {
 
 #[test]
 fn duplicate_extra_headers_are_both_carried() {
-    let (output, report, _dir) = run(&corpus("duplicate_extra_headers.csv"));
+    let (output, report, _dir, _sent) = run(&corpus("duplicate_extra_headers.csv"));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report = report.unwrap();
     assert_eq!((&report[0][3], &report[0][4]), ("T-1", "T-2"));
@@ -174,7 +199,7 @@ fn a_two_megabyte_cell_is_carried_whole() {
         format!("customer_id,user_id,sku,note\n{C},{U},SPB,{big}\n{C},{U},{big}\n"),
     )
     .unwrap();
-    let (output, report, _dir) = run(&file);
+    let (output, report, _dir, _sent) = run(&file);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let report = report.unwrap();
     assert_eq!(report[0][3].len(), big.len());
@@ -197,7 +222,7 @@ fn a_thousand_columns_work() {
         ),
     )
     .unwrap();
-    let (output, report, _dir) = run(&file);
+    let (output, report, _dir, _sent) = run(&file);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report = report.unwrap();
     assert_eq!(report[0].len(), 1000 + 12);
@@ -235,7 +260,7 @@ fn utf8_sheets_keep_every_cell_and_header_as_they_were() {
         ("bom_multibyte_header.csv", 0, vec!["succeeded"]),
     ] {
         let file = corpus(name);
-        let (output, report, dir) = run(&file);
+        let (output, report, dir, _sent) = run(&file);
         assert_eq!(
             output.status.code(),
             Some(exit),
@@ -265,7 +290,7 @@ fn utf8_sheets_keep_every_cell_and_header_as_they_were() {
         }
     }
     // The invalid rows name the column and the problem, several-byte characters and all.
-    let (_, report, _dir) = run(&corpus("utf8_first_characters.csv"));
+    let (_, report, _dir, _sent) = run(&corpus("utf8_first_characters.csv"));
     let report = report.unwrap();
     assert!(
         report[2][12].contains("column customer_id: \"Ü7f3c2a10"),

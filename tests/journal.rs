@@ -96,11 +96,31 @@ async fn resend_sends_everything_again() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows(0..3, "SPB"));
     run(options(&sandbox, &input)).await;
+    let first: HashSet<_> = sandbox
+        .requests()
+        .into_iter()
+        .map(|r| r.request_id.unwrap())
+        .collect();
     let mut opts = options(&sandbox, &input);
     opts.resend = true;
     let again = run(opts).await;
     assert_eq!(again.count(RowStatus::Succeeded), 3);
-    assert_eq!(sandbox.requests().len(), 6);
+    let requests = sandbox.requests();
+    assert_eq!(requests.len(), 6);
+    // Sent again under new request IDs, and the sandbox took them as new requests (not
+    // replays of the stored answers): each repeated a change already made.
+    for r in &requests[3..] {
+        let id = r.request_id.clone().unwrap();
+        assert!(!first.contains(&id), "{id} was the first night's");
+        assert!(r.applied && !r.replay, "{r:?}");
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(
+        sandbox
+            .violations()
+            .license_change_repeated_under_new_request_id,
+        3
+    );
 }
 
 #[tokio::test]
@@ -121,6 +141,10 @@ async fn a_remove_makes_a_later_assign_count_again() {
         );
         let summary = run(options(&sandbox, &input)).await;
         assert_eq!(summary.count(RowStatus::Succeeded), 1);
+        let held = sandbox
+            .licenses(CONTOSO.parse().unwrap(), &user)
+            .contains(&E3_BUSINESS_PREMIUM.parse::<Uuid>().unwrap());
+        assert_eq!(held, action == "assign", "after the {action} of {name}");
     }
     assert_eq!(
         sandbox.requests().len(),

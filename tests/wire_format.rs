@@ -3,6 +3,9 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use license_batch::RunOptions;
 use license_batch::config::{FileConfig, Overrides, Settings};
 use license_batch::secret::Secret;
@@ -138,6 +141,37 @@ async fn the_request_matches_the_documented_example() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
 }
 
+/// A remove is the documented LicenseUpdate with `licensesToRemove` (string[], SKU IDs) set and
+/// nothing to assign, byte for byte.
+#[tokio::test]
+async fn a_remove_sends_the_sku_in_licenses_to_remove_byte_for_byte() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(doc_success())
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = common::write_csv(
+        dir.path(),
+        "doc.csv",
+        "customer_id,user_id,sku,action",
+        &[format!("{DOC_CUSTOMER},{DOC_USER},{DOC_SKU},remove")],
+    );
+    let mut settings = settings(&server, "");
+    settings.run.state_file = dir.path().join("state.sqlite");
+    let mut opts = RunOptions::new(&input, settings);
+    opts.secrets.access_token = Some(Secret::new("t"));
+    license_batch::run(opts).await.unwrap();
+    let requests = posts(&server).await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        String::from_utf8(requests[0].body.clone()).unwrap(),
+        format!(
+            "{{\"LicensesToAssign\":null,\"LicensesToRemove\":[\"{DOC_SKU}\"],\"LicenseWarnings\":null,\"Attributes\":{{\"ObjectType\":\"LicenseUpdate\"}}}}"
+        )
+    );
+}
+
 #[tokio::test]
 async fn user_principal_names_are_one_encoded_path_segment() {
     let server = MockServer::start().await;
@@ -179,7 +213,7 @@ async fn a_201_with_a_lenient_body_still_succeeds() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(
-            ResponseTemplate::new(200).set_body_string(
+            ResponseTemplate::new(201).set_body_string(
                 "{\"LicenseWarnings\":[{\"Code\":12,\"Message\":\"m\"}],\"extra\":1}",
             ),
         )
@@ -190,8 +224,9 @@ async fn a_201_with_a_lenient_body_still_succeeds() {
     license_batch::run(opts).await.unwrap();
     let report = common::read_report(&common::report_path(&input));
     assert_eq!(report[0]["result_status"], "succeeded");
-    assert_eq!(report[0]["result_http_status"], "200");
+    assert_eq!(report[0]["result_http_status"], "201");
     assert_eq!(report[0]["result_warnings"], "12: m");
+    assert_eq!(posts(&server).await.len(), 1, "a success is not sent again");
 }
 
 #[tokio::test]
@@ -270,23 +305,41 @@ async fn the_tenant_read_asks_for_both_license_groups_with_the_repeated_paramete
     assert!(read.headers.get("ms-correlationid").is_some());
 }
 
+/// Answers with its template and notes when each request arrived: wiremock keeps no arrival
+/// times, and "never sooner than told" is a statement about them.
+struct Timed {
+    template: ResponseTemplate,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl wiremock::Respond for Timed {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        self.arrivals.lock().unwrap().push(Instant::now());
+        self.template.clone()
+    }
+}
+
 #[tokio::test]
 async fn a_throttled_read_is_retried_after_retry_after() {
     let server = MockServer::start().await;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
     Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(429)
+        .respond_with(Timed {
+            template: ResponseTemplate::new(429)
                 .insert_header("Retry-After", "1")
                 .set_body_json(json!({"statusCode": 429, "message": "Rate limit is exceeded. Try again in 1 seconds."})),
-        )
+            arrivals: Arc::clone(&arrivals),
+        })
         .up_to_n_times(1)
         .with_priority(1)
         .mount(&server)
         .await;
     Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"totalCount": 0, "items": []})),
-        )
+        .respond_with(Timed {
+            template: ResponseTemplate::new(200)
+                .set_body_json(json!({"totalCount": 0, "items": []})),
+            arrivals: Arc::clone(&arrivals),
+        })
         .with_priority(2)
         .mount(&server)
         .await;
@@ -296,11 +349,14 @@ async fn a_throttled_read_is_retried_after_retry_after() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let (input, opts) = doc_row_options(&server, dir.path(), "");
-    let summary = license_batch::run(opts).await.unwrap();
-    assert_eq!(summary.stats.throttled, 1);
+    license_batch::run(opts).await.unwrap();
     let all = server.received_requests().await.unwrap();
     let gets: Vec<_> = all.iter().filter(|r| r.method.as_str() == "GET").collect();
     assert_eq!(gets.len(), 2, "the read was retried");
+    // Never sooner than told: the retry arrived at least the Retry-After after the 429.
+    let arrivals = arrivals.lock().unwrap().clone();
+    let gap = arrivals[1] - arrivals[0];
+    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
     // The tenant said it subscribes nothing: the row is invalid and nothing is written.
     assert!(all.iter().all(|r| r.method.as_str() == "GET"));
     let report = common::read_report(&common::report_path(&input));

@@ -239,6 +239,18 @@ struct SandboxState {
     /// Per (customer, user, SKU): the last change a request made to it.
     last_change: HashMap<(Uuid, String, Uuid), LicenseChange>,
     in_flight: Arc<InFlight>,
+    grants: Vec<TokenGrant>,
+}
+
+/// An access token the token endpoint issued: when, from which endpoint, valid how long.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenGrant {
+    #[serde(with = "humantime_serde_compat")]
+    pub at: SystemTime,
+    /// `"v1"` (`/oauth2/token`) or `"v2"` (`/oauth2/v2.0/token`).
+    pub endpoint: &'static str,
+    /// The lifetime the answer stated (`expires_in`); a revoked token stops sooner.
+    pub lifetime_secs: u64,
 }
 
 /// licenseupdates calls being answered now, and the most there were at once. Atomics rather
@@ -288,6 +300,7 @@ impl SandboxState {
             applied_changes: HashMap::new(),
             last_change: HashMap::new(),
             in_flight: Arc::default(),
+            grants: Vec::new(),
         }
     }
 
@@ -596,6 +609,11 @@ impl Sandbox {
         self.state.lock().expect("sandbox lock").issued
     }
 
+    /// Every access token the token endpoint issued, in order.
+    pub fn token_grants(&self) -> Vec<TokenGrant> {
+        self.state.lock().expect("sandbox lock").grants.clone()
+    }
+
     /// Changes a customer's Conditional Access block while running.
     pub fn set_conditional_access_blocked(&self, customer: Uuid, blocked: bool) {
         let mut state = self.state.lock().expect("sandbox lock");
@@ -656,6 +674,7 @@ fn dump_state(state: &SandboxState) -> Value {
     json!({
         "requests": state.requests,
         "token_requests": state.progress.borrow().token_requests,
+        "token_grants": state.grants,
         "violations": state.violations,
         "licenses": applied,
         "seats": state.customers.iter().map(|(id, c)| json!({
@@ -812,6 +831,14 @@ fn issue_token(
         Instant::now() + Duration::from_secs(valid_for),
     );
     state.refresh_tokens.insert(rotated.clone());
+    state.grants.push(TokenGrant {
+        at: SystemTime::now(),
+        endpoint: match endpoint {
+            TokenEndpoint::V1 => "v1",
+            TokenEndpoint::V2 => "v2",
+        },
+        lifetime_secs: lifetime,
+    });
     let expires_in = match endpoint {
         TokenEndpoint::V1 => json!(lifetime.to_string()),
         TokenEndpoint::V2 => json!(lifetime),

@@ -228,3 +228,28 @@ impl Drop for SandboxServer {
         let _ = self.child.wait();
     }
 }
+
+/// From the sandbox's record: the run outlived its first token (a license update arrived after
+/// it expired), every token after the first was issued before the one it replaced expired,
+/// and no license update was answered 401. A tool that renews only after a 401 fails all but
+/// the first.
+pub fn assert_tokens_renewed_ahead_of_expiry(sandbox: &Sandbox) {
+    let grants = sandbox.token_grants();
+    let requests = sandbox.requests();
+    let first = grants.first().expect("a token was issued");
+    let expired_at = first.at + Duration::from_secs(first.lifetime_secs);
+    let last = requests.iter().map(|r| r.at).max().expect("updates sent");
+    assert!(
+        last > expired_at,
+        "the run did not outlive its first token: {grants:?}"
+    );
+    for pair in grants.windows(2) {
+        let expiry = pair[0].at + Duration::from_secs(pair[0].lifetime_secs);
+        assert!(
+            pair[1].at < expiry,
+            "renewed only after the token expired: {pair:?}"
+        );
+    }
+    let refused = requests.iter().filter(|r| r.status == 401).count();
+    assert_eq!(refused, 0, "license updates answered 401");
+}
