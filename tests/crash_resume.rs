@@ -134,10 +134,11 @@ async fn sigkill_at_any_moment_loses_nothing_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let users = 120;
     // Applied, then answered 15 ms later: kills land between "the tenant changed" and "the
-    // client heard of it". Token answers take 300 ms, so a kill can land before the first send.
+    // client heard of it". The first token call is held (a minute), so the first kill lands
+    // before the first send however late it comes; the later runs get theirs at once.
     let sandbox = SandboxServer::start(
         dir.path(),
-        "[auth]\ntoken_delay_ms = 300\n[faults]\nanswer_delay_ms = 15\n",
+        "[auth]\ntoken_delay_ms = 60000\ntoken_delay_calls = 1\n[faults]\nanswer_delay_ms = 15\n",
     );
     // Wide rows make the final report big enough that a kill can land while it is written.
     write_sheet(dir.path(), users, 20_000);
@@ -233,7 +234,9 @@ async fn sigkill_at_any_moment_loses_nothing_and_repeats_nothing() {
 async fn sigterm_finishes_in_flight_writes_the_report_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let users = 60;
-    let sandbox = SandboxServer::start(dir.path(), "[faults]\nanswer_delay_ms = 15\n");
+    // Answers take 300 ms: 60 groups at 4 in flight are 4.5 s of work, so the signal after the
+    // 10th arrival lands with most of it still to do, however loaded the machine.
+    let sandbox = SandboxServer::start(dir.path(), "[faults]\nanswer_delay_ms = 300\n");
     write_sheet(dir.path(), users, 10);
     let report = dir.path().join("sheet.report.csv");
 

@@ -76,6 +76,28 @@ async fn names_and_part_numbers_resolve_per_customer_and_ambiguity_is_invalid() 
             .count(),
         3
     );
+    // The tenant's own state: each resolved SKU was assigned to its user, and the ambiguous
+    // and unknown names were never sent.
+    let customer: Uuid = CONTOSO.parse().unwrap();
+    for (user, sku) in [
+        ("a@contoso.com", E3),
+        ("b@contoso.com", POWER_BI),
+        ("c@contoso.com", CUSTOM_B),
+    ] {
+        let held = sandbox.licenses(customer, user);
+        assert_eq!(
+            held,
+            std::collections::BTreeSet::from([sku.parse().unwrap()]),
+            "{user}"
+        );
+    }
+    let sent: Vec<String> = sandbox.requests().into_iter().map(|r| r.user).collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(
+        !sent
+            .iter()
+            .any(|u| u.starts_with('d') || u.starts_with('e'))
+    );
 }
 
 #[tokio::test]

@@ -826,26 +826,53 @@ mod tests {
 
     #[test]
     fn a_pool_not_set_grows_to_what_the_ceiling_needs_at_the_measured_latency() {
-        let growing = settings(3000, Concurrency::growing());
-        assert_eq!(growing.pool_size(None), 8, "the SPEC's start");
-        // 50/s at 0.5 s: 25 in flight, and half as many again.
-        assert_eq!(growing.pool_size(Some(Duration::from_millis(500))), 38);
-        // Fast calls need fewer than the start: it does not shrink below it.
-        assert_eq!(growing.pool_size(Some(Duration::from_millis(20))), 8);
-        assert_eq!(growing.pool_size(Some(Duration::from_secs(60))), 256);
-        // A ceiling far above any quota: grown for 3,000/min only. Fast calls keep the
-        // start, so an unknown quota running out meets few requests in flight.
-        let far_above = settings(60_000, Concurrency::growing());
-        assert_eq!(far_above.pool_size(Some(Duration::from_millis(100))), 8);
-        assert_eq!(far_above.pool_size(Some(Duration::from_millis(500))), 38);
-        assert_eq!(far_above.pool_size(Some(Duration::from_secs(1))), 75);
-        // At the defaults (300/min) 8 carry calls up to 1.06 s with the margin.
-        let defaults = settings(300, Concurrency::growing());
-        assert_eq!(defaults.pool_size(Some(Duration::from_millis(1000))), 8);
-        assert_eq!(defaults.pool_size(Some(Duration::from_secs(2))), 15);
+        // What a pool of `size` calls that take `latency` each can carry, per second.
+        let carries = |size: usize, latency: Duration| size as f64 / latency.as_secs_f64();
+        let latencies = [20, 100, 300, 500, 1000, 2000, 10_000, 60_000].map(Duration::from_millis);
+        for ceiling in [300, 3000, 60_000] {
+            let growing = settings(ceiling, Concurrency::growing());
+            assert_eq!(growing.pool_size(None), 8, "the SPEC's start");
+            // While the quota is unknown the pool is sized for at most 3,000/min.
+            let pace = ceiling.min(GROWS_FOR_PER_MINUTE) as f64 / 60.0;
+            let mut before = 0;
+            for latency in latencies {
+                let size = growing.pool_size(Some(latency));
+                assert!(size >= 8, "never below the start: {size} at {latency:?}");
+                assert!(size <= Concurrency::MAX, "{size} at {latency:?}");
+                assert!(
+                    size >= before,
+                    "slower calls never shrink it: {size} < {before}"
+                );
+                before = size;
+                // It carries the pace (with room for the spread of latencies), unless it is
+                // as large as a pool may be; and it is no larger than twice what that needs.
+                if size < Concurrency::MAX {
+                    assert!(
+                        carries(size, latency) >= pace * 1.2,
+                        "{ceiling}/min at {latency:?}: {size} carry {:.0}/s",
+                        carries(size, latency)
+                    );
+                }
+                if size > 8 {
+                    assert!(
+                        carries(size - 1, latency) < pace * 2.0,
+                        "{ceiling}/min at {latency:?}: {size} is more than needed"
+                    );
+                }
+            }
+            // A minute per call: no pool carries 3,000/min, it stops at the most it may have.
+            if ceiling >= 3000 {
+                assert_eq!(
+                    growing.pool_size(Some(Duration::from_secs(60))),
+                    Concurrency::MAX
+                );
+            }
+        }
         // Set by the operator: that many whatever the latency.
         let fixed = settings(3000, Concurrency::fixed(8));
-        assert_eq!(fixed.pool_size(Some(Duration::from_millis(500))), 8);
+        for latency in latencies {
+            assert_eq!(fixed.pool_size(Some(latency)), 8);
+        }
     }
 
     /// The counters after `answered` answers (of which `throttled` 429s) of calls that took

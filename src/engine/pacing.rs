@@ -1092,7 +1092,9 @@ mod tests {
         let sent = Instant::now() - Duration::from_millis(50);
         pacer.throttled(None, sent, Duration::from_secs(1));
         let rate = pacer.state().pool.rate.unwrap();
-        assert!((rate / (100.0 * MARGIN) - 1.0).abs() < 0.05, "{rate}");
+        // Near the 100/s that got through, and below what the windows measured of it (104/s:
+        // a window's edges catch a call more): at that, the next call would meet the limit.
+        assert!((95.0..102.0).contains(&rate), "{rate}");
         // 429s of calls sent before the event, or within a latency after it, change nothing.
         pacer.throttled(
             None,
@@ -1188,10 +1190,7 @@ mod tests {
         pacer.throttled(Some(A), Instant::now(), Duration::from_secs(1));
         assert_eq!(pacer.scope(), Scope::Partner);
         let rate = pacer.state().pool.rate.expect("the pool is paced");
-        assert!(
-            (rate - 40.0 * MARGIN).abs() < 0.5,
-            "40 answers in 1 s: {rate}"
-        );
+        assert!((36.0..40.0).contains(&rate), "40 answers in 1 s: {rate}");
         let stop = CancellationToken::new();
         assert!(pacer.admit(Some(B), &stop).await);
         let before = Instant::now();
@@ -1206,7 +1205,7 @@ mod tests {
         assert_eq!(pacer.scope(), Scope::Customer);
         // A's lane paces near A's rate, 5 answers a second (a second's window holds 5 or 6).
         let rate = pacer.state().lanes[&A].rate.unwrap();
-        assert!((4.5..=6.0 * MARGIN).contains(&rate), "{rate}");
+        assert!((4.5..6.0).contains(&rate), "{rate}");
         assert_eq!(pacer.state().pool.rate, None, "the pool is not paced");
         assert!(pacer.ready_at(B) <= Instant::now());
 

@@ -43,8 +43,13 @@ const PLENTY: u64 = 1_000_000;
 /// One licenseupdates call as the sandbox saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordedRequest {
+    /// When the call was answered (after the scenario's latency); the record is in this order.
     #[serde(with = "humantime_serde_compat")]
     pub at: SystemTime,
+    /// When the call arrived, before its latency: `at - arrived_at` is the latency the client
+    /// saw, and a call that arrived before another's `at` was sent before that answer left.
+    #[serde(with = "humantime_serde_compat")]
+    pub arrived_at: SystemTime,
     pub customer: String,
     pub user: String,
     pub request_id: Option<String>,
@@ -731,7 +736,10 @@ async fn token(state: Shared, form: HashMap<String, String>, endpoint: TokenEndp
     let delay = {
         let s = state.lock().expect("sandbox lock");
         s.progress.send_modify(|p| p.token_requests += 1);
-        s.scenario.auth.token_delay_ms
+        let call = s.progress.borrow().token_requests;
+        let auth = &s.scenario.auth;
+        auth.token_delay_ms
+            .filter(|_| auth.token_delay_calls.is_none_or(|first| call <= first))
     };
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -916,6 +924,7 @@ async fn license_update(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    let arrived_at = SystemTime::now();
     let (_in_flight, latency, charged_on_arrival) = {
         let mut s = state.lock().expect("sandbox lock");
         let in_flight = s.in_flight.enter();
@@ -954,6 +963,7 @@ async fn license_update(
         request_id.clone(),
         body_json,
         charged_on_arrival,
+        arrived_at,
     );
     if reset {
         // Drop the connection without a byte of answer, as a reset does. `resume_unwind` ends
@@ -1003,6 +1013,7 @@ fn record_and_answer(
     request_id: Option<String>,
     body_json: Value,
     charged_on_arrival: Option<Option<f64>>,
+    arrived_at: SystemTime,
 ) -> Reply {
     let header = |name: &str| {
         headers
@@ -1013,6 +1024,7 @@ fn record_and_answer(
     let mut state = state.lock().expect("sandbox lock");
     let mut record = RecordedRequest {
         at: SystemTime::now(),
+        arrived_at,
         customer: customer.to_string(),
         user: user.to_string(),
         request_id: request_id.clone(),

@@ -36,6 +36,9 @@ pub struct AuthScenario {
     pub revoke_first_tokens: u64,
     /// The token endpoint answers only after this long.
     pub token_delay_ms: Option<u64>,
+    /// Only the first N token calls are delayed (all when not set): a test can hold the first
+    /// run at its token, kill it there without a race, and let the next runs go.
+    pub token_delay_calls: Option<u64>,
     /// Every licenseupdates call answers 401.
     #[serde(default)]
     pub reject_all_tokens: bool,
