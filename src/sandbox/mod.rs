@@ -962,8 +962,10 @@ async fn license_update(
         &headers,
         request_id.clone(),
         body_json,
-        charged_on_arrival,
-        arrived_at,
+        Arrival {
+            at: arrived_at,
+            charged: charged_on_arrival,
+        },
     );
     if reset {
         // Drop the connection without a byte of answer, as a reset does. `resume_unwind` ends
@@ -992,6 +994,13 @@ async fn license_update(
     response
 }
 
+/// When a licenseupdates call arrived, and what a gateway charged it on arrival (`None` when
+/// the quota is charged after the latency).
+struct Arrival {
+    at: SystemTime,
+    charged: Option<Option<f64>>,
+}
+
 /// The answer to a licenseupdates call, and how to deliver it.
 struct Reply {
     status: u16,
@@ -1012,9 +1021,12 @@ fn record_and_answer(
     headers: &HeaderMap,
     request_id: Option<String>,
     body_json: Value,
-    charged_on_arrival: Option<Option<f64>>,
-    arrived_at: SystemTime,
+    arrival: Arrival,
 ) -> Reply {
+    let Arrival {
+        at: arrived_at,
+        charged: charged_on_arrival,
+    } = arrival;
     let header = |name: &str| {
         headers
             .get(name)
