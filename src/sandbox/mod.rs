@@ -245,6 +245,8 @@ struct SandboxState {
     last_change: HashMap<(Uuid, String, Uuid), LicenseChange>,
     in_flight: Arc<InFlight>,
     grants: Vec<TokenGrant>,
+    /// When the quota first counted a call (the origin of `window_from = "first_call"`).
+    first_charge: Option<Instant>,
 }
 
 /// An access token the token endpoint issued: when, from which endpoint, valid how long.
@@ -306,6 +308,7 @@ impl SandboxState {
             last_change: HashMap::new(),
             in_flight: Arc::default(),
             grants: Vec::new(),
+            first_charge: None,
         }
     }
 
@@ -356,10 +359,15 @@ impl SandboxState {
             }
             scenario::ThrottleMode::Window => {
                 let length = throttle.window_secs.unwrap_or(60).max(1);
+                let origin = match throttle.window_from {
+                    scenario::WindowFrom::Start => self.started,
+                    scenario::WindowFrom::FirstCall => *self.first_charge.get_or_insert(now),
+                };
+                let elapsed = now.duration_since(origin).as_secs_f64();
                 let window = (elapsed / length as f64).floor();
                 // (calls counted, a moment inside the window they were counted in)
                 let (count, marker) = self.quotas.entry(key).or_insert((0.0, now));
-                let current = marker.duration_since(self.started).as_secs_f64() / length as f64;
+                let current = marker.duration_since(origin).as_secs_f64() / length as f64;
                 if current.floor() != window {
                     *count = 0.0;
                     *marker = now;
@@ -1421,6 +1429,7 @@ fn answer_license_update(
         .is_some_and(|n| n > 0 && call.is_multiple_of(n))
     {
         let status = faults.transient_status.unwrap_or(503);
+        record.fault = Some("transient");
         return (
             status,
             vec![],

@@ -139,6 +139,11 @@ pub struct Throttle {
     pub burst: Option<u64>,
     /// Window length (default 60).
     pub window_secs: Option<u64>,
+    /// Where the windows start counting (default `start`, the sandbox's start). `first_call`:
+    /// from the first call the quota counts, so a client's first window is always whole,
+    /// however long it took to get there.
+    #[serde(default)]
+    pub window_from: WindowFrom,
     /// How the wait is told (default `up`).
     #[serde(default)]
     pub retry_after: RetryAfterStyle,
@@ -152,6 +157,15 @@ pub struct Throttle {
     /// When a call spends the quota (default `after_latency`).
     #[serde(default)]
     pub charge: Charge,
+}
+
+/// Where fixed windows are counted from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowFrom {
+    #[default]
+    Start,
+    FirstCall,
 }
 
 /// How a 429 tells its wait.
