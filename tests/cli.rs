@@ -341,23 +341,10 @@ fn the_same_sheet_again_sends_nothing_the_server_can_see() {
     assert_eq!(night().status.code(), Some(1));
     let first = received();
     assert!(first > 0);
-    let statuses = |path: &Path| -> Vec<String> {
-        let mut reader = csv::Reader::from_path(path).unwrap();
-        let column = reader
-            .headers()
-            .unwrap()
-            .iter()
-            .position(|h| h == "result_status")
-            .unwrap();
-        reader
-            .records()
-            .map(|r| r.unwrap()[column].to_string())
-            .collect()
-    };
-    let first_statuses = statuses(&report);
+    let first_statuses = common::report_statuses(&report);
     assert_eq!(night().status.code(), Some(1));
     assert_eq!(received(), first, "the second night sent something");
-    assert_eq!(statuses(&report), first_statuses);
+    assert_eq!(common::report_statuses(&report), first_statuses);
 }
 
 #[test]

@@ -113,18 +113,9 @@ fn assert_ground_truth(record: &Value, users: usize) -> u64 {
 }
 
 fn report_statuses(path: &Path) -> HashMap<String, usize> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let column = reader
-        .headers()
-        .unwrap()
-        .iter()
-        .position(|h| h == "result_status")
-        .unwrap();
     let mut counts = HashMap::new();
-    for record in reader.records() {
-        *counts
-            .entry(record.unwrap()[column].to_string())
-            .or_default() += 1;
+    for status in common::report_statuses(path) {
+        *counts.entry(status).or_default() += 1;
     }
     counts
 }

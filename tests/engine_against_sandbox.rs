@@ -364,14 +364,20 @@ async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_wou
     let latency = summary.stats.mean_latency.unwrap();
     assert!(latency >= Duration::from_millis(200), "{latency:?}");
     let advice = summary.advice.clone().expect("the pool set the pace");
-    // 100/s at >= 0.2 s each needs >= 20 in flight, and half as many again.
+    // 100/s at >= 0.2 s each needs >= 20 in flight, and half as many again: at least 30, and
+    // more when the calls took longer (a loaded machine), as the latency measured says.
     let needed: usize = advice
         .split("--concurrency ")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{advice}"));
-    assert!((30..=45).contains(&needed), "{advice}");
+    let for_measured = (100.0 * latency.as_secs_f64() * 1.5).ceil() as usize;
+    assert!(needed >= 30, "{advice}");
+    assert!(
+        needed.abs_diff(for_measured) <= 1,
+        "{advice} at {latency:?}"
+    );
     assert!(summary.to_string().contains("pace:"), "{summary}");
     // Set by the operator: never more in flight, however slow the calls.
     assert_eq!(sandbox.most_in_flight(), 2);

@@ -229,7 +229,26 @@ mod tests {
         for status in [408, 500, 502, 503, 504] {
             assert_eq!(verdict(status, ""), Verdict::Transient, "{status}");
         }
+        // Any other 5xx is the server's trouble too, but for the two that say the request
+        // itself cannot be served (not implemented, HTTP version).
+        for status in [507, 520, 599] {
+            assert_eq!(verdict(status, ""), Verdict::Transient, "{status}");
+        }
         assert_eq!(verdict(501, ""), Verdict::Rejected);
+        assert_eq!(verdict(505, ""), Verdict::Rejected);
+    }
+
+    #[test]
+    fn a_body_wait_that_is_not_a_number_of_seconds_is_no_wait() {
+        for n in ["-5", "inf", "NaN", "soon"] {
+            let message = format!("Rate limit is exceeded. Try again in {n} seconds.");
+            assert_eq!(retry_after_delay(None, &message), None, "{n}");
+        }
+        let message = "Rate limit is exceeded. Try again in 2.5 seconds.";
+        assert_eq!(
+            retry_after_delay(None, message),
+            Some(Duration::from_millis(2500))
+        );
     }
 
     #[test]
@@ -244,7 +263,15 @@ mod tests {
     fn customer_level_refusals() {
         let c = classify(403, None, br#"{"code":900309,"description":"Access has been blocked by Conditional Access policies."}"#);
         assert_eq!(c.verdict, Verdict::CustomerForbidden);
-        assert!(c.message.contains("Conditional Access"));
+        // The advice is the tool's own (the description may say anything, or nothing), and it
+        // is not the GDAP advice of other 403s: the fix is the customer's policy, not a role.
+        let c = classify(403, None, br#"{"code":900309,"description":"Forbidden"}"#);
+        assert!(c.message.contains("Conditional Access"), "{}", c.message);
+        assert!(
+            !c.message.contains("License Administrator"),
+            "{}",
+            c.message
+        );
         let c = classify(403, None, br#"{"code":3,"description":"Forbidden"}"#);
         assert_eq!(c.verdict, Verdict::CustomerForbidden);
         assert!(c.message.contains("License Administrator"), "{}", c.message);

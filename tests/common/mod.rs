@@ -94,6 +94,21 @@ pub fn read_report(path: &Path) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
+/// The `result_status` of every row of the CSV report at `path`, in order.
+pub fn report_statuses(path: &Path) -> Vec<String> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let column = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "result_status")
+        .unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap()[column].to_string())
+        .collect()
+}
+
 pub fn report_path(input: &Path) -> PathBuf {
     license_batch::report::default_path(input)
 }
