@@ -208,10 +208,7 @@ impl ReportWriter {
     /// Creates the temporary file and writes the header: the carried input columns, then
     /// the `result_*` columns.
     pub fn create(path: &Path, delimiter: u8, headers: &[String]) -> std::io::Result<Self> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = folder_of(path);
         // A fixed temporary name beside the target: a run killed while writing leaves one
         // stale file that the next write of the same report simply replaces.
         let file_name = path
@@ -285,19 +282,72 @@ impl ReportWriter {
 
 /// Fails early (before anything is sent) when the report's folder is not writable.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     tempfile::Builder::new()
         .prefix(".license-batch-check-")
-        .tempfile_in(dir)
+        .tempfile_in(folder_of(path))
         .map(drop)
+}
+
+/// The folder a report goes in: its parent, or the working directory for a bare file name
+/// (whose parent is the empty path).
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The temporary file is written beside the report (a rename within one folder is
+    /// atomic; across file systems it fails), not in the working directory.
+    #[test]
+    fn the_report_is_written_beside_itself_then_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("night.report.csv");
+        let writer = ReportWriter::create(&path, b',', &["user_id".to_string()]).unwrap();
+        assert!(dir.path().join(".night.report.csv.tmp").exists());
+        assert!(!path.exists(), "not in place before it is whole");
+        writer.finish().unwrap();
+        assert!(path.exists());
+        assert!(!dir.path().join(".night.report.csv.tmp").exists());
+        assert_eq!(folder_of(Path::new("bare.csv")), PathBuf::from("."));
+    }
+
+    #[test]
+    fn a_folder_that_cannot_take_the_report_is_found_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_writable(&dir.path().join("ok.csv")).is_ok());
+        assert!(check_writable(&dir.path().join("missing/ok.csv")).is_err());
+    }
+
+    #[test]
+    fn a_row_sent_once_for_an_identical_earlier_one_says_so_and_keeps_the_answer() {
+        let failed = OperationOutcome {
+            status: crate::engine::OperationStatus::Failed,
+            message: "out of licenses".into(),
+            ..OperationOutcome::pending("")
+        };
+        let row = sent_row(5, None, None, None, &failed, Some(2));
+        assert_eq!(
+            row.message,
+            "same operation as line 2, sent once; out of licenses"
+        );
+        assert_eq!(row.status, RowStatus::Failed);
+        let succeeded = OperationOutcome {
+            status: crate::engine::OperationStatus::Succeeded,
+            ..OperationOutcome::pending("")
+        };
+        let row = sent_row(5, None, None, None, &succeeded, Some(2));
+        assert_eq!(row.message, "same operation as line 2, sent once");
+        // The first row of the operation carries the answer alone.
+        assert_eq!(
+            sent_row(2, None, None, None, &failed, None).message,
+            "out of licenses"
+        );
+    }
 
     #[test]
     fn formulas_are_neutralised_numbers_are_not() {

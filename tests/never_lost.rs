@@ -252,3 +252,26 @@ fn the_emilie_sheet_runs_to_its_report() {
     // The same rows; only the finish times may differ by the second they were written in.
     assert_eq!(read_report(&dir.path().join("again.csv")), report);
 }
+
+/// A report that cannot be written is found before anything is sent: a night's work with no
+/// record of it is what this file is about.
+#[tokio::test]
+async fn a_report_folder_that_does_not_exist_stops_the_run_before_it_sends() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(
+        dir.path(),
+        "sheet.csv",
+        HEADER,
+        &[format!("{CONTOSO},{},SPB,Émilie", user_guid(1))],
+    );
+    let mut opts = options(&sandbox, &input);
+    opts.report = Some(dir.path().join("no-such-folder/report.csv"));
+    let result = license_batch::run(opts).await;
+    assert!(
+        matches!(result, Err(license_batch::Error::Write { .. })),
+        "{result:?}"
+    );
+    assert_eq!(exit_code_for(&result), 2);
+    assert!(sandbox.requests().is_empty(), "sent before the check");
+}
