@@ -273,6 +273,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_error_code_is_a_number_or_a_string_and_a_blank_one_is_none() {
+        let code = |v: Value| code_text(Some(&v));
+        assert_eq!(code(serde_json::json!(60012)), Some("60012".into()));
+        assert_eq!(code(serde_json::json!(" 60012 ")), Some("60012".into()));
+        // A blank code is no code: the message then names none ("HTTP 400", not "code ").
+        assert_eq!(code(serde_json::json!("  ")), None);
+        assert_eq!(code(serde_json::json!("")), None);
+        assert_eq!(code(serde_json::json!(null)), None);
+        assert_eq!(code_text(None), None);
+    }
+
+    #[test]
+    fn lenient_shapes_of_error_data_and_numbers_are_read() {
+        // `data` as one string instead of a list: it still names the SKU that ran out.
+        let body =
+            br#"{"code":60012,"description":"out","data":"LicenseQuotaExceededException : SKU 1"}"#;
+        assert_eq!(
+            ErrorBody::parse(body).data,
+            ["LicenseQuotaExceededException : SKU 1"]
+        );
+        // Counts sent as strings (insights, seats) are numbers all the same.
+        assert_eq!(number(Some(&serde_json::json!(" 30 "))), Some(30.0));
+        assert_eq!(number(Some(&serde_json::json!(12.5))), Some(12.5));
+        assert_eq!(number(Some(&serde_json::json!("many"))), None);
+    }
+
+    #[test]
     fn request_matches_the_documented_example() {
         let op = Operation {
             sku_id: "f8a1db68-be16-40ed-86d5-cb42ce701560".parse().unwrap(),
