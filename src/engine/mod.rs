@@ -328,8 +328,9 @@ impl EngineSettings {
 /// is too small for a quota above it (a bucket that stores a minute of calls, a rate that
 /// rises mid-run: 8 calls of 0.1 s carry 80/s however much the API would take). Each watch
 /// ([`PoolGrowth::WATCH`]) in which the pool was busy — answers came in at nearly what its
-/// calls in flight can carry — and not one call was throttled, it grows by a step. A 429 stops the growth for that watch: from
-/// then on the pacer, not the pool, sets the pace, and the pool only needs to carry it.
+/// calls in flight can carry — and not one call was throttled, it grows by a step. A 429
+/// stops the growth for that watch: from then on the pacer, not the pool, sets the pace, and
+/// the pool only needs to carry it.
 #[derive(Debug)]
 struct PoolGrowth {
     since: tokio::time::Instant,
@@ -717,8 +718,8 @@ pub async fn execute(
     drop(results_tx);
 
     let mut ratio = FailureRatio::default();
-    // Only a pool that sizes itself grows past what the ceiling needs at its latency, and
-    // never past what the ceiling needs at all.
+    // Only a pool that sizes itself grows past its size for 3,000/min at the measured
+    // latency, and never past what the ceiling itself needs there.
     let grows_while_busy = !shared.calls.settings.concurrency.is_fixed();
     let mut growth = PoolGrowth::new(tokio::time::Instant::now(), &shared.calls.stats());
     while let Some((group, settled_rows, outcomes)) = results.recv().await {
