@@ -14,6 +14,14 @@ use uuid::Uuid;
 
 const HEADER: &str = "customer_id,user_id,sku,action,ticket";
 
+/// A sheet of `users` Contoso users, one SPB assignment each.
+fn contoso_sheet(dir: &std::path::Path, users: usize) -> std::path::PathBuf {
+    let rows: Vec<String> = (0..users)
+        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
+        .collect();
+    write_csv(dir, "sheet.csv", HEADER, &rows)
+}
+
 /// For every report row, the tenant state must agree: succeeded assign → held; succeeded
 /// remove → not held; failed assign → not held.
 fn assert_report_matches_tenant(
@@ -352,10 +360,7 @@ async fn a_customer_throttled_on_its_own_window_does_not_hold_up_the_others() {
 async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_would_do() {
     let sandbox = start("[faults]\nlatency_ms = 200\n").await;
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..12)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let input = contoso_sheet(dir.path(), 12);
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.requests_per_minute = 6000;
     opts.settings.limits.concurrency = Concurrency::fixed(2);
@@ -392,10 +397,7 @@ async fn run_with_a_pool_that_grows(
     users: usize,
 ) -> license_batch::RunSummary {
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..users)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let input = contoso_sheet(dir.path(), users);
     let mut opts = options(sandbox, &input);
     opts.settings.limits.requests_per_minute = 3000;
     opts.settings.limits.concurrency = Concurrency::growing();
@@ -438,10 +440,7 @@ async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
 async fn a_busy_pool_that_draws_no_429_grows_past_what_three_thousand_a_minute_need() {
     let sandbox = start("[faults]\nlatency_ms = 100\n").await;
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..600)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let input = contoso_sheet(dir.path(), 600);
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.requests_per_minute = 60_000;
     opts.settings.limits.concurrency = Concurrency::growing();
@@ -472,10 +471,7 @@ fn assert_never_sooner_than_told(requests: &[license_batch::sandbox::RecordedReq
 async fn a_429_slows_the_whole_pool_and_its_call_waits_retry_after() {
     let sandbox = start("[faults]\nthrottle_every = 6\nretry_after_secs = 1\n").await;
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..16)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let input = contoso_sheet(dir.path(), 16);
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.concurrency = Concurrency::fixed(4);
     let summary = run(opts).await;
@@ -603,10 +599,7 @@ async fn transient_failures_give_up_after_max_attempts() {
 async fn the_failure_threshold_aborts_and_leaves_the_rest_pending() {
     let sandbox = start(&format!("[[customers]]\nid = \"{CONTOSO}\"\nusers = []\n")).await;
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..30)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let input = contoso_sheet(dir.path(), 30);
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.concurrency = Concurrency::fixed(1);
     opts.settings.run.failure_ratio_min_groups = 5;
@@ -637,10 +630,7 @@ async fn the_failure_threshold_aborts_and_leaves_the_rest_pending() {
 async fn a_signal_before_anything_was_sent_exits_130_without_sending() {
     let sandbox = start("").await;
     let dir = tempfile::tempdir().unwrap();
-    let rows: Vec<String> = (0..5)
-        .map(|i| format!("{CONTOSO},{},SPB,,T", user_guid(i)))
-        .collect();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    let input = contoso_sheet(dir.path(), 5);
     let opts = options(&sandbox, &input);
     opts.stop.cancel();
     let result = license_batch::run(opts).await;

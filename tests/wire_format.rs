@@ -72,6 +72,14 @@ async fn posts(server: &MockServer) -> Vec<wiremock::Request> {
         .collect()
 }
 
+/// Every license update answered with the documentation's success.
+async fn answer_posts_with_doc_success(server: &MockServer) {
+    Mock::given(method("POST"))
+        .respond_with(doc_success())
+        .mount(server)
+        .await;
+}
+
 fn doc_success() -> ResponseTemplate {
     ResponseTemplate::new(201).set_body_json(json!({
         "licensesToAssign": [{"skuId": DOC_SKU}],
@@ -146,10 +154,7 @@ async fn the_request_matches_the_documented_example() {
 #[tokio::test]
 async fn a_remove_sends_the_sku_in_licenses_to_remove_byte_for_byte() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(doc_success())
-        .mount(&server)
-        .await;
+    answer_posts_with_doc_success(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let input = common::write_csv(
         dir.path(),
@@ -175,10 +180,7 @@ async fn a_remove_sends_the_sku_in_licenses_to_remove_byte_for_byte() {
 #[tokio::test]
 async fn user_principal_names_are_one_encoded_path_segment() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(doc_success())
-        .mount(&server)
-        .await;
+    answer_posts_with_doc_success(&server).await;
     let guest = "Ada_contoso.com#EXT#@fabrikam.onmicrosoft.com";
     let requests = run_one_row(&server, guest, "").await;
     let url = &requests[0].url;
@@ -194,10 +196,7 @@ async fn user_principal_names_are_one_encoded_path_segment() {
 #[tokio::test]
 async fn kick_instant_on_and_locale_come_from_the_config() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(doc_success())
-        .mount(&server)
-        .await;
+    answer_posts_with_doc_success(&server).await;
     let requests = run_one_row(
         &server,
         DOC_USER,
@@ -287,10 +286,7 @@ async fn the_tenant_read_asks_for_both_license_groups_with_the_repeated_paramete
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(doc_success())
-        .mount(&server)
-        .await;
+    answer_posts_with_doc_success(&server).await;
     run_one_row(&server, DOC_USER, "").await;
     let all = server.received_requests().await.unwrap();
     let read = all.iter().find(|r| r.method.as_str() == "GET").unwrap();
@@ -343,10 +339,7 @@ async fn a_throttled_read_is_retried_after_retry_after() {
         .with_priority(2)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(doc_success())
-        .mount(&server)
-        .await;
+    answer_posts_with_doc_success(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let (input, opts) = doc_row_options(&server, dir.path(), "");
     license_batch::run(opts).await.unwrap();
