@@ -431,3 +431,52 @@ async fn after_a_kill_a_grown_sheet_keeps_the_request_ids_of_the_killed_run() {
         "{applied_per_user:?}"
     );
 }
+
+/// A request that may have been applied before a resume, then throttled in the resumed run
+/// past `retry.max_elapsed_secs`: the 429 says only that *this* attempt was not processed, so
+/// the request still has no definitive answer and the next run sends it under its ID again.
+#[tokio::test]
+async fn a_request_throttled_out_after_a_lost_answer_keeps_its_id_for_the_next_run() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(6);
+    let assign = row(&user, "SPB", "assign", "", "Zoë");
+    run(night(&sandbox, dir.path(), "night0.csv", &[assign]).await).await;
+
+    // Night 1: the remove is applied, its answer lost.
+    sandbox.set_faults(answers_lost());
+    let removal = [row(&user, "SPB", "remove", "", "Zoë")];
+    run(night(&sandbox, dir.path(), "night1.csv", &removal).await).await;
+    assert!(sandbox.licenses(CONTOSO.parse().unwrap(), &user).is_empty());
+    let earlier_id = sandbox.requests()[1].request_id.clone().unwrap();
+
+    // Night 2: every license update is answered 429 with a wait longer than the run may
+    // spend on one group, so it gives up after one throttled attempt.
+    sandbox.set_faults(Faults {
+        throttle_every: Some(1),
+        retry_after_secs: Some(120),
+        ..Faults::default()
+    });
+    let mut opts = night(&sandbox, dir.path(), "night1.csv", &removal).await;
+    opts.settings.retry.max_elapsed = std::time::Duration::from_secs(60);
+    let report = report_path(&opts.input);
+    run(opts).await;
+    let night2: Vec<RecordedRequest> = sandbox.requests()[2..].to_vec();
+    assert_eq!(night2.len(), 1, "{night2:?}");
+    assert_eq!(night2[0].status, 429);
+    assert_eq!(night2[0].request_id.as_deref(), Some(earlier_id.as_str()));
+    assert_eq!(statuses(&report), [("Zoë".into(), "failed".into())]);
+
+    // Night 3, the service back: the remove goes out under the ID it had, and is answered
+    // from the idempotency store, not applied a second time under a new one.
+    sandbox.set_faults(Faults::default());
+    let opts = night(&sandbox, dir.path(), "night1.csv", &removal).await;
+    let report = report_path(&opts.input);
+    run(opts).await;
+    let night3: Vec<RecordedRequest> = sandbox.requests()[3..].to_vec();
+    assert_eq!(night3.len(), 1, "{night3:?}");
+    assert_eq!(night3[0].request_id.as_deref(), Some(earlier_id.as_str()));
+    assert!(night3[0].replay);
+    assert_eq!(sandbox.violations(), Default::default());
+    assert_eq!(statuses(&report), [("Zoë".into(), "succeeded".into())]);
+}

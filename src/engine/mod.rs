@@ -142,6 +142,10 @@ pub trait Recorder: Send + Sync {
 pub struct Pass {
     pub request_id: Uuid,
     pub operations: Vec<usize>,
+    /// This request may have gone out already: in this run before a resume, or in an earlier
+    /// run whose unanswered request this one carries. Without a definitive answer it may be
+    /// applied, so a give-up in this run leaves it *unanswered* (re-sent under its ID next run).
+    pub sent_before: bool,
 }
 
 /// One group to send: its open operations, as the requests (passes) the journal recorded.
@@ -183,10 +187,17 @@ impl GroupWork {
                 None => passes.push(Pass {
                     request_id,
                     operations: vec![op],
+                    // Set below, once the group's earlier attempts are known.
+                    sent_before: false,
                 }),
             }
         }
         passes.sort_by_key(|pass| Some(pass.request_id) == own_request_id);
+        for pass in &mut passes {
+            // A pass under another ID than the group's own carries an earlier run's request
+            // (or a split made after an answer, which counts as an earlier attempt too).
+            pass.sent_before = previous_attempts > 0 || Some(pass.request_id) != own_request_id;
+        }
         (!passes.is_empty()).then_some(GroupWork {
             group,
             request,
@@ -938,6 +949,48 @@ mod tests {
         assert_eq!(
             full.grown(later, &counted(120 * secs, 0, 100), 12, 12),
             None
+        );
+    }
+
+    /// Which passes of a stored group may have gone out already (and so, given up on, stay
+    /// unanswered): all of them after a resume; in a new run, only those carrying an earlier
+    /// run's request, not the group's own.
+    #[test]
+    fn a_pass_was_sent_before_after_a_resume_or_when_it_carries_an_earlier_request() {
+        let operation = |sku: u128| crate::plan::Operation {
+            sku_id: Uuid::from_u128(sku),
+            action: crate::input::Action::Assign,
+            excluded_plans: Vec::new(),
+            first_row: 0,
+            row_count: 1,
+        };
+        let group = Group {
+            customer_id: Uuid::from_u128(1),
+            user: "émilie@contoso.example".into(),
+            license_group: crate::input::LicenseGroup::Group1,
+            operations: vec![operation(10), operation(11)],
+        };
+        let (own, earlier) = (Uuid::from_u128(100), Uuid::from_u128(200));
+        let pending = |attempts| {
+            Some(OperationOutcome {
+                attempts,
+                ..OperationOutcome::unsent(OperationStatus::Pending, "")
+            })
+        };
+        let sent_before = |outcomes: &[Option<OperationOutcome>]| {
+            let work = GroupWork::open(0, group.clone(), outcomes, &[earlier, own], Some(own))
+                .expect("open work");
+            work.passes
+                .iter()
+                .map(|p| (p.request_id, p.sent_before))
+                .collect::<Vec<_>>()
+        };
+        // A new run: the carried request first, marked; the group's own request last, not.
+        assert_eq!(sent_before(&[None, None]), [(earlier, true), (own, false)]);
+        // A resumed run whose group made attempts: both may be applied.
+        assert_eq!(
+            sent_before(&[pending(0), pending(2)]),
+            [(earlier, true), (own, true)]
         );
     }
 }

@@ -84,6 +84,7 @@ fn new_pass(operations: Vec<usize>) -> Pass {
     Pass {
         request_id: Uuid::new_v4(),
         operations,
+        sent_before: false,
     }
 }
 
@@ -138,13 +139,14 @@ pub(super) async fn run_group(
     'pass: while let Some(Pass {
         request_id,
         operations: mut remaining,
+        sent_before,
     }) = passes.pop_front()
     {
         let license = |&i: &usize| (operations[i].sku_id, operations[i].action);
         if remaining.iter().any(|i| unanswered.contains(&license(i))) {
             let outcome = OperationOutcome {
-                // Sent in an earlier attempt of this run (before a resume), it may be applied.
-                unanswered: work.previous_attempts > 0,
+                // Sent before (before a resume, or by an earlier run), it may be applied.
+                unanswered: sent_before,
                 ..last.outcome(
                     OperationStatus::Failed,
                     attempts,
@@ -161,10 +163,11 @@ pub(super) async fn run_group(
         let mut backoff = shared.calls.retry_policy().build();
         let mut untold = shared.calls.untold_throttle_backoff();
         let mut renewed_after_401 = false;
-        // Whether an attempt may have reached the service (a timeout, a reset, a 5xx), here or
-        // before a resume: a give-up then leaves the request without a definitive answer. A
-        // 429 says it was not processed.
-        let mut maybe_applied = work.previous_attempts > 0;
+        // Whether an attempt may have reached the service (a timeout, a reset, a 5xx), here,
+        // before a resume or in the earlier run whose request this pass carries: a give-up then
+        // leaves the request without a definitive answer. A 429 says only that *its* attempt
+        // was not processed.
+        let mut maybe_applied = sent_before;
         loop {
             if let Some(block) = shared.customer_block(group.customer_id) {
                 let outcome = OperationOutcome {
