@@ -181,7 +181,7 @@ async fn measure(case: &Case) {
         }
         most_in_10s = most_in_10s.max(end - start + 1);
     }
-    let succeeded = summary.count(license_batch::report::RowStatus::Succeeded);
+    let succeeded = summary.count(license_batch::outcome::RowStatus::Succeeded);
     let applied = requests.iter().filter(|r| r.applied).count();
     assert_eq!(
         applied, case.groups,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, EnvSecrets, FileConfig, Overrides, Settings};
 use crate::error::{self, Error, exit_code};
 use crate::journal::Journal;
+use crate::outcome::RowStatus;
 use crate::progress::{self, LogFormat};
 use crate::report;
 use crate::run::{
@@ -556,28 +557,28 @@ fn show_status(args: &StatusArgs) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "{:>5}  {:<20}  {:<11}  {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}  input",
-        "run", "started", "outcome", "rows", "succeeded", "failed", "invalid", "skipped", "pending"
+        "{:>5}  {:<20}  {:<11}  {:>6} {}  input",
+        "run",
+        "started",
+        "outcome",
+        "rows",
+        RowStatus::columns(|status| status.as_str().to_string())
     );
     for run in runs {
-        let n = |status: &str| {
+        let n = |status: RowStatus| {
             run.counts
                 .iter()
-                .find(|(s, _)| s == status)
+                .find(|(s, _)| s == status.as_str())
                 .map_or(0, |(_, n)| *n)
         };
         let total: u64 = run.counts.iter().map(|(_, n)| n).sum();
         println!(
-            "{:>5}  {:<20}  {:<11}  {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}  {}",
+            "{:>5}  {:<20}  {:<11}  {:>6} {}  {}",
             run.id,
             run.started_at,
             run.outcome,
             total,
-            n("succeeded"),
-            n("failed"),
-            n("invalid"),
-            n("skipped"),
-            n("pending"),
+            RowStatus::columns(|status| n(status).to_string()),
             run.input_path
         );
         if let Some(message) = &run.message {

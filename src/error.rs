@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::summary::{Completion, RunSummary};
+use crate::outcome::Completion;
+use crate::summary::RunSummary;
 
 /// Everything that stops a run before a request was sent (exit 2). Failures after sending
 /// starts are not errors: they end in a [`RunSummary`] whose [`Completion`] says why.

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod input;
 pub mod journal;
+pub mod outcome;
 pub mod panic;
 pub mod paths;
 pub mod plan;
@@ -26,5 +27,6 @@ pub mod tenant;
 pub mod verify;
 
 pub use error::{Error, exit_code_for};
+pub use outcome::Completion;
 pub use run::{RunOptions, Target, run};
-pub use summary::{Completion, RunSummary};
+pub use summary::RunSummary;

@@ -7,50 +7,9 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use crate::engine::{OperationOutcome, OperationStatus};
 use crate::input::{LicenseGroup, RESULT_COLUMNS};
+use crate::outcome::{OperationOutcome, RowStatus};
 use crate::plan::{Plan, RowPlan};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RowStatus {
-    Succeeded,
-    Failed,
-    Invalid,
-    Skipped,
-    Pending,
-}
-
-/// The report status of the rows of an operation with this outcome.
-impl From<OperationStatus> for RowStatus {
-    fn from(status: OperationStatus) -> RowStatus {
-        match status {
-            OperationStatus::Succeeded => RowStatus::Succeeded,
-            OperationStatus::Failed => RowStatus::Failed,
-            OperationStatus::Skipped => RowStatus::Skipped,
-            OperationStatus::Pending => RowStatus::Pending,
-        }
-    }
-}
-
-impl RowStatus {
-    pub const ALL: [RowStatus; 5] = [
-        RowStatus::Succeeded,
-        RowStatus::Failed,
-        RowStatus::Invalid,
-        RowStatus::Skipped,
-        RowStatus::Pending,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RowStatus::Succeeded => "succeeded",
-            RowStatus::Failed => "failed",
-            RowStatus::Invalid => "invalid",
-            RowStatus::Skipped => "skipped",
-            RowStatus::Pending => "pending",
-        }
-    }
-}
 
 /// One row of the report model.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,7 +285,7 @@ mod tests {
     #[test]
     fn a_row_sent_once_for_an_identical_earlier_one_says_so_and_keeps_the_answer() {
         let failed = OperationOutcome {
-            status: crate::engine::OperationStatus::Failed,
+            status: crate::outcome::OperationStatus::Failed,
             message: "out of licenses".into(),
             ..OperationOutcome::pending("")
         };
@@ -337,7 +296,7 @@ mod tests {
         );
         assert_eq!(row.status, RowStatus::Failed);
         let succeeded = OperationOutcome {
-            status: crate::engine::OperationStatus::Succeeded,
+            status: crate::outcome::OperationStatus::Succeeded,
             ..OperationOutcome::pending("")
         };
         let row = sent_row(5, None, None, None, &succeeded, Some(2));

@@ -17,21 +17,21 @@ use crate::api::models;
 use crate::api::{ApiClient, http_client};
 use crate::config::{EnvSecrets, Settings};
 use crate::engine::{
-    self, Dispatcher, EngineSettings, Observer, OperationOutcome, OperationStatus, ReadFailure,
-    ReadFailureKind, Work,
+    self, Dispatcher, EngineSettings, Observer, ReadFailure, ReadFailureKind, Work,
 };
 use crate::error::Error;
 use crate::input::{self, Record};
 use crate::journal::read::WorkPages;
 use crate::journal::writer::JournalWriter;
 use crate::journal::{self, Draft, Journal, NewRun};
+use crate::outcome::{Completion, OperationOutcome, OperationStatus, RowStatus};
 use crate::paths;
 use crate::plan;
 use crate::progress::ProgressBar;
-use crate::report::{self, ReportWriter, RowStatus};
+use crate::report::{self, ReportWriter};
 use crate::sandbox::{Sandbox, Scenario};
 use crate::secret::Secret;
-use crate::summary::{Completion, CustomerInsights, RunSummary, Tally};
+use crate::summary::{CustomerInsights, RunSummary, Tally};
 use crate::tenant::preflight::{self, PreflightMode, SeatCheck};
 use crate::tenant::{CustomerCatalog, TenantCatalog};
 

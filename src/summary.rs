@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::api::models::DeploymentInsight;
 use crate::engine::StatsSnapshot;
-use crate::report::{ReportRow, RowStatus};
+use crate::outcome::{Completion, RowStatus};
+use crate::report::ReportRow;
 use crate::tenant::preflight::SeatLine;
 
 /// Deployment insights of one customer, or why they could not be read.
@@ -18,19 +19,6 @@ use crate::tenant::preflight::SeatLine;
 pub struct CustomerInsights {
     pub customer: Uuid,
     pub products: Result<Vec<DeploymentInsight>, String>,
-}
-
-/// How the run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Completion {
-    /// Every group got a definitive answer (or was invalid).
-    Finished,
-    /// Stopped early (fatal credential error, failure threshold, unwritable report).
-    Aborted(String),
-    /// Stopped by SIGINT/SIGTERM.
-    Interrupted,
-    /// `--dry-run`: planned, nothing sent.
-    Planned,
 }
 
 #[derive(Debug, Clone)]
@@ -221,21 +209,19 @@ impl fmt::Display for RunSummary {
         }
         writeln!(
             f,
-            "  {:<38} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}",
-            "customer", "rows", "succeeded", "failed", "invalid", "skipped", "pending"
+            "  {:<38} {:>6} {}",
+            "customer",
+            "rows",
+            RowStatus::columns(|status| status.as_str().to_string())
         )?;
         for (customer, counts) in &self.per_customer {
             let n = |s| counts.get(&s).copied().unwrap_or(0);
             writeln!(
                 f,
-                "  {:<38} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7}",
+                "  {:<38} {:>6} {}",
                 customer,
                 counts.values().sum::<u64>(),
-                n(RowStatus::Succeeded),
-                n(RowStatus::Failed),
-                n(RowStatus::Invalid),
-                n(RowStatus::Skipped),
-                n(RowStatus::Pending)
+                RowStatus::columns(|status| n(status).to_string())
             )?;
         }
         for line in &self.seat_shortages {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use license_batch::Completion;
 use license_batch::config::Concurrency;
-use license_batch::report::RowStatus;
+use license_batch::outcome::RowStatus;
 use license_batch::sandbox::Sandbox;
 use uuid::Uuid;
 

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use common::*;
 use license_batch::config::{Concurrency, TokenEndpoint};
-use license_batch::report::RowStatus;
+use license_batch::outcome::RowStatus;
 use license_batch::sandbox;
 
 const HEADER: &str = "customer_id,user_id,sku";

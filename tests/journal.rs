@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use common::*;
 use license_batch::config::Concurrency;
-use license_batch::report::RowStatus;
+use license_batch::outcome::RowStatus;
 use license_batch::{Completion, Error, exit_code_for};
 use uuid::Uuid;
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::*;
 use license_batch::engine::Observer;
 use license_batch::journal::Journal;
-use license_batch::report::RowStatus;
+use license_batch::outcome::RowStatus;
 use license_batch::run::ObserverSlot;
 use license_batch::{Completion, exit_code_for};
 

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
+use license_batch::outcome::RowStatus;
 use license_batch::plan::{self, catalog::BuiltinCatalog};
-use license_batch::report::{self, RowStatus};
+use license_batch::report;
 use proptest::prelude::*;
 
 /// Cells an onboarding sheet might hold, the hostile ones included.
@@ -91,7 +92,7 @@ proptest! {
         let outcomes: Vec<Vec<_>> = plan
             .groups
             .iter()
-            .map(|g| vec![license_batch::engine::OperationOutcome::pending("test"); g.operations.len()])
+            .map(|g| vec![license_batch::outcome::OperationOutcome::pending("test"); g.operations.len()])
             .collect();
         let model = report::build(&plan, &outcomes);
         prop_assert_eq!(model.len(), input.rows.len());

@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use common::*;
-use license_batch::report::RowStatus;
+use license_batch::outcome::RowStatus;
 use license_batch::sandbox::{RecordedRequest, Sandbox, scenario::Faults};
 use license_batch::{Completion, RunOptions};
 use uuid::Uuid;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use license_batch::report::RowStatus;
+use license_batch::outcome::RowStatus;
 use license_batch::run::{Target, connect, deployment_insights};
 use license_batch::tenant::preflight::PreflightMode;
 use uuid::Uuid;

@@ -38,7 +38,7 @@ async fn run_one_row(server: &MockServer, user: &str, file_config: &str) -> Vec<
     opts.secrets.access_token = Some(Secret::new("doc-access-token"));
     let summary = license_batch::run(opts).await.unwrap();
     assert_eq!(
-        summary.count(license_batch::report::RowStatus::Succeeded),
+        summary.count(license_batch::outcome::RowStatus::Succeeded),
         1,
         "{summary}"
     );

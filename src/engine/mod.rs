@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use backon::ExponentialBuilder;
 use tokio::sync::{mpsc, oneshot};
@@ -25,66 +25,10 @@ use uuid::Uuid;
 
 use crate::api::ApiClient;
 use crate::config::{Concurrency, Settings};
+use crate::outcome::Completion;
+use crate::outcome::{OperationOutcome, OperationStatus};
 use crate::plan::Group;
-use crate::summary::Completion;
 use pacing::Pacer;
-
-/// Where an operation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OperationStatus {
-    Succeeded,
-    Failed,
-    /// Deliberately not sent (e.g. the seat preflight in strict mode).
-    Skipped,
-    /// No definitive answer: the run was aborted or interrupted first.
-    Pending,
-}
-
-/// The outcome of one operation (a SKU for a user), shared by all rows that asked for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OperationOutcome {
-    pub status: OperationStatus,
-    pub http_status: Option<u16>,
-    pub error_code: Option<String>,
-    pub message: String,
-    /// HTTP attempts made for the group in this run (resumes included).
-    pub attempts: u32,
-    pub request_id: Option<Uuid>,
-    pub correlation_id: Option<Uuid>,
-    pub finished_at: Option<SystemTime>,
-    pub warnings: Vec<String>,
-    /// Its last request got no definitive answer (timeouts, 5xx or 429 until the retries ran
-    /// out): it may have been applied, so its request ID is kept for whichever run sends the
-    /// operation next (SPEC §8).
-    pub unanswered: bool,
-}
-
-impl OperationOutcome {
-    /// Decided without sending: done in an earlier run, skipped by the preflight, or a
-    /// customer that refused the tenant read.
-    pub fn unsent(status: OperationStatus, message: impl Into<String>) -> Self {
-        OperationOutcome {
-            status,
-            finished_at: Some(SystemTime::now()),
-            ..OperationOutcome::pending(message)
-        }
-    }
-
-    pub fn pending(message: impl Into<String>) -> Self {
-        OperationOutcome {
-            status: OperationStatus::Pending,
-            http_status: None,
-            error_code: None,
-            message: message.into(),
-            attempts: 0,
-            request_id: None,
-            correlation_id: None,
-            finished_at: None,
-            warnings: Vec::new(),
-            unanswered: false,
-        }
-    }
-}
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone)]

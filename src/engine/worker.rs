@@ -10,10 +10,11 @@ use backon::BackoffBuilder;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CustomerBlock, GroupWork, OperationOutcome, OperationStatus, Pass, Shared};
+use super::{CustomerBlock, GroupWork, Pass, Shared};
 use crate::api::Exchange;
 use crate::api::classify::Verdict;
 use crate::api::models::LicenseUpdateRequest;
+use crate::outcome::{OperationOutcome, OperationStatus};
 
 /// What the group's last request looked like, for the report.
 #[derive(Default)]

@@ -12,12 +12,12 @@ use std::io;
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
-use super::{Journal, JournalError, NewRun, now_text, status_text};
-use crate::engine::OperationOutcome;
+use super::{Journal, JournalError, NewRun, now_text};
 use crate::input::{Action, InputHeader, InputRow};
+use crate::outcome::OperationOutcome;
+use crate::outcome::RowStatus;
 use crate::plan::RowResolution;
 use crate::plan::grouping::{self, Assignment, Grouper};
-use crate::report::RowStatus;
 use crate::spill::{SpillReader, SpillWriter};
 use crate::summary::Tally;
 use crate::tenant::preflight::SeatNeed;
@@ -480,7 +480,7 @@ impl Draft<'_> {
                 params![
                     self.run_id,
                     customer.to_string(),
-                    status_text(outcome.status),
+                    outcome.status.as_str(),
                     outcome.http_status.map(i64::from),
                     outcome.error_code,
                     outcome.message,
@@ -569,7 +569,7 @@ impl Draft<'_> {
                     customer.to_string(),
                     sku.to_string(),
                     keep as i64,
-                    status_text(outcome.status),
+                    outcome.status.as_str(),
                     outcome.message,
                     now_text(),
                 ],
@@ -632,10 +632,10 @@ pub(super) mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::engine::OperationStatus;
+    use crate::outcome::OperationStatus;
+    use crate::outcome::RowStatus;
     use crate::plan::catalog::BuiltinCatalog;
     use crate::plan::resolve_row;
-    use crate::report::RowStatus;
 
     const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
     const PBI: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";

@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 pub use draft::Draft;
 
-use crate::engine::OperationStatus;
 use crate::input::{InputHeader, LicenseGroup};
+use crate::outcome::OperationStatus;
 use crate::plan::{Plan, PlannedRow, RowPlan};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,23 +129,10 @@ fn parse_time(text: Option<String>) -> Option<SystemTime> {
     text.and_then(|t| humantime::parse_rfc3339(&t).ok())
 }
 
-/// The status an operation's `status` column holds (the inverse of [`status_text`]).
+/// The status an operation's `status` column holds; a text no operation has (a journal written
+/// by a newer version) reads as pending, so the operation is looked at again.
 fn status_of(text: &str) -> OperationStatus {
-    match text {
-        "succeeded" => OperationStatus::Succeeded,
-        "failed" => OperationStatus::Failed,
-        "skipped" => OperationStatus::Skipped,
-        _ => OperationStatus::Pending,
-    }
-}
-
-pub(crate) fn status_text(status: OperationStatus) -> &'static str {
-    match status {
-        OperationStatus::Succeeded => "succeeded",
-        OperationStatus::Failed => "failed",
-        OperationStatus::Skipped => "skipped",
-        OperationStatus::Pending => "pending",
-    }
+    OperationStatus::from_text(text).unwrap_or(OperationStatus::Pending)
 }
 
 impl Journal {

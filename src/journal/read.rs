@@ -8,10 +8,12 @@ use rusqlite::{Row, params};
 use uuid::Uuid;
 
 use super::{Journal, JournalError, parse_time, status_of};
-use crate::engine::{GroupWork, OperationOutcome, WorkSource};
+use crate::engine::{GroupWork, WorkSource};
 use crate::input::{Action, LicenseGroup};
+use crate::outcome::OperationOutcome;
+use crate::outcome::RowStatus;
 use crate::plan::{Group, Operation};
-use crate::report::{self, ReportRow, RowStatus};
+use crate::report::{self, ReportRow};
 use crate::summary::Tally;
 
 /// An operation still to send: never sent, or sent without a definitive answer.

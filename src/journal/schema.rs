@@ -185,9 +185,9 @@ fn migrate_from_1(conn: &Connection) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::OperationStatus;
     use crate::journal::Journal;
-    use crate::report::RowStatus;
+    use crate::outcome::OperationStatus;
+    use crate::outcome::RowStatus;
 
     const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
     const SKU: &str = "f8a1db68-be16-40ed-86d5-cb42ce701560";

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::oneshot;
 
-use super::{schema, status_text};
-use crate::engine::{OperationOutcome, OperationStatus, Pass, Recorder};
+use super::schema;
+use crate::engine::{Pass, Recorder};
+use crate::outcome::{OperationOutcome, OperationStatus};
 
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(25);
@@ -227,7 +228,7 @@ fn write_outcomes(
             context.run_id,
             group_index as i64,
             *op_index as i64,
-            status_text(outcome.status),
+            outcome.status.as_str(),
             outcome.http_status.map(i64::from),
             outcome.error_code,
             outcome.message,
@@ -305,7 +306,7 @@ fn answer_earlier_run(
         from_run,
         from_group,
         request_id,
-        status_text(outcome.status),
+        outcome.status.as_str(),
         outcome.http_status.map(i64::from),
         outcome.error_code,
         context.run_id,

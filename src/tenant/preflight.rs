@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use super::TenantCatalog;
-use crate::engine::{OperationOutcome, OperationStatus};
+use crate::outcome::{OperationOutcome, OperationStatus};
 
 /// What to do about a shortage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
