@@ -9,18 +9,16 @@ use std::io::Write as _;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::PreflightMode;
 use crate::config::{self, EnvSecrets, FileConfig, Overrides, Settings};
 use crate::error::{self, Error, exit_code};
 use crate::journal::Journal;
 use crate::outcome::RowStatus;
 use crate::progress::{self, LogFormat};
 use crate::report;
-use crate::run::{
-    Connection, RunOptions, Target, deployment_insights, run, write_report_from_journal,
-};
+use crate::run::{Connection, RunOptions, Target, deployment_insights, run};
 use crate::sandbox::{self, Sandbox, Scenario};
 use crate::summary::InsightsTable;
-use crate::tenant::preflight::PreflightMode;
 use crate::verify::verify;
 
 #[derive(Debug, Parser)]
@@ -607,7 +605,7 @@ fn rewrite_report(args: &ReportArgs) -> Result<(), String> {
             path: &path,
         }],
     )?;
-    let tally = write_report_from_journal(&journal, run_id, &path)?;
+    let tally = report::write_from_journal(&journal, run_id, &path)?;
     println!(
         "report of run {run_id}: {} rows written to {}",
         tally.rows(),

@@ -10,9 +10,23 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::error::Error;
 use crate::secret::Secret;
-use crate::tenant::preflight::PreflightMode;
+
+/// A configuration that cannot be used: which key or file, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// What the seat preflight does about a shortage (`run.preflight`, `--preflight`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PreflightMode {
+    /// Report it and send anyway; the API decides.
+    #[default]
+    Warn,
+    /// Send only what fits; the excess rows are `skipped`.
+    Strict,
+}
 
 pub const DEFAULT_BASE_URL: &str = "https://api.partnercenter.microsoft.com";
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -225,11 +239,11 @@ impl EnvSecrets {
 }
 
 /// Reads and parses a config file (TOML).
-pub fn load_file(path: &Path) -> Result<FileConfig, Error> {
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
-        Error::Config(format!(
+        ConfigError(format!(
             "{}: {} (see config.example.toml for every key)",
             path.display(),
             e.to_string().trim_end()
@@ -243,7 +257,7 @@ impl Settings {
         file: FileConfig,
         env: &dyn Fn(&str) -> Option<String>,
         overrides: &Overrides,
-    ) -> Result<Settings, Error> {
+    ) -> Result<Settings, ConfigError> {
         let env_or = |name: &str, file_value: Option<String>| env(name).or(file_value);
 
         let base_url = env_or("LICENSE_BATCH_API_BASE_URL", file.api.base_url)
@@ -256,14 +270,14 @@ impl Settings {
             .or(file.limits.requests_per_minute)
             .unwrap_or(300);
         if requests_per_minute == 0 {
-            return Err(Error::Config(
+            return Err(ConfigError(
                 "limits.requests_per_minute must be at least 1".into(),
             ));
         }
         let concurrency = match overrides.concurrency.or(file.limits.concurrency) {
             Some(set) if (1..=Concurrency::MAX).contains(&set) => Concurrency::fixed(set),
             Some(set) => {
-                return Err(Error::Config(format!(
+                return Err(ConfigError(format!(
                     "limits.concurrency must be between 1 and {}, got {set}",
                     Concurrency::MAX
                 )));
@@ -272,19 +286,17 @@ impl Settings {
         };
         let max_attempts = file.retry.max_attempts.unwrap_or(8);
         if max_attempts == 0 {
-            return Err(Error::Config(
-                "retry.max_attempts must be at least 1".into(),
-            ));
+            return Err(ConfigError("retry.max_attempts must be at least 1".into()));
         }
         let max_failure_ratio = file.run.max_failure_ratio.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&max_failure_ratio) {
-            return Err(Error::Config(format!(
+            return Err(ConfigError(format!(
                 "run.max_failure_ratio must be between 0 and 1, got {max_failure_ratio}"
             )));
         }
         let timeout_secs = file.api.timeout_secs.unwrap_or(30);
         if timeout_secs == 0 {
-            return Err(Error::Config("api.timeout_secs must be at least 1".into()));
+            return Err(ConfigError("api.timeout_secs must be at least 1".into()));
         }
 
         Ok(Settings {
@@ -329,16 +341,16 @@ impl Settings {
 }
 
 /// Parses a service URL; plain `http://` is accepted only for loopback hosts (SPEC §6).
-pub fn parse_service_url(key: &str, value: &str) -> Result<Url, Error> {
+pub fn parse_service_url(key: &str, value: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(value.trim())
-        .map_err(|e| Error::Config(format!("{key} = {value:?} is not a URL: {e}")))?;
+        .map_err(|e| ConfigError(format!("{key} = {value:?} is not a URL: {e}")))?;
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(Error::Config(format!(
+        "http" => Err(ConfigError(format!(
             "{key} = {value:?}: plain http:// is refused for non-loopback hosts; use https://"
         ))),
-        other => Err(Error::Config(format!(
+        other => Err(ConfigError(format!(
             "{key} = {value:?}: scheme {other:?} is not supported; use https://"
         ))),
     }

@@ -13,7 +13,7 @@ pub enum Error {
     Usage(String),
 
     #[error("bad configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
 
     #[error(transparent)]
     Input(#[from] crate::input::InputError),

@@ -3,6 +3,7 @@
 //! ([`Completion`]). The one mapping between a status and its text (report, journal, `status`)
 //! lives here. Nothing in this module names another of the crate.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use uuid::Uuid;
@@ -153,6 +154,70 @@ pub enum Completion {
     /// `--dry-run`: planned, nothing sent.
     Planned,
 }
+
+/// Counts of report rows by status, per customer and by error (what the summary shows), taken
+/// one row at a time as the report is written or from the journal's tables.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    counts: BTreeMap<RowStatus, u64>,
+    per_customer: BTreeMap<String, BTreeMap<RowStatus, u64>>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    /// Counts `rows` report rows alike in what the summary shows of them.
+    pub fn add_rows(
+        &mut self,
+        customer: Option<Uuid>,
+        status: RowStatus,
+        error_code: Option<&str>,
+        http_status: Option<u16>,
+        rows: u64,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        *self.counts.entry(status).or_default() += rows;
+        let customer = customer
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "(no valid customer)".into());
+        *self
+            .per_customer
+            .entry(customer)
+            .or_default()
+            .entry(status)
+            .or_default() += rows;
+        if status == RowStatus::Failed {
+            let key = error_code.map(str::to_string).unwrap_or_else(|| {
+                http_status.map_or("no response".into(), |s| format!("HTTP {s}"))
+            });
+            *self.errors.entry(key).or_default() += rows;
+        }
+    }
+
+    /// Rows counted so far.
+    pub fn rows(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn count(&self, status: RowStatus) -> u64 {
+        self.counts.get(&status).copied().unwrap_or(0)
+    }
+
+    /// Counts by status, by customer and status, and failed rows by error code.
+    pub fn into_parts(
+        self,
+    ) -> (
+        StatusCounts,
+        BTreeMap<String, StatusCounts>,
+        BTreeMap<String, u64>,
+    ) {
+        (self.counts, self.per_customer, self.errors)
+    }
+}
+
+/// Rows by status.
+pub type StatusCounts = BTreeMap<RowStatus, u64>;
 
 #[cfg(test)]
 mod tests {

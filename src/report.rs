@@ -8,7 +8,9 @@ use std::time::SystemTime;
 use uuid::Uuid;
 
 use crate::input::{LicenseGroup, RESULT_COLUMNS};
-use crate::outcome::{OperationOutcome, RowStatus};
+use crate::journal::Journal;
+use crate::journal::read::{RowState, StoredRow};
+use crate::outcome::{OperationOutcome, RowStatus, Tally};
 use crate::plan::{Plan, RowPlan};
 
 /// One row of the report model.
@@ -27,6 +29,43 @@ pub struct ReportRow {
     pub correlation_id: Option<Uuid>,
     pub finished_at: Option<SystemTime>,
     pub warnings: Vec<String>,
+}
+
+impl ReportRow {
+    /// Counts this row in `tally`.
+    pub fn count_in(&self, tally: &mut Tally) {
+        tally.add_rows(
+            self.customer_id,
+            self.status,
+            self.error_code.as_deref(),
+            self.http_status,
+            1,
+        );
+    }
+}
+
+/// What an operation without a definitive outcome says in the report of a run.
+pub const NOT_FINISHED: &str = "not finished yet: run the same command again to resume";
+
+/// The report row of a row as the journal holds it; `open_message`: what an operation without
+/// a definitive outcome says.
+pub fn row_of(row: StoredRow, open_message: &str) -> ReportRow {
+    let StoredRow {
+        line,
+        customer_id,
+        sku_id,
+        license_group,
+        state,
+    } = row;
+    match state {
+        RowState::Invalid(message) => {
+            invalid_row(line, customer_id, message, sku_id, license_group)
+        }
+        RowState::Planned { outcome, same_as } => {
+            let outcome = outcome.unwrap_or_else(|| OperationOutcome::pending(open_message));
+            sent_row(line, customer_id, sku_id, license_group, &outcome, same_as)
+        }
+    }
 }
 
 /// The report row of an input row that is invalid.
@@ -256,6 +295,24 @@ fn folder_of(path: &Path) -> PathBuf {
     }
 }
 
+/// Rewrites a run's report from the journal (also `license-batch report`), row by row;
+/// returns the counts of what it wrote.
+pub fn write_from_journal(journal: &Journal, run_id: i64, path: &Path) -> Result<Tally, String> {
+    let record = journal.run_record(run_id).map_err(|e| e.to_string())?;
+    let cannot = |e: std::io::Error| format!("cannot write the report {}: {e}", path.display());
+    let mut writer =
+        ReportWriter::create(path, record.delimiter, &record.headers).map_err(cannot)?;
+    let mut tally = Tally::default();
+    journal.each_stored_row(run_id, |cells, row| {
+        let row = row_of(row, NOT_FINISHED);
+        writer.write(&cells, &row).map_err(cannot)?;
+        row.count_in(&mut tally);
+        Ok(())
+    })?;
+    writer.finish().map_err(cannot)?;
+    Ok(tally)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +363,52 @@ mod tests {
             sent_row(2, None, None, None, &failed, None).message,
             "out of licenses"
         );
+    }
+
+    #[test]
+    fn a_stored_row_becomes_its_report_row() {
+        let stored = |state| StoredRow {
+            line: 7,
+            customer_id: Some(Uuid::from_u128(1)),
+            sku_id: Some(Uuid::from_u128(2)),
+            license_group: Some(LicenseGroup::Group1),
+            state,
+        };
+        let invalid = row_of(
+            stored(RowState::Invalid("column sku: unknown".into())),
+            "open",
+        );
+        assert_eq!(
+            (invalid.status, invalid.message.as_str(), invalid.line),
+            (RowStatus::Invalid, "column sku: unknown", 7)
+        );
+        assert_eq!(invalid.sku_id, Some(Uuid::from_u128(2)));
+        let unsent = row_of(
+            stored(RowState::Planned {
+                outcome: None,
+                same_as: Some(3),
+            }),
+            NOT_FINISHED,
+        );
+        assert_eq!(unsent.status, RowStatus::Pending);
+        assert_eq!(
+            unsent.message,
+            format!("same operation as line 3, sent once; {NOT_FINISHED}")
+        );
+        let answered = OperationOutcome {
+            status: crate::outcome::OperationStatus::Succeeded,
+            attempts: 2,
+            ..OperationOutcome::pending("")
+        };
+        let sent = row_of(
+            stored(RowState::Planned {
+                outcome: Some(answered),
+                same_as: None,
+            }),
+            "open",
+        );
+        assert_eq!((sent.status, sent.attempts), (RowStatus::Succeeded, 2));
+        assert_eq!(sent.customer_id, Some(Uuid::from_u128(1)));
     }
 
     #[test]

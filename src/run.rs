@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::api::auth::{Credentials, RefreshGrant, TokenProvider};
 use crate::api::models;
 use crate::api::{ApiClient, http_client};
+use crate::config::PreflightMode;
 use crate::config::{EnvSecrets, Settings};
 use crate::engine::{
     self, Dispatcher, EngineSettings, Observer, ReadFailure, ReadFailureKind, Work,
@@ -24,15 +25,16 @@ use crate::input::{self, Record};
 use crate::journal::read::WorkPages;
 use crate::journal::writer::JournalWriter;
 use crate::journal::{self, Draft, Journal, NewRun};
+use crate::outcome::Tally;
 use crate::outcome::{Completion, OperationOutcome, OperationStatus, RowStatus};
 use crate::paths;
 use crate::plan;
 use crate::progress::ProgressBar;
-use crate::report::{self, ReportWriter};
+use crate::report;
 use crate::sandbox::{Sandbox, Scenario};
 use crate::secret::Secret;
-use crate::summary::{CustomerInsights, RunSummary, Tally};
-use crate::tenant::preflight::{self, PreflightMode, SeatCheck};
+use crate::summary::{CustomerInsights, RunSummary};
+use crate::tenant::preflight::{self, SeatCheck};
 use crate::tenant::{CustomerCatalog, TenantCatalog};
 
 /// Which API the run talks to.
@@ -333,9 +335,6 @@ fn check_paths(opts: &RunOptions, report_path: &Path) -> Result<(), Error> {
     .map_err(Error::Usage)
 }
 
-/// What an operation without a definitive outcome says in the report of a run.
-const NOT_FINISHED: &str = "not finished yet: run the same command again to resume";
-
 /// The customers of the valid rows: whose subscriptions are read before planning. A pass of
 /// its own over the file, so that planning can resolve each row as it is read.
 fn customers_of(path: &Path, scan: &input::Scan) -> Result<BTreeSet<Uuid>, Error> {
@@ -564,32 +563,11 @@ pub async fn deployment_insights(
         .collect()
 }
 
-/// Rewrites a run's report from the journal (also `license-batch report`), row by row;
-/// returns the counts of what it wrote.
-pub fn write_report_from_journal(
-    journal: &Journal,
-    run_id: i64,
-    path: &Path,
-) -> Result<Tally, String> {
-    let record = journal.run_record(run_id).map_err(|e| e.to_string())?;
-    let cannot = |e: std::io::Error| format!("cannot write the report {}: {e}", path.display());
-    let mut writer =
-        ReportWriter::create(path, record.delimiter, &record.headers).map_err(cannot)?;
-    let mut tally = Tally::default();
-    journal.each_report_row(run_id, NOT_FINISHED, |cells, row| {
-        writer.write(&cells, &row).map_err(cannot)?;
-        tally.add(&row);
-        Ok(())
-    })?;
-    writer.finish().map_err(cannot)?;
-    Ok(tally)
-}
-
 /// Writes the report; a panic while writing it becomes an error (the run is then recorded as
 /// aborted, and `license-batch report` can try again) instead of taking the process down.
 fn report_despite_panics(journal: &Journal, run_id: i64, path: &Path) -> Result<Tally, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        write_report_from_journal(journal, run_id, path)
+        report::write_from_journal(journal, run_id, path)
     }))
     .unwrap_or_else(|payload| {
         Err(crate::panic::abort_reason(

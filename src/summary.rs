@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::api::models::DeploymentInsight;
 use crate::engine::StatsSnapshot;
-use crate::outcome::{Completion, RowStatus};
-use crate::report::ReportRow;
+use crate::outcome::{Completion, RowStatus, Tally};
+
 use crate::tenant::preflight::SeatLine;
 
 /// Deployment insights of one customer, or why they could not be read.
@@ -43,74 +43,16 @@ pub struct RunSummary {
     pub advice: Option<String>,
 }
 
-/// Counts of report rows, taken one row at a time as the report is written.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Tally {
-    counts: BTreeMap<RowStatus, u64>,
-    per_customer: BTreeMap<String, BTreeMap<RowStatus, u64>>,
-    errors: BTreeMap<String, u64>,
-}
-
-impl Tally {
-    pub fn add(&mut self, row: &ReportRow) {
-        self.add_rows(
-            row.customer_id,
-            row.status,
-            row.error_code.as_deref(),
-            row.http_status,
-            1,
-        );
-    }
-
-    /// Counts `rows` report rows alike in what the summary shows of them.
-    pub fn add_rows(
-        &mut self,
-        customer: Option<Uuid>,
-        status: RowStatus,
-        error_code: Option<&str>,
-        http_status: Option<u16>,
-        rows: u64,
-    ) {
-        if rows == 0 {
-            return;
-        }
-        *self.counts.entry(status).or_default() += rows;
-        let customer = customer
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "(no valid customer)".into());
-        *self
-            .per_customer
-            .entry(customer)
-            .or_default()
-            .entry(status)
-            .or_default() += rows;
-        if status == RowStatus::Failed {
-            let key = error_code.map(str::to_string).unwrap_or_else(|| {
-                http_status.map_or("no response".into(), |s| format!("HTTP {s}"))
-            });
-            *self.errors.entry(key).or_default() += rows;
-        }
-    }
-
-    /// Rows counted so far.
-    pub fn rows(&self) -> u64 {
-        self.counts.values().sum()
-    }
-
-    pub fn count(&self, status: RowStatus) -> u64 {
-        self.counts.get(&status).copied().unwrap_or(0)
-    }
-}
-
 impl RunSummary {
     pub fn new(tally: Tally, completion: Completion) -> Self {
-        let mut top_errors: Vec<(String, u64)> = tally.errors.into_iter().collect();
+        let (counts, per_customer, errors) = tally.into_parts();
+        let mut top_errors: Vec<(String, u64)> = errors.into_iter().collect();
         top_errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         RunSummary {
             completion,
-            counts: tally.counts,
+            counts,
             top_errors,
-            per_customer: tally.per_customer,
+            per_customer,
             elapsed: Duration::ZERO,
             stats: StatsSnapshot::default(),
             report_path: None,

@@ -289,8 +289,7 @@ async fn the_report_is_rebuilt_from_the_journal() {
 
     let journal = license_batch::journal::Journal::open_to_read(&state).unwrap();
     let again = dir.path().join("again.csv");
-    license_batch::run::write_report_from_journal(&journal, summary.run_id.unwrap(), &again)
-        .unwrap();
+    license_batch::report::write_from_journal(&journal, summary.run_id.unwrap(), &again).unwrap();
     assert_eq!(
         std::fs::read_to_string(again).unwrap(),
         original,

@@ -12,7 +12,8 @@ use common::*;
 use license_batch::Completion;
 use license_batch::journal::Journal;
 use license_batch::report::neutralise;
-use license_batch::run::{Target, connect, write_report_from_journal};
+use license_batch::report::write_from_journal;
+use license_batch::run::{Target, connect};
 use proptest::prelude::*;
 use tokio_util::sync::CancellationToken;
 
@@ -156,7 +157,7 @@ proptest! {
             let journal = Journal::open_to_read(&journal_path).unwrap();
             let again = dir.path().join("again.csv");
             let run_id = summary.run_id.expect("a run was recorded");
-            write_report_from_journal(&journal, run_id, &again).unwrap();
+            write_from_journal(&journal, run_id, &again).unwrap();
             prop_assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&report).unwrap());
 
             // `status` counts every row of the run.

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use license_batch::config::PreflightMode;
 use license_batch::outcome::RowStatus;
 use license_batch::run::{Target, connect, deployment_insights};
-use license_batch::tenant::preflight::PreflightMode;
 use uuid::Uuid;
 
 const HEADER: &str = "customer_id,user_id,sku";

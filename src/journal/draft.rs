@@ -16,10 +16,10 @@ use super::{Journal, JournalError, NewRun, now_text};
 use crate::input::{Action, InputHeader, InputRow};
 use crate::outcome::OperationOutcome;
 use crate::outcome::RowStatus;
+use crate::outcome::Tally;
 use crate::plan::RowResolution;
 use crate::plan::grouping::{self, Assignment, Grouper};
 use crate::spill::{SpillReader, SpillWriter};
-use crate::summary::Tally;
 use crate::tenant::preflight::SeatNeed;
 
 /// Buffer of the file the rows wait in until they are grouped.
@@ -632,6 +632,7 @@ pub(super) mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::journal::read::{RowState, StoredRow};
     use crate::outcome::OperationStatus;
     use crate::outcome::RowStatus;
     use crate::plan::catalog::BuiltinCatalog;
@@ -642,6 +643,17 @@ pub(super) mod tests {
 
     pub(in crate::journal) fn sheet(text: &str) -> crate::input::InputFile {
         crate::input::parse(Path::new("t.csv"), text.as_bytes(), None).unwrap()
+    }
+
+    /// The status a stored row is reported with (the report's rule, restated for these tests:
+    /// the journal sits below the report).
+    pub(in crate::journal) fn status_of_row(row: &StoredRow) -> RowStatus {
+        match &row.state {
+            RowState::Invalid(_) => RowStatus::Invalid,
+            RowState::Planned { outcome, .. } => outcome
+                .as_ref()
+                .map_or(RowStatus::Pending, |o| RowStatus::from(o.status)),
+        }
     }
 
     /// Resolves every row of `input` against the built-in catalog into `draft`.
@@ -672,8 +684,8 @@ pub(super) mod tests {
         let run = draft.commit().unwrap();
         let mut statuses = Vec::new();
         journal
-            .each_report_row(run, "open", |cells, row| {
-                statuses.push((cells[1].clone(), row.status));
+            .each_stored_row(run, |cells, row| {
+                statuses.push((cells[1].clone(), status_of_row(&row)));
                 Ok(())
             })
             .unwrap();
@@ -741,10 +753,23 @@ pub(super) mod tests {
             .settle_excess(C.parse().unwrap(), PBI.parse().unwrap(), 0, &skipped)
             .unwrap();
         let run = draft.commit().unwrap();
-        let mut by_row = crate::summary::Tally::default();
+        let mut by_row = crate::outcome::Tally::default();
         journal
-            .each_report_row(run, "open", |_, row| {
-                by_row.add(&row);
+            .each_stored_row(run, |_, row| {
+                let outcome = match &row.state {
+                    RowState::Planned {
+                        outcome: Some(outcome),
+                        ..
+                    } => Some(outcome),
+                    _ => None,
+                };
+                by_row.add_rows(
+                    row.customer_id,
+                    status_of_row(&row),
+                    outcome.and_then(|o| o.error_code.as_deref()),
+                    outcome.and_then(|o| o.http_status),
+                    1,
+                );
                 Ok(())
             })
             .unwrap();

@@ -12,9 +12,8 @@ use crate::engine::{GroupWork, WorkSource};
 use crate::input::{Action, LicenseGroup};
 use crate::outcome::OperationOutcome;
 use crate::outcome::RowStatus;
+use crate::outcome::Tally;
 use crate::plan::{Group, Operation};
-use crate::report::{self, ReportRow};
-use crate::summary::Tally;
 
 /// An operation still to send: never sent, or sent without a definitive answer.
 const OPEN: &str = "(status IS NULL OR status = 'pending')";
@@ -41,6 +40,30 @@ pub(super) struct StoredGroup {
 
 /// The carried cells of one input row, as recorded.
 pub type Cells = Vec<String>;
+
+/// An input row as recorded: what it asked for, and why it is invalid or how its operation
+/// ended (the report makes its row of this).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    /// Line of the row in the input file.
+    pub line: u64,
+    pub customer_id: Option<Uuid>,
+    pub sku_id: Option<Uuid>,
+    pub license_group: Option<LicenseGroup>,
+    pub state: RowState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowState {
+    /// Never planned, for this reason.
+    Invalid(String),
+    /// Planned as an operation: its outcome (`None`: not sent yet); `same_as`, the line of
+    /// the operation's first row when that is another row (identical rows are sent once).
+    Planned {
+        outcome: Option<OperationOutcome>,
+        same_as: Option<u64>,
+    },
+}
 
 impl Journal {
     /// One group of a run with its operations, their outcomes so far (`None`: not sent yet)
@@ -171,13 +194,11 @@ impl Journal {
             .collect()
     }
 
-    /// Every row of a run in input order, as the report shows it, with its carried cells.
-    /// `open_message`: what an operation without a definitive outcome says.
-    pub fn each_report_row(
+    /// Every row of a run in input order, as recorded, with its carried cells.
+    pub fn each_stored_row(
         &self,
         run_id: i64,
-        open_message: &str,
-        mut each: impl FnMut(Cells, ReportRow) -> Result<(), String>,
+        mut each: impl FnMut(Cells, StoredRow) -> Result<(), String>,
     ) -> Result<(), String> {
         let e = |source| self.sqlite(source).to_string();
         let mut stmt = self
@@ -207,20 +228,26 @@ impl Journal {
                 .get::<_, Option<String>>(5)
                 .map_err(e)?
                 .and_then(|g| LicenseGroup::parse(&g));
-            let row = match r.get::<_, Option<String>>(3).map_err(e)? {
-                Some(message) => report::invalid_row(line, customer, message, sku, license_group),
+            let state = match r.get::<_, Option<String>>(3).map_err(e)? {
+                Some(message) => RowState::Invalid(message),
                 None => {
                     let index: i64 = r.get(6).map_err(e)?;
                     let first: Option<i64> = r.get(7).map_err(e)?;
                     let first_line: Option<i64> = r.get(8).map_err(e)?;
-                    let same_as = first_line
-                        .filter(|_| first != Some(index))
-                        .map(|l| l as u64);
-                    let outcome = outcome(r, 9)
-                        .map_err(e)?
-                        .unwrap_or_else(|| OperationOutcome::pending(open_message));
-                    report::sent_row(line, customer, sku, license_group, &outcome, same_as)
+                    RowState::Planned {
+                        outcome: outcome(r, 9).map_err(e)?,
+                        same_as: first_line
+                            .filter(|_| first != Some(index))
+                            .map(|l| l as u64),
+                    }
                 }
+            };
+            let row = StoredRow {
+                line,
+                customer_id: customer,
+                sku_id: sku,
+                license_group,
+                state,
             };
             each(cells, row)?;
         }

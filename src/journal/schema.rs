@@ -186,6 +186,8 @@ fn migrate_from_1(conn: &Connection) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::journal::Journal;
+    use crate::journal::draft::tests::status_of_row;
+    use crate::journal::read::RowState;
     use crate::outcome::OperationStatus;
     use crate::outcome::RowStatus;
 
@@ -234,14 +236,24 @@ mod tests {
         );
         let mut reported = Vec::new();
         journal
-            .each_report_row(1, "open", |cells, row| {
-                reported.push((cells[0].clone(), row.status, row.message));
+            .each_stored_row(1, |cells, row| {
+                reported.push((cells[0].clone(), status_of_row(&row), row.state));
                 Ok(())
             })
             .unwrap();
         assert_eq!(reported[1].1, RowStatus::Invalid);
         assert_eq!(reported[2].1, RowStatus::Succeeded);
-        assert_eq!(reported[2].2, "same operation as line 2, sent once");
+        assert!(
+            matches!(
+                reported[2].2,
+                RowState::Planned {
+                    same_as: Some(2),
+                    ..
+                }
+            ),
+            "the same operation as line 2: {:?}",
+            reported[2].2
+        );
         assert_eq!(journal.run_record(1).unwrap().blank_lines, 0);
         // Opening it again changes nothing.
         drop(journal);

@@ -323,8 +323,13 @@ impl SandboxState {
     /// Charges one call against the hidden quota; `Some(seconds until a call would pass)`
     /// when it is spent.
     fn charge_quota_exact(&mut self, customer: &str) -> Option<f64> {
+        self.charge_quota_at(customer, Instant::now())
+    }
+
+    /// [`Self::charge_quota_exact`] at the moment `now` (tests charge many calls at one instant).
+    fn charge_quota_at(&mut self, customer: &str, now: Instant) -> Option<f64> {
         let throttle = self.scenario.throttle.clone()?;
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
         // The partner's rate as scheduled now (the last change whose time has come).
         let scheduled = throttle
             .schedule
@@ -341,7 +346,6 @@ impl SandboxState {
                 (customer.to_lowercase(), own.unwrap_or(scheduled))
             }
         };
-        let now = Instant::now();
         let per_second = per_minute as f64 / 60.0;
         match throttle.mode {
             scenario::ThrottleMode::Bucket => {
@@ -1754,9 +1758,11 @@ mod tests {
             "[throttle]\nmode = \"bucket\"\nper_minute = 60\nburst = 1000\n\
              schedule = [{ at_secs = 10, per_minute = 6000 }]\n",
         );
-        s.started = Instant::now() - Duration::from_secs(20);
-        while s.charge_quota_exact("a").is_none() {}
-        let wait = s.charge_quota_exact("a").unwrap();
+        // All at one instant: no refill between the calls, however slow the machine.
+        let now = Instant::now();
+        s.started = now - Duration::from_secs(20);
+        while s.charge_quota_at("a", now).is_none() {}
+        let wait = s.charge_quota_at("a", now).unwrap();
         assert!(
             (wait - 0.01).abs() < 0.005,
             "the next token in 1/100 s: {wait}"

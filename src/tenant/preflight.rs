@@ -6,18 +6,8 @@
 use uuid::Uuid;
 
 use super::TenantCatalog;
+use crate::config::PreflightMode;
 use crate::outcome::{OperationOutcome, OperationStatus};
-
-/// What to do about a shortage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum PreflightMode {
-    /// Report it and send anyway; the API decides.
-    #[default]
-    Warn,
-    /// Send only what fits; the excess rows are `skipped`.
-    Strict,
-}
 
 /// One line of the seat table.
 #[derive(Debug, Clone, PartialEq)]
