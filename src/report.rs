@@ -11,7 +11,6 @@ use crate::input::{LicenseGroup, RESULT_COLUMNS};
 use crate::journal::Journal;
 use crate::journal::read::{RowState, StoredRow};
 use crate::outcome::{OperationOutcome, RowStatus, Tally};
-use crate::plan::{Plan, RowPlan};
 
 /// One row of the report model.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,41 +128,6 @@ pub fn sent_row(
         finished_at: outcome.finished_at,
         warnings: outcome.warnings.clone(),
     }
-}
-
-/// Joins an in-memory plan and its outcomes (per group and operation) into one report row
-/// per input row; a run reads the same rows from the journal.
-pub fn build(plan: &Plan, outcomes: &[Vec<OperationOutcome>]) -> Vec<ReportRow> {
-    plan.rows
-        .iter()
-        .enumerate()
-        .map(|(index, row)| match &row.plan {
-            RowPlan::Invalid {
-                message,
-                sku_id,
-                license_group,
-            } => invalid_row(
-                row.line,
-                row.customer_id,
-                message.clone(),
-                *sku_id,
-                *license_group,
-            ),
-            RowPlan::Send { group, operation } => {
-                let g = &plan.groups[*group];
-                let op = &g.operations[*operation];
-                let same_as = (op.first_row != index).then(|| plan.rows[op.first_row].line);
-                sent_row(
-                    row.line,
-                    Some(g.customer_id),
-                    Some(op.sku_id),
-                    Some(g.license_group),
-                    &outcomes[*group][*operation],
-                    same_as,
-                )
-            }
-        })
-        .collect()
 }
 
 /// `<input stem>.report.csv` next to the input.

@@ -12,6 +12,8 @@
 
 mod carry;
 mod draft;
+#[cfg(test)]
+mod planning_tests;
 pub mod read;
 mod schema;
 pub mod writer;
