@@ -1307,4 +1307,127 @@ mod tests {
         assert!(pacer.state().lanes[&B].rate.is_some());
         assert!(pacer.ready_at(C) <= Instant::now());
     }
+
+    /// Seconds until `rate` (grown in steps of 0.1 s, the last event having measured `limit`)
+    /// first reaches `target`, and the pace at each step; `None` when it does not within 60 s.
+    fn climb(rate: f64, limit: f64, target: f64) -> (Option<f64>, Vec<f64>) {
+        let (mut rate, mut beyond, mut paces) = (rate, Duration::ZERO, Vec::new());
+        for step in 1..=600 {
+            let grown = Allowance::grown(rate, limit, 0.1, beyond);
+            assert!(grown >= rate, "the pace never falls without a 429");
+            if grown >= NEAR_TO * limit {
+                beyond += Duration::from_millis(100);
+            }
+            rate = grown;
+            paces.push(rate);
+            if rate >= target {
+                return (Some(step as f64 / 10.0), paces);
+            }
+        }
+        (None, paces)
+    }
+
+    /// Without 429s the pace grows back: from a quarter of the last limit to it within 10 s (a
+    /// quota that dropped to a quarter and came back is followed within 10 s; from a twentieth
+    /// it takes 12.5 s), without passing it on the
+    /// way; just above it in fine steps (where the next 429 is expected); and, once clearly
+    /// past it, fast enough to follow a quota that doubled within 10 s.
+    #[test]
+    fn without_429s_the_pace_comes_back_fast_probes_gently_then_follows_a_rise() {
+        let limit = 50.0;
+        for start in [0.25, 0.5, 0.75, 0.89] {
+            let (took, paces) = climb(start * limit, limit, 0.97 * limit);
+            let took = took.expect("back near the limit");
+            assert!(took <= 10.0, "from {start} of the limit: {took} s");
+            assert!(
+                paces.iter().all(|&p| p <= limit),
+                "from {start}: not past the limit on the way back"
+            );
+        }
+        // Just above the limit: at most 2% more in two seconds (fine steps) ...
+        let (_, paces) = climb(limit, limit, f64::INFINITY);
+        assert!(paces[19] <= 1.02 * limit, "{}", paces[19]);
+        assert!(paces[19] > limit, "but it does probe: {}", paces[19]);
+        // ... and a quota that doubled is reached within 10 s of passing the fine steps.
+        let (took, _) = climb(NEAR_TO * limit, limit, 2.0 * limit);
+        assert!(took.expect("follows the rise") <= 10.0, "{took:?}");
+        // Gently for the first second beyond: not 20% more.
+        let first = Allowance::grown(NEAR_TO * limit, limit, 1.0, Duration::ZERO);
+        assert!(first < 1.2 * NEAR_TO * limit, "{first}");
+        // No limit known yet: the pace doubles within 3 s.
+        let mut allowance = Allowance::new(Instant::now());
+        let start = allowance.grown_at;
+        allowance.rate = Some(10.0);
+        allowance.last_event = Some(start);
+        allowance.grow(start + Duration::from_secs(3), f64::INFINITY);
+        assert!(allowance.rate.unwrap() >= 20.0, "{:?}", allowance.rate);
+    }
+
+    /// After a throttle event that measured the limit, the pace holds for a while (the calls
+    /// in flight with the 429 still meet the spent quota), then grows again.
+    #[test]
+    fn after_a_measured_limit_the_pace_holds_then_grows() {
+        let start = Instant::now();
+        let mut allowance = Allowance::new(start);
+        allowance.rate = Some(30.0);
+        allowance.limit = Some(40.0);
+        allowance.hold = true;
+        allowance.last_event = Some(start);
+        allowance.grow(start + Duration::from_secs(1), f64::INFINITY);
+        assert_eq!(allowance.rate, Some(30.0), "held a second after the event");
+        allowance.grow(start + Duration::from_secs(5), f64::INFINITY);
+        assert!(allowance.rate.unwrap() > 30.0, "{:?}", allowance.rate);
+        // Never past the ceiling.
+        allowance.grow(start + Duration::from_secs(60), 35.0);
+        assert_eq!(allowance.rate, Some(35.0));
+    }
+
+    /// Where every 429 costs a long wait, the pace comes back near the measured limit but
+    /// stays clearly below it.
+    #[test]
+    fn a_cautious_pace_comes_back_below_the_limit_and_stays_there() {
+        let start = Instant::now();
+        let mut allowance = Allowance::new(start);
+        allowance.long_waits = LongWaits::Uninformative;
+        allowance.rate = Some(20.0);
+        allowance.limit = Some(40.0);
+        allowance.last_event = Some(start);
+        let mut paces = Vec::new();
+        for second in 1..=120 {
+            allowance.grow(start + Duration::from_secs(second), f64::INFINITY);
+            paces.push(allowance.rate.unwrap());
+        }
+        assert!(
+            paces[19] >= 0.9 * 40.0,
+            "back near it in 20 s: {}",
+            paces[19]
+        );
+        assert!(
+            paces.iter().all(|&p| p <= 0.95 * 40.0),
+            "never within 5% of the limit: {paces:?}"
+        );
+    }
+
+    /// What is kept to measure the limit stays bounded however long the run: only the
+    /// answers of the last seconds.
+    #[test]
+    fn the_answers_kept_to_measure_are_only_the_recent_ones() {
+        let start = Instant::now();
+        let mut allowance = Allowance::new(start);
+        for call in 0..10_000_u64 {
+            let sent = start + Duration::from_millis(call * 10);
+            allowance.answered(sent, sent + Duration::from_millis(100));
+        }
+        // 100 calls per second for 100 s: what is kept covers a few seconds, not all of it.
+        assert!(
+            allowance.accepted.len() <= 400,
+            "{}",
+            allowance.accepted.len()
+        );
+        assert!(
+            allowance.accepted.len() >= 100,
+            "{}",
+            allowance.accepted.len()
+        );
+    }
 }
