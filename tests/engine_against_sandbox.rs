@@ -219,8 +219,21 @@ async fn retries_reuse_the_request_id_and_each_group_is_one_request() {
         })
         .collect();
     let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
-    let summary = run(options(&sandbox, &input)).await;
+    let before = std::time::SystemTime::now();
+    let opts = options(&sandbox, &input);
+    let state = opts.settings.run.state_file.clone();
+    let summary = run(opts).await;
+    let after = std::time::SystemTime::now();
     assert_eq!(summary.count(RowStatus::Succeeded), 24);
+    // Times are written to the second: the run's span, widened by one second each side.
+    let second = std::time::Duration::from_secs(1);
+    let during_the_run = |text: &str| {
+        let at = humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(
+            at + second >= before && at <= after + second,
+            "{text} not during the run"
+        );
+    };
 
     let requests = sandbox.requests();
     let mut ids_per_user: HashMap<String, HashSet<String>> = HashMap::new();
@@ -263,8 +276,13 @@ async fn retries_reuse_the_request_id_and_each_group_is_one_request() {
             answered_by.contains(&&row["result_correlation_id"]),
             "{row:?} vs {answered_by:?}"
         );
-        assert!(row["result_finished_at"].ends_with('Z'));
+        during_the_run(&row["result_finished_at"]);
     }
+    // The journal's record of the run (what `status` shows) has its start and end too.
+    let journal = license_batch::journal::Journal::open_to_read(&state).unwrap();
+    let runs = journal.recent_runs(1).unwrap();
+    during_the_run(&runs[0].started_at);
+    during_the_run(runs[0].finished_at.as_deref().expect("the run finished"));
     assert_request_ids_are_idempotent(&sandbox);
 }
 
