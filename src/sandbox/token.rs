@@ -1,0 +1,175 @@
+//! The token endpoints (v1 and v2) and the check of a call's access token.
+
+use super::*;
+
+/// Counts the token call, applies the scenario's token delay, then answers.
+pub(super) async fn token(
+    state: Shared,
+    form: HashMap<String, String>,
+    endpoint: TokenEndpoint,
+) -> Response {
+    let delay = {
+        let s = state.lock().expect("sandbox lock");
+        s.progress.send_modify(|p| p.token_requests += 1);
+        let call = s.progress.borrow().token_requests;
+        let auth = &s.scenario.auth;
+        auth.token_delay_ms
+            .filter(|_| auth.token_delay_calls.is_none_or(|first| call <= first))
+    };
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    issue_token(State(state), Form(form), endpoint)
+}
+
+pub(super) async fn token_v1(
+    State(state): State<Shared>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    token(state, form, TokenEndpoint::V1).await
+}
+
+pub(super) async fn token_v2(
+    State(state): State<Shared>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    token(state, form, TokenEndpoint::V2).await
+}
+
+pub(super) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+pub(super) fn issue_token(
+    State(state): State<Shared>,
+    Form(form): Form<HashMap<String, String>>,
+    endpoint: TokenEndpoint,
+) -> Response {
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if field("grant_type") != "refresh_token" {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "AADSTS70003: The app requested an unsupported grant type.",
+        );
+    }
+    if field("client_id") != CLIENT_ID {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+        );
+    }
+    if field("client_secret") != CLIENT_SECRET {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        );
+    }
+    let scope_ok = match endpoint {
+        TokenEndpoint::V1 => field("resource") == "https://api.partnercenter.microsoft.com",
+        TokenEndpoint::V2 => {
+            field("scope").contains("https://api.partnercenter.microsoft.com/user_impersonation")
+        }
+    };
+    if !scope_ok {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            "AADSTS500011: The resource principal was not found.",
+        );
+    }
+    let mut state = state.lock().expect("sandbox lock");
+    if !state.refresh_tokens.contains(field("refresh_token")) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "AADSTS700082: The refresh token has expired due to inactivity.",
+        );
+    }
+    state.issued += 1;
+    let lifetime = state.scenario.auth.token_lifetime_secs.unwrap_or(3600);
+    let valid_for = if state.issued <= state.scenario.auth.revoke_first_tokens {
+        0
+    } else {
+        state
+            .scenario
+            .auth
+            .revoke_tokens_after_secs
+            .unwrap_or(lifetime)
+    };
+    let access = format!(
+        "sandbox-access-{}-{}",
+        state.issued,
+        Uuid::new_v4().simple()
+    );
+    let rotated = format!("sandbox-refresh-{}", Uuid::new_v4().simple());
+    state.tokens.insert(
+        access.clone(),
+        Instant::now() + Duration::from_secs(valid_for),
+    );
+    state.refresh_tokens.insert(rotated.clone());
+    state.grants.push(TokenGrant {
+        at: SystemTime::now(),
+        endpoint: match endpoint {
+            TokenEndpoint::V1 => "v1",
+            TokenEndpoint::V2 => "v2",
+        },
+        lifetime_secs: lifetime,
+    });
+    let expires_in = match endpoint {
+        TokenEndpoint::V1 => json!(lifetime.to_string()),
+        TokenEndpoint::V2 => json!(lifetime),
+    };
+    Json(json!({"token_type": "Bearer", "expires_in": expires_in,
+                "access_token": access, "refresh_token": rotated}))
+    .into_response()
+}
+
+pub(super) fn unauthorized() -> Answer {
+    (
+        401,
+        vec![("www-authenticate", "Bearer".into())],
+        json!({"code": 401, "description": "Unauthorized: the access token is missing, expired or revoked."}),
+        false,
+    )
+}
+
+/// The bearer token must be one the sandbox issued and still valid; license calls also fail
+/// with 900316 while the scenario plays a partner-only token.
+pub(super) fn check_token(
+    state: &SandboxState,
+    headers: &HeaderMap,
+    license_call: bool,
+) -> Result<(), Answer> {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let valid = state
+        .tokens
+        .get(bearer)
+        .is_some_and(|until| Instant::now() < *until);
+    if !valid || state.scenario.auth.reject_all_tokens {
+        return Err(unauthorized());
+    }
+    if license_call && state.scenario.auth.partner_token {
+        return Err((
+            400,
+            vec![],
+            error_body(
+                900316,
+                "Partner token is not allowed in license management calls. Please call with Partner Access Token. To learn more, see https://learn.microsoft.com/partner-center/developer/enable-secure-app-model#get-access-token",
+                None,
+            ),
+            false,
+        ));
+    }
+    Ok(())
+}
