@@ -488,3 +488,27 @@ fn create_private(path: &Path) -> Result<(), JournalError> {
         message: format!("cannot create the journal: {e}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Planning's temporary files go beside the journal (the disk the operator chose for the
+    /// state file, not the working directory cron happens to start in); a scratch journal's go
+    /// to the system's temporary directory.
+    #[test]
+    fn planning_spills_beside_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nächtlich").join("state.sqlite");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let journal = Journal::connect(&path).unwrap();
+        assert_eq!(journal.spill_dir(), dir.path().join("nächtlich"));
+        let scratch = Journal::scratch().unwrap();
+        assert_eq!(scratch.spill_dir(), std::env::temp_dir());
+        let relative = Journal {
+            path: PathBuf::from("state.sqlite"),
+            ..Journal::scratch().unwrap()
+        };
+        assert_eq!(relative.spill_dir(), PathBuf::from("."));
+    }
+}
