@@ -1297,6 +1297,18 @@ mod tests {
         );
     }
 
+    /// Once the throttled customer's wait is over, another customer's 429 says nothing of
+    /// the partner's limit: it is that customer's own (its lane learns it, the rest go on).
+    #[tokio::test(start_paused = true)]
+    async fn another_customer_throttled_after_the_first_wait_ended_keeps_the_lanes() {
+        let pacer = Pacer::new(1_000_000);
+        learn_per_customer(&pacer).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        pacer.throttled(Some(B), Instant::now(), Duration::from_secs(1));
+        assert_eq!(pacer.scope(), Scope::Customer);
+        assert!(pacer.ready_at(C) <= Instant::now(), "C is not held up");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn another_customer_throttled_after_answers_keeps_the_lanes() {
         let pacer = Pacer::new(1_000_000);
