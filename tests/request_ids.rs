@@ -480,3 +480,87 @@ async fn a_request_throttled_out_after_a_lost_answer_keeps_its_id_for_the_next_r
     assert_eq!(sandbox.violations(), Default::default());
     assert_eq!(statuses(&report), [("Zoë".into(), "succeeded".into())]);
 }
+
+/// A group that ended a night with two requests in doubt (the earlier night's, carried, and its
+/// own) carries both into the next night, each under its own ID with its own licenses: they
+/// are two requests the API may have applied, not one.
+#[tokio::test]
+async fn two_unanswered_requests_of_one_group_are_carried_as_two() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(7);
+    let spb = row(&user, "SPB", "assign", "", "Ångström");
+    run(night(
+        &sandbox,
+        dir.path(),
+        "night1.csv",
+        std::slice::from_ref(&spb),
+    )
+    .await)
+    .await;
+    // Night 2: the service answers 503 to everything, so the earlier request (carried) and
+    // the group's own one (the new license) both end without an answer.
+    sandbox.set_faults(Faults {
+        transient_rate: 1.0,
+        ..Faults::default()
+    });
+    let both = [
+        spb.clone(),
+        row(&user, "Power BI Pro", "assign", "", "Łukasz"),
+    ];
+    run(night(&sandbox, dir.path(), "night2.csv", &both).await).await;
+    let night2: Vec<RecordedRequest> = sandbox.requests()[1..].to_vec();
+    assert_eq!(
+        night2.len(),
+        2,
+        "the carried request, then the group's own: {night2:?}"
+    );
+    let sent: HashMap<String, BTreeSet<String>> = night2
+        .iter()
+        .map(|r| {
+            (
+                r.request_id.clone().unwrap(),
+                skus_of(&r.body, "LicensesToAssign"),
+            )
+        })
+        .collect();
+
+    sandbox.set_faults(Faults::default());
+    let grown = [
+        both[0].clone(),
+        both[1].clone(),
+        row(&user_guid(8), "SPB", "assign", "", "日本語"),
+    ];
+    let opts = night(&sandbox, dir.path(), "night3.csv", &grown).await;
+    let report = report_path(&opts.input);
+    run(opts).await;
+    let night3: Vec<RecordedRequest> = sandbox.requests()[3..]
+        .iter()
+        .filter(|r| r.user.eq_ignore_ascii_case(&user))
+        .cloned()
+        .collect();
+    let again: HashMap<String, BTreeSet<String>> = night3
+        .iter()
+        .map(|r| {
+            (
+                r.request_id.clone().unwrap(),
+                skus_of(&r.body, "LicensesToAssign"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        again, sent,
+        "the same two requests, each with its own licenses"
+    );
+    // The earlier one was applied on night 1 (answered from the store), the group's own one
+    // never reached the service: applied now, once.
+    let replayed: Vec<bool> = night3.iter().map(|r| r.replay).collect();
+    assert_eq!(replayed, [true, false], "{night3:?}");
+    assert_eq!(sandbox.violations(), Default::default());
+    assert!(
+        statuses(&report)
+            .iter()
+            .all(|(_, status)| status == "succeeded")
+    );
+}
