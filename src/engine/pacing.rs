@@ -1442,4 +1442,55 @@ mod tests {
             allowance.accepted.len()
         );
     }
+
+    /// Far from any measured limit, a slot no worker was waiting for is not lost: the next
+    /// call may take it (the rate is kept on average). Near a limit it is, so two calls do not
+    /// go at once into a bucket that may hold one.
+    #[test]
+    fn a_missed_slot_is_caught_up_far_from_the_limit_and_not_near_it() {
+        let start = Instant::now();
+        let slot_after_idling = |rate: f64| {
+            let mut allowance = Allowance::new(start);
+            allowance.rate = Some(rate);
+            allowance.limit = Some(100.0);
+            let Slot::At(first) = allowance.reserve_slot(start, f64::INFINITY) else {
+                panic!("a paced allowance gives slots")
+            };
+            // Idle for one and a half intervals, then ask again.
+            let now = first + Duration::from_secs_f64(1.5 / rate);
+            let Slot::At(next) = allowance.reserve_slot(now, f64::INFINITY) else {
+                panic!("a paced allowance gives slots")
+            };
+            (now, next)
+        };
+        let (now, next) = slot_after_idling(10.0);
+        assert!(next < now, "far below the limit the missed slot is taken");
+        let (now, next) = slot_after_idling(95.0);
+        assert!(next >= now, "near the limit it is not");
+    }
+
+    /// The limit a throttle event measures comes from the most recent answers when the pace
+    /// grew during the last second: not the average over the second.
+    #[test]
+    fn the_limit_is_measured_from_the_recent_answers_when_the_pace_grew() {
+        let start = Instant::now();
+        let mut allowance = Allowance::new(start);
+        let now = start + Duration::from_secs(1);
+        // 10 answers in the first half second, 30 in the second.
+        for i in 0..10_u64 {
+            let sent = start + Duration::from_millis(i * 50);
+            allowance.answered(sent, sent + Duration::from_millis(20));
+        }
+        for i in 0..30_u64 {
+            let sent = start + Duration::from_millis(500 + i * 16);
+            allowance.answered(sent, sent + Duration::from_millis(20));
+        }
+        let measured = allowance.measured(now).expect("answers were seen");
+        assert!(measured.trusted);
+        assert!(
+            measured.rate >= 55.0,
+            "the recent half: 60/s, not 40/s: {}",
+            measured.rate
+        );
+    }
 }
