@@ -1493,4 +1493,37 @@ mod tests {
             measured.rate
         );
     }
+
+    /// A quota that doubled, seen from the last limit measured: without 429s the pace creeps
+    /// through the fine steps, then follows — within 10 s of the change in all (issue 15's
+    /// target), gently in the first second past the fine steps.
+    #[test]
+    fn a_doubled_quota_is_followed_within_ten_seconds_of_the_old_limit() {
+        let start = Instant::now();
+        let limit = 50.0;
+        let mut allowance = Allowance::new(start);
+        allowance.rate = Some(limit);
+        allowance.limit = Some(limit);
+        allowance.last_event = Some(start);
+        let mut paces = Vec::new();
+        for step in 1..=150_u64 {
+            allowance.grow(start + Duration::from_millis(step * 100), f64::INFINITY);
+            paces.push(allowance.rate.unwrap());
+        }
+        let reached = paces.iter().position(|&p| p >= 2.0 * limit);
+        assert!(
+            reached.is_some_and(|step| step < 100),
+            "twice the old limit within 10 s: {reached:?}"
+        );
+        let beyond = paces
+            .iter()
+            .position(|&p| p >= NEAR_TO * limit)
+            .expect("past the fine steps");
+        assert!(
+            paces[beyond + 9] < 1.2 * paces[beyond],
+            "gently for a second: {} then {}",
+            paces[beyond],
+            paces[beyond + 9]
+        );
+    }
 }
