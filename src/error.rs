@@ -32,6 +32,14 @@ pub enum Error {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
 
+    /// `status`/`report` on a journal that has no run yet.
+    #[error("no runs in {}", .0.display())]
+    NoRuns(PathBuf),
+
+    /// The report could not be rewritten (`license-batch report`); the message names the file.
+    #[error("{0}")]
+    Report(String),
+
     #[error("cannot start the sandbox: {0}")]
     Sandbox(String),
 

@@ -1,0 +1,90 @@
+//! The command line: clap's raw arguments, resolved with the config file and environment into
+//! [`RunOptions`]; signal handling; printing the summary. The only module that knows of flags.
+
+mod args;
+mod commands;
+mod resolve;
+mod signals;
+
+pub use args::*;
+use commands::*;
+pub use resolve::resolve_run;
+use resolve::*;
+use signals::*;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use std::io::Write as _;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PreflightMode;
+use crate::config::{self, EnvSecrets, FileConfig, Overrides, Settings};
+use crate::error::{self, Error, exit_code};
+use crate::journal::Journal;
+use crate::outcome::RowStatus;
+use crate::progress::{self, LogFormat};
+use crate::report;
+use crate::run::{Connection, RunOptions, Target, deployment_insights, run};
+use crate::sandbox::{self, Sandbox, Scenario};
+use crate::summary::InsightsTable;
+use crate::verify::verify;
+
+/// Parses the command line, runs it, and returns the documented exit code.
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match cli.command {
+        Command::Run(args) => run_command(&runtime, args),
+        Command::Plan(mut args) => {
+            args.dry_run = true;
+            run_command(&runtime, args)
+        }
+        Command::Sandbox(args) => {
+            progress::init_logging(LogFormat::Text, 0);
+            runtime.block_on(serve_sandbox(args))
+        }
+        Command::Status(args) => exit_with(show_status(&args)),
+        Command::Report(args) => exit_with(rewrite_report(&args)),
+        Command::Insights(args) => {
+            args.log.init_logging();
+            exit_with(runtime.block_on(show_insights(&args)))
+        }
+        Command::Verify(args) => {
+            args.log.init_logging();
+            exit_with(runtime.block_on(run_verify(&args)))
+        }
+    }
+}
+
+/// `run` and `plan`: the summary on stdout, the exit code of SPEC §10.
+fn run_command(runtime: &tokio::runtime::Runtime, args: RunArgs) -> u8 {
+    args.output.init_logging();
+    runtime.block_on(async {
+        let result = match resolve_run(&args, &process_env) {
+            Ok(opts) => {
+                install_signal_handler(opts.stop.clone());
+                run(opts).await
+            }
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(summary) => print!("{summary}"),
+            Err(error) => eprintln!("license-batch: error: {error}"),
+        }
+        error::exit_code_for(&result)
+    })
+}
+
+/// The exit code of a read-only command; errors are printed.
+fn exit_with(result: Result<u8, Error>) -> u8 {
+    result.unwrap_or_else(|error| {
+        eprintln!("license-batch: error: {error}");
+        exit_code::NOTHING_SENT
+    })
+}
