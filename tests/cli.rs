@@ -390,6 +390,25 @@ fn plan_reads_the_tenants_shows_seats_and_what_is_not_sent_and_writes_nothing() 
     assert!(!dir.path().join("samples/onboarding.report.csv").exists());
 }
 
+/// A plan made after a night shows what that night did: nothing of it is to be sent again.
+#[test]
+fn plan_after_a_run_sends_nothing_already_done() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let run = license_batch(
+        dir.path(),
+        &["run", "samples/onboarding.csv", "--sandbox", "-q"],
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));
+    let out = license_batch(
+        dir.path(),
+        &["plan", "samples/onboarding.csv", "--sandbox", "-q"],
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(", 0 license updates to send,"), "{stdout}");
+    assert!(stdout.contains("already done in run 1"), "{stdout}");
+}
+
 #[test]
 fn plan_without_credentials_works_offline() {
     let dir = tempfile::tempdir().unwrap();
