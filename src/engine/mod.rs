@@ -772,6 +772,11 @@ mod tests {
                 .concurrency_advice(8, Duration::from_secs(2))
                 .is_some()
         );
+        // A pool that carries the ceiling exactly (8 at 1.6 s: 300/min) needs no advice.
+        assert_eq!(
+            defaults.concurrency_advice(8, Duration::from_millis(1600)),
+            None
+        );
         // Never more than the most a pool may have, and nothing to say when it has that.
         let advice = fixed
             .concurrency_advice(8, Duration::from_secs(10))
@@ -877,6 +882,39 @@ mod tests {
             growth.grown(watch(4), &counted(answered, 1, 100), again, 256),
             None
         );
+    }
+
+    /// The watch is a time, not a count of checks: a longer one (the pool was checked late)
+    /// still shows a busy pool, and a pace of half what the pool carries over it is not busy.
+    #[test]
+    fn a_watch_is_judged_by_the_pace_over_its_whole_length() {
+        let start = tokio::time::Instant::now();
+        let long = PoolGrowth::WATCH * 2;
+        let secs = long.as_secs();
+        let mut busy = PoolGrowth::new(start, &counted(0, 0, 100));
+        assert!(
+            busy.grown(start + long, &counted(78 * secs, 0, 100), 8, 256)
+                .is_some()
+        );
+        let mut idle = PoolGrowth::new(start, &counted(0, 0, 100));
+        assert_eq!(
+            idle.grown(start + long, &counted(40 * secs, 0, 100), 8, 256),
+            None,
+            "40/s of the 80/s that 8 calls of 0.1 s carry"
+        );
+    }
+
+    /// The mean latencies the pool is sized from: of license updates, and of reads apart.
+    #[test]
+    fn the_mean_latency_is_the_mean_of_the_answers() {
+        let stats = Stats::default();
+        stats.read_answered(Duration::from_millis(100));
+        stats.read_answered(Duration::from_millis(300));
+        stats.answered(Duration::from_millis(50));
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.mean_read_latency, Some(Duration::from_millis(200)));
+        assert_eq!(snapshot.mean_latency, Some(Duration::from_millis(50)));
+        assert_eq!(Stats::default().snapshot().mean_latency, None);
     }
 
     #[test]
