@@ -564,3 +564,62 @@ async fn two_unanswered_requests_of_one_group_are_carried_as_two() {
             .all(|(_, status)| status == "succeeded")
     );
 }
+
+/// An earlier request still in doubt is sent again only by a run that asks for one of its
+/// licenses (same SKU and action): a night that asks for another SKU for the same user sends
+/// only that.
+#[tokio::test]
+async fn an_unanswered_request_waits_for_a_run_that_asks_for_its_license() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(11);
+    let night1 = [row(&user, "SPB", "assign", "", "Søren")];
+    run(night(&sandbox, dir.path(), "night1.csv", &night1).await).await;
+    let earlier = sandbox.requests()[0].request_id.clone();
+
+    sandbox.set_faults(Faults::default());
+    let night2 = [row(&user, "Power BI Pro", "assign", "", "Søren")];
+    run(night(&sandbox, dir.path(), "night2.csv", &night2).await).await;
+    let sent: Vec<RecordedRequest> = sandbox.requests()[1..].to_vec();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_ne!(sent[0].request_id, earlier);
+    assert_eq!(
+        skus_of(&sent[0].body, "LicensesToAssign"),
+        BTreeSet::from([POWER_BI.to_string()])
+    );
+}
+
+/// The earlier request goes out as it was even when the new sheet dropped several of its
+/// licenses: all of them, under its ID.
+#[tokio::test]
+async fn a_request_whose_licenses_the_new_sheet_mostly_dropped_goes_out_whole() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(12);
+    let night1 = [
+        row(&user, "SPB", "assign", "", "a"),
+        row(&user, "Power BI Pro", "assign", "", "b"),
+        row(&user, "VISIOCLIENT", "assign", "", "c"),
+    ];
+    run(night(&sandbox, dir.path(), "night1.csv", &night1).await).await;
+    let earlier = sandbox.requests()[0].clone();
+    assert_eq!(skus_of(&earlier.body, "LicensesToAssign").len(), 3);
+
+    sandbox.set_faults(Faults::default());
+    let night2 = [row(&user, "SPB", "assign", "", "a")];
+    let opts = night(&sandbox, dir.path(), "night2.csv", &night2).await;
+    let report = report_path(&opts.input);
+    run(opts).await;
+    let requests = sandbox.requests();
+    assert_eq!(requests.len(), 2, "only the earlier request, once more");
+    assert_eq!(requests[1].request_id, earlier.request_id);
+    assert_eq!(
+        skus_of(&requests[1].body, "LicensesToAssign"),
+        skus_of(&earlier.body, "LicensesToAssign")
+    );
+    assert!(requests[1].replay);
+    assert_eq!(sandbox.violations(), Default::default());
+    assert_eq!(statuses(&report), [("a".into(), "succeeded".into())]);
+}
