@@ -623,3 +623,44 @@ async fn a_request_whose_licenses_the_new_sheet_mostly_dropped_goes_out_whole() 
     assert_eq!(sandbox.violations(), Default::default());
     assert_eq!(statuses(&report), [("a".into(), "succeeded".into())]);
 }
+
+/// An earlier request one of whose licenses a newer run changed is not sent again: its answer
+/// from the idempotency store would describe a tenant that no longer is. The license asked for
+/// again goes out in a request of its own.
+#[tokio::test]
+async fn an_unanswered_request_a_newer_run_changed_is_not_replayed() {
+    let sandbox = start("").await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let user = user_guid(13);
+    let night1 = [
+        row(&user, "SPB", "assign", "", "Zoë"),
+        row(&user, "Power BI Pro", "assign", "", "Zoë"),
+    ];
+    run(night(&sandbox, dir.path(), "night1.csv", &night1).await).await;
+    let earlier = sandbox.requests()[0].request_id.clone();
+
+    // Night 2 removes Power BI: another action, so the earlier request is not carried.
+    sandbox.set_faults(Faults::default());
+    let night2 = [row(&user, "Power BI Pro", "remove", "", "Zoë")];
+    run(night(&sandbox, dir.path(), "night2.csv", &night2).await).await;
+    assert_eq!(sandbox.requests().len(), 2);
+    assert_ne!(sandbox.requests()[1].request_id, earlier);
+
+    let night3 = [row(&user, "SPB", "assign", "", "Zoë")];
+    run(night(&sandbox, dir.path(), "night3.csv", &night3).await).await;
+    let sent: Vec<RecordedRequest> = sandbox.requests()[2..].to_vec();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_ne!(
+        sent[0].request_id, earlier,
+        "not the earlier request, replayed"
+    );
+    assert_eq!(
+        skus_of(&sent[0].body, "LicensesToAssign"),
+        BTreeSet::from([SPB.to_string()])
+    );
+    assert_eq!(
+        sandbox.licenses(CONTOSO.parse().unwrap(), &user),
+        BTreeSet::from([SPB.parse().unwrap()])
+    );
+}
