@@ -1426,11 +1426,12 @@ mod tests {
     fn the_answers_kept_to_measure_are_only_the_recent_ones() {
         let start = Instant::now();
         let mut allowance = Allowance::new(start);
+        // Every 7 ms (no answer lands exactly on the edge of what is kept), for 70 s.
         for call in 0..10_000_u64 {
-            let sent = start + Duration::from_millis(call * 10);
+            let sent = start + Duration::from_millis(call * 7);
             allowance.answered(sent, sent + Duration::from_millis(100));
         }
-        // 100 calls per second for 100 s: what is kept covers a few seconds, not all of it.
+        // About 143 calls per second: what is kept covers a few seconds, not all of it.
         assert!(
             allowance.accepted.len() <= 400,
             "{}",
@@ -1470,27 +1471,33 @@ mod tests {
     }
 
     /// The limit a throttle event measures comes from the most recent answers when the pace
-    /// grew during the last second: not the average over the second.
+    /// grew during the last second: the last half second, or the last quarter when it holds
+    /// enough answers to go by — not the average over the second.
     #[test]
     fn the_limit_is_measured_from_the_recent_answers_when_the_pace_grew() {
         let start = Instant::now();
-        let mut allowance = Allowance::new(start);
         let now = start + Duration::from_secs(1);
-        // 10 answers in the first half second, 30 in the second.
-        for i in 0..10_u64 {
-            let sent = start + Duration::from_millis(i * 50);
-            allowance.answered(sent, sent + Duration::from_millis(20));
-        }
-        for i in 0..30_u64 {
-            let sent = start + Duration::from_millis(500 + i * 16);
-            allowance.answered(sent, sent + Duration::from_millis(20));
-        }
-        let measured = allowance.measured(now).expect("answers were seen");
-        assert!(measured.trusted);
-        assert!(
-            measured.rate >= 55.0,
-            "the recent half: 60/s, not 40/s: {}",
+        // `(from, to, answers)` in milliseconds after `start`, spread evenly.
+        let measure = |phases: &[(u64, u64, u64)]| {
+            let mut allowance = Allowance::new(start);
+            for &(from, to, answers) in phases {
+                for i in 0..answers {
+                    let sent = start + Duration::from_millis(from + (to - from) * i / answers);
+                    allowance.answered(sent, sent + Duration::from_millis(20));
+                }
+            }
+            let measured = allowance.measured(now).expect("answers were seen");
+            assert!(measured.trusted);
             measured.rate
+        };
+        // 10 in the first half, 30 in the third quarter, none after: the last half, 60/s.
+        let half = measure(&[(0, 500, 10), (500, 750, 30)]);
+        assert!((55.0..65.0).contains(&half), "the last half: {half}");
+        // 10, then 10, then 20 in the last quarter: the last quarter, 80/s.
+        let quarter = measure(&[(0, 500, 10), (500, 750, 10), (750, 1000, 20)]);
+        assert!(
+            (75.0..85.0).contains(&quarter),
+            "the last quarter: {quarter}"
         );
     }
 
