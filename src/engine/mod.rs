@@ -975,4 +975,69 @@ mod tests {
             [(earlier, true), (own, true)]
         );
     }
+
+    /// Two open groups for each customer, handed out once.
+    struct TwoEach(HashMap<Uuid, Vec<GroupWork>>);
+
+    impl WorkSource for TwoEach {
+        fn next_of(&mut self, customer: Uuid, _limit: usize) -> Result<Vec<GroupWork>, String> {
+            Ok(self.0.remove(&customer).unwrap_or_default())
+        }
+    }
+
+    fn lanes_of(customers: &[Uuid]) -> Lanes {
+        let work = |customer: Uuid, n: usize| GroupWork {
+            group: n,
+            request: Group {
+                customer_id: customer,
+                user: format!("łukasz{n}@fabrikam.example"),
+                license_group: crate::input::LicenseGroup::Group1,
+                operations: Vec::new(),
+            },
+            passes: Vec::new(),
+            previous_attempts: 0,
+        };
+        let groups = customers
+            .iter()
+            .map(|&c| (c, vec![work(c, 0), work(c, 1)]))
+            .collect();
+        Lanes::new(Work {
+            customers: customers.to_vec(),
+            groups: 2 * customers.len() as u64,
+            source: Box::new(TwoEach(groups)),
+        })
+    }
+
+    /// Once the API limits per customer, a customer that waits out its own 429 does not hold
+    /// up the others: their groups go first, in turn; of the waiting ones, the one whose
+    /// wait ends soonest comes next.
+    #[tokio::test(start_paused = true)]
+    async fn lanes_that_wait_give_way_to_lanes_that_may_send() {
+        let [a, b, c, d] = [0xA, 0xB, 0xC, 0xD].map(Uuid::from_u128);
+        let pacer = pacing::Pacer::new(1_000_000);
+        // A throttled twice on its own while B is answered: the limit is per customer.
+        for _ in 0..2 {
+            for _ in 0..10 {
+                tokio::time::advance(Duration::from_millis(200)).await;
+                pacer.answered(Some(a), tokio::time::Instant::now());
+                pacer.answered(Some(b), tokio::time::Instant::now());
+            }
+            pacer.throttled(Some(a), tokio::time::Instant::now(), Duration::from_secs(1));
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let now = tokio::time::Instant::now;
+        pacer.throttled(Some(a), now(), Duration::from_millis(2500));
+        pacer.answered(Some(b), now());
+        pacer.throttled(Some(d), now(), Duration::from_millis(1500));
+        pacer.answered(Some(b), now());
+        assert_eq!(pacer.scope(), pacing::Scope::Customer);
+
+        let mut lanes = lanes_of(&[a, b, c, d]);
+        let order: Vec<Uuid> = (0..8)
+            .map(|_| lanes.next(&pacer).unwrap().unwrap().request.customer_id)
+            .collect();
+        assert_eq!(order[..4], [b, c, b, c], "the lanes that may send, in turn");
+        assert_eq!(order[4], d, "then the wait that ends first: {order:?}");
+        assert!(lanes.next(&pacer).unwrap().is_none());
+    }
 }
