@@ -1346,33 +1346,49 @@ mod tests {
     /// past it, fast enough to follow a quota that doubled within 10 s.
     #[test]
     fn without_429s_the_pace_comes_back_fast_probes_gently_then_follows_a_rise() {
-        let limit = 50.0;
-        for start in [0.25, 0.5, 0.75, 0.89] {
-            let (took, paces) = climb(start * limit, limit, 0.97 * limit);
-            let took = took.expect("back near the limit");
-            assert!(took <= 10.0, "from {start} of the limit: {took} s");
+        // The quota's size is unknown: from 2 calls a second to a thousand, the same shape.
+        for limit in [2.0, 50.0, 1000.0] {
+            for start in [0.25, 0.5, 0.75, 0.89] {
+                let (took, paces) = climb(start * limit, limit, 0.97 * limit);
+                let took = took.expect("back near the limit");
+                assert!(took <= 10.0, "{limit}/s, from {start} of it: {took} s");
+                assert!(
+                    paces.iter().all(|&p| p <= limit),
+                    "{limit}/s, from {start}: not past the limit on the way back"
+                );
+            }
+            // The last tenth below it is climbed, not jumped: where the quota may have
+            // dropped a little, the pace meets it gradually.
+            let (_, paces) = climb(NEAR_FROM * limit, limit, limit);
+            assert!(paces[4] < 0.99 * limit, "{limit}/s: {}", paces[4]);
+            // Just above the limit: at most 2% more in two seconds (fine steps) ...
+            let (_, paces) = climb(limit, limit, f64::INFINITY);
+            assert!(paces[19] <= 1.02 * limit, "{limit}/s: {}", paces[19]);
             assert!(
-                paces.iter().all(|&p| p <= limit),
-                "from {start}: not past the limit on the way back"
+                paces[19] > limit,
+                "{limit}/s: but it does probe: {}",
+                paces[19]
+            );
+            // ... and a quota that doubled is reached within 10 s of passing the fine steps.
+            let (took, _) = climb(NEAR_TO * limit, limit, 2.0 * limit);
+            assert!(took.is_some_and(|t| t <= 10.0), "{limit}/s: {took:?}");
+            // Gently for the first second beyond: not 20% more.
+            let first = Allowance::grown(NEAR_TO * limit, limit, 1.0, Duration::ZERO);
+            assert!(first < 1.2 * NEAR_TO * limit, "{limit}/s: {first}");
+        }
+        // No limit known yet: the pace doubles within 3 s, whatever it is.
+        for rate in [0.5, 10.0, 800.0] {
+            let mut allowance = Allowance::new(Instant::now());
+            let start = allowance.grown_at;
+            allowance.rate = Some(rate);
+            allowance.last_event = Some(start);
+            allowance.grow(start + Duration::from_secs(3), f64::INFINITY);
+            assert!(
+                allowance.rate.unwrap() >= 2.0 * rate,
+                "{:?}",
+                allowance.rate
             );
         }
-        // Just above the limit: at most 2% more in two seconds (fine steps) ...
-        let (_, paces) = climb(limit, limit, f64::INFINITY);
-        assert!(paces[19] <= 1.02 * limit, "{}", paces[19]);
-        assert!(paces[19] > limit, "but it does probe: {}", paces[19]);
-        // ... and a quota that doubled is reached within 10 s of passing the fine steps.
-        let (took, _) = climb(NEAR_TO * limit, limit, 2.0 * limit);
-        assert!(took.expect("follows the rise") <= 10.0, "{took:?}");
-        // Gently for the first second beyond: not 20% more.
-        let first = Allowance::grown(NEAR_TO * limit, limit, 1.0, Duration::ZERO);
-        assert!(first < 1.2 * NEAR_TO * limit, "{first}");
-        // No limit known yet: the pace doubles within 3 s.
-        let mut allowance = Allowance::new(Instant::now());
-        let start = allowance.grown_at;
-        allowance.rate = Some(10.0);
-        allowance.last_event = Some(start);
-        allowance.grow(start + Duration::from_secs(3), f64::INFINITY);
-        assert!(allowance.rate.unwrap() >= 20.0, "{:?}", allowance.rate);
     }
 
     /// After a throttle event that measured the limit, the pace holds for a while (the calls
@@ -1506,31 +1522,32 @@ mod tests {
     /// target), gently in the first second past the fine steps.
     #[test]
     fn a_doubled_quota_is_followed_within_ten_seconds_of_the_old_limit() {
-        let start = Instant::now();
-        let limit = 50.0;
-        let mut allowance = Allowance::new(start);
-        allowance.rate = Some(limit);
-        allowance.limit = Some(limit);
-        allowance.last_event = Some(start);
-        let mut paces = Vec::new();
-        for step in 1..=150_u64 {
-            allowance.grow(start + Duration::from_millis(step * 100), f64::INFINITY);
-            paces.push(allowance.rate.unwrap());
+        for limit in [2.0, 50.0, 1000.0] {
+            let start = Instant::now();
+            let mut allowance = Allowance::new(start);
+            allowance.rate = Some(limit);
+            allowance.limit = Some(limit);
+            allowance.last_event = Some(start);
+            let mut paces = Vec::new();
+            for step in 1..=150_u64 {
+                allowance.grow(start + Duration::from_millis(step * 100), f64::INFINITY);
+                paces.push(allowance.rate.unwrap());
+            }
+            let reached = paces.iter().position(|&p| p >= 2.0 * limit);
+            assert!(
+                reached.is_some_and(|step| step < 100),
+                "{limit}/s: twice the old limit within 10 s: {reached:?}"
+            );
+            let beyond = paces
+                .iter()
+                .position(|&p| p >= NEAR_TO * limit)
+                .expect("past the fine steps");
+            assert!(
+                paces[beyond + 9] < 1.2 * paces[beyond],
+                "{limit}/s: gently for a second: {} then {}",
+                paces[beyond],
+                paces[beyond + 9]
+            );
         }
-        let reached = paces.iter().position(|&p| p >= 2.0 * limit);
-        assert!(
-            reached.is_some_and(|step| step < 100),
-            "twice the old limit within 10 s: {reached:?}"
-        );
-        let beyond = paces
-            .iter()
-            .position(|&p| p >= NEAR_TO * limit)
-            .expect("past the fine steps");
-        assert!(
-            paces[beyond + 9] < 1.2 * paces[beyond],
-            "gently for a second: {} then {}",
-            paces[beyond],
-            paces[beyond + 9]
-        );
     }
 }
