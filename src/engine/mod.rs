@@ -1040,4 +1040,43 @@ mod tests {
         assert_eq!(order[4], d, "then the wait that ends first: {order:?}");
         assert!(lanes.next(&pacer).unwrap().is_none());
     }
+
+    /// The failure threshold (SPEC §7): more than `max_failure_ratio` of the definitive groups
+    /// failed, once `failure_ratio_min_groups` have an answer; the message names the most
+    /// common error and how often it came.
+    #[test]
+    fn the_failure_threshold_trips_past_the_ratio_and_names_the_commonest_error() {
+        let settings = settings(3000, Concurrency::fixed(8));
+        let failed = |code: &str| {
+            vec![(
+                0,
+                OperationOutcome {
+                    error_code: Some(code.into()),
+                    ..OperationOutcome::unsent(OperationStatus::Failed, "no")
+                },
+            )]
+        };
+        let succeeded = vec![(0, OperationOutcome::unsent(OperationStatus::Succeeded, ""))];
+        let mut ratio = FailureRatio::default();
+        // 100 groups, exactly half failed: not more than 50%.
+        for i in 0..100 {
+            let outcome = if i % 2 == 0 {
+                failed(if i % 4 == 0 { "60012" } else { "800002" })
+            } else {
+                succeeded.clone()
+            };
+            assert_eq!(ratio.observe(&outcome, &settings), None, "group {i}");
+        }
+        // One more failure: 51 of 101.
+        let reason = ratio
+            .observe(&failed("60012"), &settings)
+            .expect("past the ratio");
+        assert!(reason.contains("51 of 101 groups failed"), "{reason}");
+        assert!(reason.contains("most common: 60012 (26)"), "{reason}");
+        // Pending outcomes are not counted.
+        let mut fresh = FailureRatio::default();
+        let pending = vec![(0, OperationOutcome::pending("later"))];
+        assert_eq!(fresh.observe(&pending, &settings), None);
+        assert_eq!(fresh.definitive, 0);
+    }
 }

@@ -259,4 +259,25 @@ mod tests {
         drop(journal);
         assert!(Journal::open_to_read(&path).is_ok());
     }
+
+    /// A journal written by a newer license-batch is refused, untouched, with what to do:
+    /// an older one would misread the runs (and could resend what they applied).
+    #[test]
+    fn a_journal_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("from-the-future.sqlite");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            super::prepare(&conn).unwrap();
+            conn.execute(
+                "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        }
+        let refused = Journal::open_to_read(&path).err().expect("refused");
+        let message = refused.to_string();
+        assert!(message.contains("schema version 99"), "{message}");
+        assert!(message.contains("upgrade license-batch"), "{message}");
+    }
 }
