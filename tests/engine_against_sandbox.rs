@@ -451,6 +451,31 @@ async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
     assert_eq!(sandbox.requests().len(), 200);
 }
 
+/// The pool grows with the latency as soon as answers show it, not a watch later: a run
+/// shorter than one watch of the busy-pool growth still goes past 8 in flight.
+#[tokio::test]
+async fn a_pool_not_set_grows_with_the_first_answers() {
+    let sandbox = start("[faults]\nlatency_ms = 300\n").await;
+    run_with_a_pool_that_grows(&sandbox, 40).await;
+    let most = sandbox.most_in_flight();
+    assert!(most > 8, "{most} in flight");
+}
+
+/// A pool the operator set (`--concurrency 8`) stays at its size, however busy.
+#[tokio::test]
+async fn a_pool_set_by_the_operator_never_grows() {
+    let sandbox = start("[faults]\nlatency_ms = 100\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = contoso_sheet(dir.path(), 300);
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.requests_per_minute = 60_000;
+    opts.settings.limits.concurrency = Concurrency::fixed(8);
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 300);
+    let most = sandbox.most_in_flight();
+    assert!(most <= 8, "{most} in flight");
+}
+
 /// While no quota is known the pool grows for at most 3,000/min; an API that takes far more
 /// (a bucket that stores minutes of calls) finds it busy and throttling nothing, and the pool
 /// grows past that, up to what the ceiling needs (issue 15: `bucket-60s` was held at 8).
