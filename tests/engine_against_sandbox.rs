@@ -457,8 +457,10 @@ async fn a_pool_not_set_grows_with_the_latency_to_what_the_ceiling_needs() {
 async fn a_pool_not_set_grows_with_the_first_answers() {
     let sandbox = start("[faults]\nlatency_ms = 300\n").await;
     run_with_a_pool_that_grows(&sandbox, 40).await;
+    // 3,000/min of calls that take 0.3 s keep 15 in flight: the pool gets there (12 leaves
+    // room for calls that overlap less), not just past its start.
     let most = sandbox.most_in_flight();
-    assert!(most > 8, "{most} in flight");
+    assert!(most >= 12, "{most} in flight");
 }
 
 /// A pool the operator set (`--concurrency 8`) stays at its size, however busy.
