@@ -496,6 +496,19 @@ async fn a_busy_pool_that_draws_no_429_grows_past_what_three_thousand_a_minute_n
     // 3,000/min at 0.1 s per call needs 8 in flight: the pool's start.
     let most = sandbox.most_in_flight();
     assert!(most > 8, "the pool stayed at {most} in flight");
+    // It grows by a step per watch of 2 s, not by a factor: at most 4 more per watch the
+    // run lasted (a factor meets the end of a stored burst with far too many calls out).
+    let span = requests
+        .last()
+        .unwrap()
+        .at
+        .duration_since(requests[0].arrived_at)
+        .unwrap();
+    let bound = 8 + 4 * (span.as_secs_f64() / 2.0).ceil() as usize;
+    assert!(
+        most <= bound,
+        "{most} in flight in {span:?}, at most {bound}"
+    );
 }
 
 /// Every throttled call is sent again no sooner than its 429 said (header or body).

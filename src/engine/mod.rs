@@ -864,6 +864,7 @@ mod tests {
             .grown(watch(1), &counted(answered, 0, 100), 8, 256)
             .unwrap();
         assert!(grown > 8, "{grown}");
+        assert!(grown <= 12, "at most half again per watch: {grown}");
         // The bigger pool was busy too: it grows again, from its new size.
         answered += grown as u64 * 10 * secs;
         let again = growth
