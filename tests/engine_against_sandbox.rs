@@ -495,7 +495,10 @@ async fn a_busy_pool_that_draws_no_429_grows_past_what_three_thousand_a_minute_n
     assert_eq!(requests.len(), 600, "one call per group, none throttled");
     // 3,000/min at 0.1 s per call needs 8 in flight: the pool's start.
     let most = sandbox.most_in_flight();
-    assert!(most > 8, "the pool stayed at {most} in flight");
+    assert!(
+        most >= 12,
+        "the pool did not take a step past 8: {most} in flight"
+    );
     // It grows by a step per watch of 2 s, not by a factor: at most 4 more per watch the
     // run lasted (a factor meets the end of a stored burst with far too many calls out).
     let span = requests
