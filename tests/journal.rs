@@ -296,3 +296,23 @@ async fn the_report_is_rebuilt_from_the_journal() {
         "same report without the input file"
     );
 }
+
+/// Lines with no value at all are not rows: the summary counts them (from the journal, so a
+/// resumed run says the same).
+#[tokio::test]
+async fn blank_lines_are_counted_not_reported() {
+    let sandbox = start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = rows(0..2, "SPB");
+    lines.insert(1, ",,,".into());
+    lines.push(" , , ,".into());
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &lines);
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.blank_lines, 2, "{summary}");
+    assert!(
+        summary.to_string().contains("blank lines: 2 skipped"),
+        "{summary}"
+    );
+    assert_eq!(read_report(&report_path(&input)).len(), 2);
+    assert_eq!(sandbox.requests().len(), 2);
+}
