@@ -191,3 +191,36 @@ fn debug_of_options_redacts_every_secret() {
     assert!(!text.contains("secret-value-of"), "{text}");
     assert!(text.contains("<redacted>"));
 }
+
+/// A token refused at the first read (revoked, say) is renewed once and the run goes on.
+#[tokio::test]
+async fn a_token_refused_at_the_first_read_is_renewed_once() {
+    let sandbox = start("[auth]\nrevoke_first_tokens = 1\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(3));
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 3, "{summary}");
+    assert_eq!(sandbox.token_grants().len(), 2, "one renewal");
+}
+
+/// A renewed token refused again means the credential does not work: the reads stop at once
+/// (no loop of renewals), nothing is written, exit 2.
+#[tokio::test]
+async fn a_renewed_token_refused_again_stops_before_anything_is_sent() {
+    let sandbox = start("[auth]\nreject_all_tokens = true\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(3));
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        license_batch::run(options(&sandbox, &input)),
+    )
+    .await
+    .expect("the run stops instead of renewing for ever");
+    assert_eq!(license_batch::exit_code_for(&result), 2, "{result:?}");
+    assert!(sandbox.requests().is_empty(), "nothing written");
+    assert!(
+        sandbox.token_grants().len() <= 3,
+        "{:?}",
+        sandbox.token_grants()
+    );
+}
