@@ -356,3 +356,69 @@ async fn a_throttled_read_is_retried_after_retry_after() {
     assert_eq!(report[0]["result_status"], "invalid");
     assert!(report[0]["result_message"].contains("not among this customer's subscriptions"));
 }
+
+/// A read answered 503 is retried (with backoff, within `retry.max_elapsed_secs`), and the run
+/// goes on with its answer; a second 503 after the retries ran out would leave the tenant
+/// unread.
+#[tokio::test]
+async fn a_read_answered_503_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"totalCount": 0, "items": []})),
+        )
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    answer_posts_with_doc_success(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, opts) = doc_row_options(&server, dir.path(), "[retry]\nmin_delay_ms = 10\n");
+    license_batch::run(opts).await.unwrap();
+    let all = server.received_requests().await.unwrap();
+    let gets = all.iter().filter(|r| r.method.as_str() == "GET").count();
+    assert_eq!(gets, 2, "the read was retried once");
+    // Its answer was used: the tenant subscribes nothing, so the row is invalid (not failed
+    // for an unread tenant).
+    let report = common::read_report(&common::report_path(&input));
+    assert_eq!(report[0]["result_status"], "invalid", "{report:?}");
+}
+
+/// A read told to wait longer than `retry.max_elapsed_secs` gives up at once instead of
+/// sleeping past the run's bound for one call.
+#[tokio::test]
+async fn a_read_told_to_wait_past_max_elapsed_gives_up() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "120")
+                .set_body_json(json!({"statusCode": 429, "message": "Rate limit is exceeded. Try again in 120 seconds."})),
+        )
+        .mount(&server)
+        .await;
+    answer_posts_with_doc_success(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, opts) = doc_row_options(&server, dir.path(), "[retry]\nmax_elapsed_secs = 60\n");
+    let run = tokio::time::timeout(Duration::from_secs(30), license_batch::run(opts)).await;
+    assert!(run.is_ok(), "the read waited instead of giving up");
+    let all = server.received_requests().await.unwrap();
+    let mut paths: Vec<String> = all
+        .iter()
+        .filter(|r| r.method.as_str() == "GET")
+        .map(|r| r.url.path().to_string())
+        .collect();
+    let reads = paths.len();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(
+        paths.len(),
+        reads,
+        "no read retried after a wait it may not make: {paths:?}"
+    );
+}
