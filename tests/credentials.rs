@@ -224,3 +224,47 @@ async fn a_renewed_token_refused_again_stops_before_anything_is_sent() {
         sandbox.token_grants()
     );
 }
+
+/// The v2 endpoint tells the lifetime as a number (v1 as a string): short-lived v2 tokens are
+/// renewed ahead of expiry too.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_second_v2_tokens_are_renewed_ahead_of_expiry() {
+    let sandbox = start("[auth]\ntoken_lifetime_secs = 2\n[faults]\nlatency_ms = 50\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(120));
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = Concurrency::fixed(2);
+    opts.settings.auth.token_endpoint = TokenEndpoint::V2;
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 120, "{summary}");
+    assert_tokens_renewed_ahead_of_expiry(&sandbox);
+}
+
+/// Tokens the service stops accepting early (after a second, while they say an hour): the
+/// calls in flight all get a 401, and the burst costs one renewal, not one per call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_401s_costs_one_renewal() {
+    let sandbox = start("[auth]\nrevoke_tokens_after_secs = 1\n[faults]\nlatency_ms = 50\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(150));
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = Concurrency::fixed(8);
+    opts.settings.limits.requests_per_minute = 6000;
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 150, "{summary}");
+    let grants = sandbox.token_grants();
+    let span = grants
+        .last()
+        .unwrap()
+        .at
+        .duration_since(grants[0].at)
+        .unwrap()
+        .as_secs_f64();
+    // A token lives a second: about one renewal a second, however many calls were refused.
+    let bound = 2 * (span.ceil() as usize + 1);
+    assert!(
+        grants.len() <= bound,
+        "{} tokens in {span:.1} s",
+        grants.len()
+    );
+}
