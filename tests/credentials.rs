@@ -18,6 +18,29 @@ fn sheet(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A night of `rows` rows against a sandbox of `scenario`, `in_flight` calls at once; `adjust`
+/// sets anything else. The sandbox is returned for its record.
+async fn night_of(
+    scenario: &str,
+    rows: usize,
+    in_flight: usize,
+    adjust: impl FnOnce(&mut license_batch::RunOptions),
+) -> (sandbox::Sandbox, license_batch::RunSummary) {
+    let sandbox = start(scenario).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(rows));
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = Concurrency::fixed(in_flight);
+    adjust(&mut opts);
+    let summary = run(opts).await;
+    assert_eq!(
+        summary.count(RowStatus::Succeeded),
+        rows as u64,
+        "{summary}"
+    );
+    (sandbox, summary)
+}
+
 /// Every secret the sandbox knows or hands out has one of these forms.
 fn secret_markers() -> [&'static str; 4] {
     [
@@ -97,20 +120,18 @@ async fn no_secret_reaches_any_output_even_at_trace() {
     }
 }
 
+/// Short-lived tokens are renewed ahead of expiry, from either endpoint: v1 tells the
+/// lifetime as a string, v2 as a number.
 #[tokio::test]
 async fn two_second_tokens_are_renewed_during_a_longer_run() {
-    let sandbox = start("[auth]\ntoken_lifetime_secs = 2\n[faults]\nlatency_ms = 50\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(120));
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = Concurrency::fixed(2);
-    let summary = run(opts).await;
-    assert_eq!(
-        summary.count(RowStatus::Succeeded),
-        120,
-        "no row failed for auth"
-    );
-    assert_tokens_renewed_ahead_of_expiry(&sandbox);
+    for endpoint in [TokenEndpoint::V1, TokenEndpoint::V2] {
+        let scenario = "[auth]\ntoken_lifetime_secs = 2\n[faults]\nlatency_ms = 50\n";
+        let (sandbox, _) = night_of(scenario, 120, 2, |opts| {
+            opts.settings.auth.token_endpoint = endpoint;
+        })
+        .await;
+        assert_tokens_renewed_ahead_of_expiry(&sandbox);
+    }
 }
 
 #[cfg(unix)]
@@ -195,11 +216,7 @@ fn debug_of_options_redacts_every_secret() {
 /// A token refused at the first read (revoked, say) is renewed once and the run goes on.
 #[tokio::test]
 async fn a_token_refused_at_the_first_read_is_renewed_once() {
-    let sandbox = start("[auth]\nrevoke_first_tokens = 1\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(3));
-    let summary = run(options(&sandbox, &input)).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 3, "{summary}");
+    let (sandbox, _) = night_of("[auth]\nrevoke_first_tokens = 1\n", 3, 8, |_| {}).await;
     assert_eq!(sandbox.token_grants().len(), 2, "one renewal");
 }
 
@@ -225,33 +242,15 @@ async fn a_renewed_token_refused_again_stops_before_anything_is_sent() {
     );
 }
 
-/// The v2 endpoint tells the lifetime as a number (v1 as a string): short-lived v2 tokens are
-/// renewed ahead of expiry too.
-#[tokio::test(flavor = "multi_thread")]
-async fn two_second_v2_tokens_are_renewed_ahead_of_expiry() {
-    let sandbox = start("[auth]\ntoken_lifetime_secs = 2\n[faults]\nlatency_ms = 50\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(120));
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = Concurrency::fixed(2);
-    opts.settings.auth.token_endpoint = TokenEndpoint::V2;
-    let summary = run(opts).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 120, "{summary}");
-    assert_tokens_renewed_ahead_of_expiry(&sandbox);
-}
-
 /// Tokens the service stops accepting early (after a second, while they say an hour): the
 /// calls in flight all get a 401, and the burst costs one renewal, not one per call.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_401s_costs_one_renewal() {
-    let sandbox = start("[auth]\nrevoke_tokens_after_secs = 1\n[faults]\nlatency_ms = 50\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(150));
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.concurrency = Concurrency::fixed(8);
-    opts.settings.limits.requests_per_minute = 6000;
-    let summary = run(opts).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 150, "{summary}");
+    let scenario = "[auth]\nrevoke_tokens_after_secs = 1\n[faults]\nlatency_ms = 50\n";
+    let (sandbox, _) = night_of(scenario, 150, 8, |opts| {
+        opts.settings.limits.requests_per_minute = 6000;
+    })
+    .await;
     let grants = sandbox.token_grants();
     let span = grants
         .last()

@@ -374,31 +374,33 @@ async fn a_customer_throttled_on_its_own_window_does_not_hold_up_the_others() {
 
 /// Little's law: when the calls are slow and the pool small, the summary says which
 /// concurrency would reach the ceiling.
-/// A run too short to have kept its pool busy (fewer than four calls per place in it) says
-/// nothing about the pool's size: no advice.
-#[tokio::test]
-async fn a_run_too_short_to_judge_the_pool_gives_no_advice() {
+/// `users` groups sent two at a time, calls of 0.2 s, under a ceiling of 6,000/min: the pool,
+/// not the API, sets the pace.
+async fn two_in_flight_at_200_ms(
+    users: usize,
+) -> (license_batch::sandbox::Sandbox, license_batch::RunSummary) {
     let sandbox = start("[faults]\nlatency_ms = 200\n").await;
     let dir = tempfile::tempdir().unwrap();
-    let input = contoso_sheet(dir.path(), 7);
+    let input = contoso_sheet(dir.path(), users);
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.requests_per_minute = 6000;
     opts.settings.limits.concurrency = Concurrency::fixed(2);
     let summary = run(opts).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 7);
+    assert_eq!(summary.count(RowStatus::Succeeded), users as u64);
+    (sandbox, summary)
+}
+
+/// A run too short to have kept its pool busy (fewer than four calls per place in it) says
+/// nothing about the pool's size: no advice.
+#[tokio::test]
+async fn a_run_too_short_to_judge_the_pool_gives_no_advice() {
+    let (_, summary) = two_in_flight_at_200_ms(7).await;
     assert_eq!(summary.advice, None, "{summary}");
 }
 
 #[tokio::test]
 async fn a_pool_too_small_for_the_latency_is_named_with_the_concurrency_that_would_do() {
-    let sandbox = start("[faults]\nlatency_ms = 200\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let input = contoso_sheet(dir.path(), 12);
-    let mut opts = options(&sandbox, &input);
-    opts.settings.limits.requests_per_minute = 6000;
-    opts.settings.limits.concurrency = Concurrency::fixed(2);
-    let summary = run(opts).await;
-    assert_eq!(summary.count(RowStatus::Succeeded), 12);
+    let (sandbox, summary) = two_in_flight_at_200_ms(12).await;
     let latency = summary.stats.mean_latency.unwrap();
     assert!(latency >= Duration::from_millis(200), "{latency:?}");
     let advice = summary.advice.clone().expect("the pool set the pace");

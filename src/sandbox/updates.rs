@@ -378,12 +378,7 @@ pub(super) fn answer_license_update(
     {
         let status = faults.transient_status.unwrap_or(503);
         record.fault = Some("transient");
-        return (
-            status,
-            vec![],
-            json!({"code": status, "description": "The service is temporarily unavailable (sandbox fault)."}),
-            false,
-        );
+        return transient(status);
     }
 
     let quota = match charged_on_arrival {
@@ -413,12 +408,7 @@ pub(super) fn answer_license_update(
     if draw < bound {
         let status = [500, 502, 503][(call % 3) as usize];
         record.fault = Some("transient");
-        return (
-            status,
-            vec![],
-            json!({"code": status, "description": "The service is temporarily unavailable (sandbox fault)."}),
-            false,
-        );
+        return transient(status);
     }
     bound += faults.reset_rate;
     if draw < bound {
@@ -642,5 +632,15 @@ pub(super) fn answer_license_update(
             "attributes": {"objectType": "LicenseUpdate"}
         }),
         true,
+    )
+}
+
+/// A transient failure (5xx) of the sandbox's fault model: nothing applied.
+fn transient(status: u16) -> Answer {
+    (
+        status,
+        vec![],
+        json!({"code": status, "description": "The service is temporarily unavailable (sandbox fault)."}),
+        false,
     )
 }
