@@ -6,24 +6,23 @@
 //! Customer-level refusals stop traffic to that customer; credential failures and the failure
 //! threshold abort the run, leaving what is not finished pending for a resume.
 
+mod call;
 pub mod pacing;
 mod read;
 mod worker;
 
+pub use call::{Dispatcher, Stats, StatsSnapshot};
 pub use read::{ReadFailure, ReadFailureKind};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api::ApiClient;
 use crate::config::{Concurrency, Settings};
 use crate::outcome::Completion;
 use crate::outcome::{OperationOutcome, OperationStatus};
@@ -154,69 +153,6 @@ impl GroupWork {
         self.passes
             .iter()
             .flat_map(|p| p.operations.iter().copied())
-    }
-}
-
-/// Counters of the whole run.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// License updates sent (every attempt).
-    pub requests: AtomicU64,
-    /// Reads (subscribed SKUs, licenses, insights), every attempt.
-    pub reads: AtomicU64,
-    pub retries: AtomicU64,
-    pub throttled: AtomicU64,
-    /// License updates that got an answer, and the time they took together.
-    answered: AtomicU64,
-    answer_micros: AtomicU64,
-    /// The same for reads.
-    reads_answered: AtomicU64,
-    read_micros: AtomicU64,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StatsSnapshot {
-    pub requests: u64,
-    pub reads: u64,
-    pub retries: u64,
-    pub throttled: u64,
-    /// License updates that got an answer of any kind (429s included).
-    pub answered: u64,
-    /// Mean time a license update took to be answered.
-    pub mean_latency: Option<Duration>,
-    /// Mean time a read took to be answered.
-    pub mean_read_latency: Option<Duration>,
-}
-
-impl Stats {
-    fn answered(&self, took: Duration) {
-        self.answered.fetch_add(1, Ordering::Relaxed);
-        self.answer_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn read_answered(&self, took: Duration) {
-        self.reads_answered.fetch_add(1, Ordering::Relaxed);
-        self.read_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> StatsSnapshot {
-        let answered = self.answered.load(Ordering::Relaxed);
-        let reads_answered = self.reads_answered.load(Ordering::Relaxed);
-        StatsSnapshot {
-            requests: self.requests.load(Ordering::Relaxed),
-            reads: self.reads.load(Ordering::Relaxed),
-            retries: self.retries.load(Ordering::Relaxed),
-            throttled: self.throttled.load(Ordering::Relaxed),
-            answered,
-            mean_latency: (answered > 0).then(|| {
-                Duration::from_micros(self.answer_micros.load(Ordering::Relaxed) / answered)
-            }),
-            mean_read_latency: (reads_answered > 0).then(|| {
-                Duration::from_micros(self.read_micros.load(Ordering::Relaxed) / reads_answered)
-            }),
-        }
     }
 }
 
@@ -353,55 +289,6 @@ struct CustomerBlock {
     http_status: Option<u16>,
     error_code: Option<String>,
     message: String,
-}
-
-/// What every call of a run shares: the client, the pacer (one ceiling and one Retry-After
-/// pause for reads and writes alike), the retry policy, the interrupt, and the counters.
-pub struct Dispatcher {
-    pub client: Arc<ApiClient>,
-    pub settings: EngineSettings,
-    pacer: Pacer,
-    /// Cancelled by SIGINT/SIGTERM or an abort: no new call starts.
-    pub stop: CancellationToken,
-    stats: Stats,
-}
-
-impl Dispatcher {
-    pub fn new(client: Arc<ApiClient>, settings: EngineSettings, stop: CancellationToken) -> Self {
-        Dispatcher {
-            pacer: Pacer::new(settings.requests_per_minute),
-            client,
-            settings,
-            stop,
-            stats: Stats::default(),
-        }
-    }
-
-    pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
-    }
-
-    /// The waits after 429s that say nothing of how long (no `Retry-After`, no "Try again in
-    /// N seconds"): exponential with jitter from a second, up to a minute, for as long as
-    /// `retry.max_elapsed_secs` allows.
-    fn untold_throttle_backoff(&self) -> backon::ExponentialBackoff {
-        use backon::BackoffBuilder;
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_secs(1).max(self.settings.min_retry_delay))
-            .with_max_delay(Duration::from_secs(60))
-            .without_max_times()
-            .build()
-    }
-
-    fn retry_policy(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.settings.min_retry_delay)
-            .with_max_delay(Duration::from_secs(60))
-            .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
-            .with_total_delay(Some(self.settings.max_elapsed))
-    }
 }
 
 struct Shared {
@@ -903,19 +790,6 @@ mod tests {
             None,
             "40/s of the 80/s that 8 calls of 0.1 s carry"
         );
-    }
-
-    /// The mean latencies the pool is sized from: of license updates, and of reads apart.
-    #[test]
-    fn the_mean_latency_is_the_mean_of_the_answers() {
-        let stats = Stats::default();
-        stats.read_answered(Duration::from_millis(100));
-        stats.read_answered(Duration::from_millis(300));
-        stats.answered(Duration::from_millis(50));
-        let snapshot = stats.snapshot();
-        assert_eq!(snapshot.mean_read_latency, Some(Duration::from_millis(200)));
-        assert_eq!(snapshot.mean_latency, Some(Duration::from_millis(50)));
-        assert_eq!(Stats::default().snapshot().mean_latency, None);
     }
 
     #[test]

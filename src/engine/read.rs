@@ -1,18 +1,18 @@
-//! Reads (subscribed SKUs, a user's licenses, deployment insights): paced by the same pacer as
-//! the license updates, retried on 429 and transient errors, one token renewal on a 401.
+//! Reads (subscribed SKUs, a user's licenses, deployment insights): one [`Dispatcher::call`]
+//! each, like the license updates, and why a read gave no answer.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use backon::BackoffBuilder;
 use reqwest::Url;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::Dispatcher;
+use super::call::{Attempt, CallEnd, CallKind};
 use crate::api::classify::Verdict;
+use crate::api::{ApiClient, Exchange};
+use crate::secret::Secret;
 
 /// Why a read gave no answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,91 +79,59 @@ impl Dispatcher {
 
     /// GETs `url`, following the same rules as every other call of the run.
     pub async fn read(&self, url: Url) -> Result<Value, ReadFailure> {
-        let started = Instant::now();
-        let mut backoff = self.retry_policy().build();
-        let mut untold = self.untold_throttle_backoff();
-        let mut renewed_after_401 = false;
-        loop {
-            if !self.pacer.admit(None, &self.stop).await {
-                return Err(ReadFailure::new(
-                    ReadFailureKind::Stopped,
-                    "the run is stopping".into(),
-                ));
-            }
-            let token = self
-                .client
-                .tokens
-                .token()
-                .await
-                .map_err(|e| ReadFailure::new(ReadFailureKind::Credential, e.to_string()))?;
-            let sent_at = tokio::time::Instant::now();
-            let (exchange, body) = self.client.get_json(url.clone(), &token).await;
-            self.stats.reads.fetch_add(1, Ordering::Relaxed);
-            let classified = exchange.classified;
-            let failure = |kind| ReadFailure {
+        let mut reading = Reading {
+            client: &self.client,
+            url,
+            body: None,
+        };
+        let called = self.call(CallKind::Read, &mut reading).await;
+        let failure = |kind| match &called.last {
+            Some(exchange) => ReadFailure {
                 kind,
                 http_status: exchange.http_status,
-                error_code: classified.error_code.clone(),
-                message: classified.message.clone(),
-            };
-            if exchange.http_status.is_some() {
-                self.stats.read_answered(sent_at.elapsed());
+                error_code: exchange.classified.error_code.clone(),
+                message: exchange.classified.message.clone(),
+            },
+            None => ReadFailure::new(kind, "the run is stopping".into()),
+        };
+        match called.end {
+            CallEnd::Answered(Verdict::Succeeded { .. }) => Ok(reading.body.unwrap_or(Value::Null)),
+            CallEnd::Answered(Verdict::Unauthorized | Verdict::WrongCredential) => {
+                Err(failure(ReadFailureKind::Credential))
             }
-            if exchange.http_status.is_some()
-                && !matches!(classified.verdict, Verdict::Throttled { .. })
-            {
-                self.pacer.answered(None, sent_at);
+            CallEnd::Answered(Verdict::CustomerForbidden | Verdict::CustomerNotFound) => {
+                Err(failure(ReadFailureKind::Customer))
             }
-            match classified.verdict {
-                Verdict::Succeeded { .. } => return Ok(body.unwrap_or(Value::Null)),
-                Verdict::Throttled { retry_after } => {
-                    let retry_after = retry_after
-                        .or_else(|| untold.next())
-                        .unwrap_or(std::time::Duration::from_secs(60));
-                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.throttled(None, sent_at, retry_after);
-                    if started.elapsed() + retry_after > self.settings.max_elapsed {
-                        return Err(failure(ReadFailureKind::Unavailable));
-                    }
-                    // This call waits what it was told, from the answer on; the pool is slowed
-                    // by the pacer.
-                    tokio::select! {
-                        biased;
-                        _ = self.stop.cancelled() => return Err(failure(ReadFailureKind::Stopped)),
-                        _ = tokio::time::sleep(retry_after) => {}
-                    }
-                }
-                Verdict::Transient => match backoff.next() {
-                    Some(wait) if started.elapsed() + wait <= self.settings.max_elapsed => {
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        tokio::select! {
-                            biased;
-                            _ = self.stop.cancelled() => return Err(failure(ReadFailureKind::Stopped)),
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                    }
-                    _ => return Err(failure(ReadFailureKind::Unavailable)),
-                },
-                Verdict::Unauthorized if !renewed_after_401 => {
-                    renewed_after_401 = true;
-                    self.client
-                        .tokens
-                        .renew_after_rejection(&token)
-                        .await
-                        .map_err(|e| {
-                            ReadFailure::new(ReadFailureKind::Credential, e.to_string())
-                        })?;
-                }
-                Verdict::Unauthorized | Verdict::WrongCredential => {
-                    return Err(failure(ReadFailureKind::Credential));
-                }
-                Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
-                    return Err(failure(ReadFailureKind::Customer));
-                }
-                Verdict::UserNotFound | Verdict::SeatsExhausted { .. } | Verdict::Rejected => {
-                    return Err(failure(ReadFailureKind::Unavailable));
-                }
+            CallEnd::Answered(_) | CallEnd::ThrottledOut { .. } | CallEnd::TransientOut => {
+                Err(failure(ReadFailureKind::Unavailable))
             }
+            CallEnd::Stopped => Err(failure(ReadFailureKind::Stopped)),
+            CallEnd::NoToken(error) => Err(ReadFailure::new(
+                ReadFailureKind::Credential,
+                error.to_string(),
+            )),
+            CallEnd::Held(never) => match never {},
         }
+    }
+}
+
+/// A GET and the body of its last answer.
+struct Reading<'a> {
+    client: &'a ApiClient,
+    url: Url,
+    body: Option<Value>,
+}
+
+impl Attempt for Reading<'_> {
+    type Hold = std::convert::Infallible;
+
+    fn lane(&self) -> Option<uuid::Uuid> {
+        None
+    }
+
+    async fn send(&mut self, token: &Secret) -> Exchange {
+        let (exchange, body) = self.client.get_json(self.url.clone(), token).await;
+        self.body = body;
+        exchange
     }
 }

@@ -3,18 +3,21 @@
 //! new passes, customer blocks or a run abort.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use backon::BackoffBuilder;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::call::{Attempt, CallEnd, CallKind, sleep_unless_stopped};
 use super::{CustomerBlock, GroupWork, Pass, Shared};
 use crate::api::Exchange;
 use crate::api::classify::Verdict;
 use crate::api::models::LicenseUpdateRequest;
 use crate::outcome::{OperationOutcome, OperationStatus};
+use crate::plan::Group;
+use crate::secret::Secret;
 
 /// What the group's last request looked like, for the report.
 #[derive(Default)]
@@ -51,15 +54,6 @@ impl LastExchange {
     }
 }
 
-/// Sleeps unless the run stops first; `false` when stopped.
-async fn sleep_unless_stopped(wait: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
-    }
-}
-
 /// Records new passes (and the outcomes that made them necessary) before any of them is sent;
 /// `false` (and the run aborts) when the journal cannot be written.
 async fn begin_passes(
@@ -89,24 +83,94 @@ fn new_pass(operations: Vec<usize>) -> Pass {
     }
 }
 
-/// Waits out the Retry-After of a throttled call without holding a place in the pool: the
-/// permit goes back while it sleeps and is taken again after. `false` when the run stops.
-async fn wait_throttled(
-    shared: &Shared,
-    wait: Duration,
-    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
-) -> bool {
-    drop(permit.take());
-    if !sleep_unless_stopped(wait, &shared.calls.stop).await {
-        return false;
+/// One pass on the wire: its body under its request ID, for the group's customer.
+struct Sending<'a> {
+    shared: &'a Shared,
+    group: &'a Group,
+    body: &'a LicenseUpdateRequest,
+    request_id: Uuid,
+    /// The group's place among the requests in flight.
+    permit: &'a mut Option<OwnedSemaphorePermit>,
+}
+
+impl Attempt for Sending<'_> {
+    type Hold = CustomerBlock;
+
+    fn lane(&self) -> Option<Uuid> {
+        Some(self.group.customer_id)
     }
-    tokio::select! {
-        biased;
-        _ = shared.calls.stop.cancelled() => false,
-        again = std::sync::Arc::clone(&shared.in_flight).acquire_owned() => {
-            *permit = again.ok();
-            permit.is_some()
+
+    /// Another call of this customer was refused for the customer as a whole.
+    fn hold(&self) -> Option<CustomerBlock> {
+        self.shared.customer_block(self.group.customer_id)
+    }
+
+    async fn send(&mut self, token: &Secret) -> Exchange {
+        let group = self.group;
+        let exchange = self
+            .shared
+            .calls
+            .client
+            .send_license_update(
+                group.customer_id,
+                &group.user,
+                self.body,
+                self.request_id,
+                token,
+            )
+            .await;
+        let message = &exchange.classified.message;
+        tracing::debug!(
+            customer = %group.customer_id, user = %group.user, request_id = %self.request_id,
+            status = ?exchange.http_status, "{}", if message.is_empty() { "ok" } else { message }
+        );
+        exchange
+    }
+
+    /// Waits without holding a place in the pool: the permit goes back while it sleeps and is
+    /// taken again after.
+    async fn wait_throttled(&mut self, wait: Duration, stop: &CancellationToken) -> bool {
+        drop(self.permit.take());
+        if !sleep_unless_stopped(wait, stop).await {
+            return false;
         }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => false,
+            again = Arc::clone(&self.shared.in_flight).acquire_owned() => {
+                *self.permit = again.ok();
+                self.permit.is_some()
+            }
+        }
+    }
+
+    fn throttled(&self, wait: Duration) {
+        self.shared.observer.throttled(wait);
+        tracing::info!(customer = %self.group.customer_id, "throttled (429): waiting {wait:?}");
+    }
+
+    fn retrying(&self) {
+        self.shared.observer.retrying();
+    }
+}
+
+/// The outcome of a pass not sent (again) because its customer refused another call.
+/// `unanswered`: an attempt before the block may have been applied.
+fn blocked(
+    block: &CustomerBlock,
+    last: &LastExchange,
+    attempts: u32,
+    unanswered: bool,
+) -> OperationOutcome {
+    OperationOutcome {
+        http_status: block.http_status,
+        error_code: block.error_code.clone(),
+        unanswered,
+        ..last.outcome(
+            OperationStatus::Failed,
+            attempts,
+            format!("not sent: {}", block.message),
+        )
     }
 }
 
@@ -115,7 +179,7 @@ async fn wait_throttled(
 pub(super) async fn run_group(
     shared: &Shared,
     work: &GroupWork,
-    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Vec<(usize, OperationOutcome)> {
     let group = &work.request;
     let operations = &group.operations;
@@ -160,231 +224,147 @@ pub(super) async fn run_group(
             continue 'pass;
         }
         let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
-        let started = Instant::now();
-        let mut backoff = shared.calls.retry_policy().build();
-        let mut untold = shared.calls.untold_throttle_backoff();
-        let mut renewed_after_401 = false;
-        // Whether an attempt may have reached the service (a timeout, a reset, a 5xx), here,
-        // before a resume or in the earlier run whose request this pass carries: a give-up then
-        // leaves the request without a definitive answer. A 429 says only that *its* attempt
-        // was not processed.
-        let mut maybe_applied = sent_before;
-        loop {
-            if let Some(block) = shared.customer_block(group.customer_id) {
+        let mut sending = Sending {
+            shared,
+            group,
+            body: &body,
+            request_id,
+            permit,
+        };
+        let called = shared.calls.call(CallKind::Write, &mut sending).await;
+        attempts += called.attempts;
+        if let Some(exchange) = &called.last {
+            last.record(request_id, exchange);
+        }
+        // Sent before (before a resume, or in the earlier run whose request this pass carries),
+        // or retried here after a transient error: a give-up leaves the request without a
+        // definitive answer.
+        let maybe_applied = sent_before || called.maybe_applied;
+        let message = last.message.clone();
+        let failed = |last: &LastExchange, text: String| {
+            last.outcome(OperationStatus::Failed, attempts, text)
+        };
+        let verdict = match called.end {
+            CallEnd::Answered(verdict) => verdict,
+            CallEnd::ThrottledOut { after } => {
+                let text = format!(
+                    "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
+                    after.as_secs()
+                );
                 let outcome = OperationOutcome {
-                    status: OperationStatus::Failed,
-                    http_status: block.http_status,
-                    error_code: block.error_code,
-                    message: format!("not sent: {}", block.message),
-                    attempts,
-                    request_id: last.request_id,
-                    correlation_id: last.correlation_id,
-                    finished_at: Some(SystemTime::now()),
-                    warnings: Vec::new(),
-                    // An attempt before the block may have been applied.
                     unanswered: maybe_applied,
+                    ..failed(&last, text)
+                };
+                if maybe_applied {
+                    unanswered.extend(remaining.iter().map(license));
+                }
+                settle(&mut outcomes, &remaining, outcome);
+                continue 'pass;
+            }
+            CallEnd::TransientOut => {
+                let text = format!("gave up after {attempts} attempts: {message}");
+                unanswered.extend(remaining.iter().map(license));
+                let outcome = OperationOutcome {
+                    unanswered: true,
+                    ..failed(&last, text)
                 };
                 settle(&mut outcomes, &remaining, outcome);
                 continue 'pass;
             }
-            if !shared
-                .calls
-                .pacer
-                .admit(Some(group.customer_id), &shared.calls.stop)
-                .await
-            {
+            CallEnd::Held(block) => {
+                let outcome = blocked(&block, &last, attempts, maybe_applied);
+                settle(&mut outcomes, &remaining, outcome);
+                continue 'pass;
+            }
+            CallEnd::NoToken(error) => {
+                shared.abort(error.to_string());
                 break 'pass;
             }
-            let token = match shared.calls.client.tokens.token().await {
-                Ok(token) => token,
-                Err(error) => {
-                    shared.abort(error.to_string());
-                    break 'pass;
-                }
-            };
-            let sent_at = tokio::time::Instant::now();
-            let exchange = shared
-                .calls
-                .client
-                .send_license_update(group.customer_id, &group.user, &body, request_id, &token)
+            CallEnd::Stopped => break 'pass,
+        };
+        match verdict {
+            Verdict::Succeeded { warnings } => {
+                let mut outcome = last.outcome(OperationStatus::Succeeded, attempts, String::new());
+                outcome.warnings = warnings;
+                settle(&mut outcomes, &remaining, outcome);
+            }
+            Verdict::Unauthorized | Verdict::WrongCredential => {
+                // The answer spent this request ID (the docs reset it after any response):
+                // a resumed run gets a new one, recorded before it could be used.
+                begin_passes(
+                    shared,
+                    work.group,
+                    vec![new_pass(remaining.clone())],
+                    Vec::new(),
+                )
                 .await;
-            attempts += 1;
-            shared.calls.stats.requests.fetch_add(1, Ordering::Relaxed);
-            last.record(request_id, &exchange);
-            let message = exchange.classified.message.clone();
-            tracing::debug!(
-                customer = %group.customer_id, user = %group.user, %request_id,
-                status = ?exchange.http_status, "{}", if message.is_empty() { "ok" } else { &message }
-            );
-            let failed = |last: &LastExchange, text: String| {
-                last.outcome(OperationStatus::Failed, attempts, text)
-            };
-            let verdict = exchange.classified.verdict;
-            if exchange.http_status.is_some() {
-                shared.calls.stats.answered(sent_at.elapsed());
-                if !matches!(verdict, Verdict::Throttled { .. }) {
-                    shared
-                        .calls
-                        .pacer
-                        .answered(Some(group.customer_id), sent_at);
-                }
+                shared.abort(if verdict == Verdict::Unauthorized {
+                    "the API refused a freshly renewed access token (HTTP 401 twice); check that \
+                     the app registration has Partner Center API permission and the consent is valid"
+                        .into()
+                } else {
+                    message
+                });
+                break 'pass;
             }
-            if verdict != Verdict::Unauthorized {
-                renewed_after_401 = false;
+            Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
+                shared.block_customer(
+                    group.customer_id,
+                    CustomerBlock {
+                        http_status: last.http_status,
+                        error_code: last.error_code.clone(),
+                        message: message.clone(),
+                    },
+                );
+                settle(&mut outcomes, &remaining, failed(&last, message));
             }
-            match verdict {
-                Verdict::Succeeded { warnings } => {
-                    let mut outcome =
-                        last.outcome(OperationStatus::Succeeded, attempts, String::new());
-                    outcome.warnings = warnings;
-                    settle(&mut outcomes, &remaining, outcome);
-                    continue 'pass;
-                }
-                Verdict::Throttled { retry_after } => {
-                    let retry_after = retry_after
-                        .or_else(|| untold.next())
-                        .unwrap_or(Duration::from_secs(60));
-                    shared.calls.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    shared.observer.throttled(retry_after);
-                    tracing::info!(customer = %group.customer_id, "throttled (429): waiting {retry_after:?}");
-                    shared
-                        .calls
-                        .pacer
-                        .throttled(Some(group.customer_id), sent_at, retry_after);
-                    if started.elapsed() + retry_after > shared.calls.settings.max_elapsed {
-                        let text = format!(
-                            "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
-                            started.elapsed().as_secs()
-                        );
-                        let outcome = OperationOutcome {
-                            unanswered: maybe_applied,
-                            ..failed(&last, text)
-                        };
-                        if maybe_applied {
-                            unanswered.extend(remaining.iter().map(license));
-                        }
-                        settle(&mut outcomes, &remaining, outcome);
-                        continue 'pass;
-                    }
-                    // Never sooner than told: from when the answer came (the API counts from
-                    // when it answered, which is later than the call was sent).
-                    if !wait_throttled(shared, retry_after, permit).await {
-                        break 'pass;
-                    }
-                }
-                Verdict::Transient => match backoff.next() {
-                    Some(wait) if started.elapsed() + wait <= shared.calls.settings.max_elapsed => {
-                        maybe_applied = true;
-                        shared.calls.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        shared.observer.retrying();
-                        if !sleep_unless_stopped(wait, &shared.calls.stop).await {
+            Verdict::SeatsExhausted { sku } => {
+                let named =
+                    sku.and_then(|sku| remaining.iter().position(|&i| operations[i].sku_id == sku));
+                match named {
+                    // Only the named SKU is short: fail it, re-send the rest as a new request.
+                    Some(position) if remaining.len() > 1 => {
+                        let op = remaining.remove(position);
+                        let outcome =
+                            failed(&last, format!("{message} (SKU {})", operations[op].sku_id));
+                        outcomes[op] = Some(outcome.clone());
+                        let rest = new_pass(remaining);
+                        if !begin_passes(
+                            shared,
+                            work.group,
+                            vec![rest.clone()],
+                            vec![(op, outcome)],
+                        )
+                        .await
+                        {
                             break 'pass;
                         }
+                        passes.push_front(rest);
                     }
-                    _ => {
-                        let text = format!("gave up after {attempts} attempts: {message}");
-                        unanswered.extend(remaining.iter().map(license));
-                        let outcome = OperationOutcome {
-                            unanswered: true,
-                            ..failed(&last, text)
-                        };
-                        settle(&mut outcomes, &remaining, outcome);
-                        continue 'pass;
-                    }
-                },
-                Verdict::Unauthorized if !renewed_after_401 => {
-                    renewed_after_401 = true;
-                    if let Err(error) = shared
-                        .calls
-                        .client
-                        .tokens
-                        .renew_after_rejection(&token)
-                        .await
-                    {
-                        shared.abort(error.to_string());
-                        break 'pass;
-                    }
+                    _ => settle(&mut outcomes, &remaining, failed(&last, message)),
                 }
-                Verdict::Unauthorized | Verdict::WrongCredential => {
-                    // The answer spent this request ID (the docs reset it after any response):
-                    // a resumed run gets a new one, recorded before it could be used.
-                    begin_passes(
-                        shared,
-                        work.group,
-                        vec![new_pass(remaining.clone())],
-                        Vec::new(),
-                    )
-                    .await;
-                    shared.abort(if verdict == Verdict::Unauthorized {
-                        "the API refused a freshly renewed access token (HTTP 401 twice); check that \
-                         the app registration has Partner Center API permission and the consent is valid"
-                            .into()
-                    } else {
-                        message
-                    });
+            }
+            // A 400 the API does not attribute to one SKU: send each SKU on its own, so every
+            // row gets its own true outcome.
+            Verdict::Rejected if last.http_status == Some(400) && remaining.len() > 1 => {
+                let singles: Vec<Pass> = remaining.iter().map(|&op| new_pass(vec![op])).collect();
+                if !begin_passes(shared, work.group, singles.clone(), Vec::new()).await {
                     break 'pass;
                 }
-                Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
-                    shared.block_customer(
-                        group.customer_id,
-                        CustomerBlock {
-                            http_status: exchange.http_status,
-                            error_code: exchange.classified.error_code.clone(),
-                            message: message.clone(),
-                        },
-                    );
-                    settle(&mut outcomes, &remaining, failed(&last, message));
-                    continue 'pass;
+                tracing::info!(
+                    customer = %group.customer_id, user = %group.user,
+                    "HTTP 400 for {} SKUs together; sending them one by one", remaining.len()
+                );
+                for single in singles.into_iter().rev() {
+                    passes.push_front(single);
                 }
-                Verdict::SeatsExhausted { sku } => {
-                    let named = sku.and_then(|sku| {
-                        remaining.iter().position(|&i| operations[i].sku_id == sku)
-                    });
-                    match named {
-                        // Only the named SKU is short: fail it, re-send the rest as a new request.
-                        Some(position) if remaining.len() > 1 => {
-                            let op = remaining.remove(position);
-                            let outcome =
-                                failed(&last, format!("{message} (SKU {})", operations[op].sku_id));
-                            outcomes[op] = Some(outcome.clone());
-                            let rest = new_pass(remaining);
-                            if !begin_passes(
-                                shared,
-                                work.group,
-                                vec![rest.clone()],
-                                vec![(op, outcome)],
-                            )
-                            .await
-                            {
-                                break 'pass;
-                            }
-                            passes.push_front(rest);
-                        }
-                        _ => settle(&mut outcomes, &remaining, failed(&last, message)),
-                    }
-                    continue 'pass;
-                }
-                // A 400 the API does not attribute to one SKU: send each SKU on its own, so every
-                // row gets its own true outcome.
-                Verdict::Rejected if exchange.http_status == Some(400) && remaining.len() > 1 => {
-                    let singles: Vec<Pass> =
-                        remaining.iter().map(|&op| new_pass(vec![op])).collect();
-                    if !begin_passes(shared, work.group, singles.clone(), Vec::new()).await {
-                        break 'pass;
-                    }
-                    tracing::info!(
-                        customer = %group.customer_id, user = %group.user,
-                        "HTTP 400 for {} SKUs together; sending them one by one", remaining.len()
-                    );
-                    for single in singles.into_iter().rev() {
-                        passes.push_front(single);
-                    }
-                    continue 'pass;
-                }
-                Verdict::UserNotFound | Verdict::Rejected => {
-                    settle(&mut outcomes, &remaining, failed(&last, message));
-                    continue 'pass;
-                }
+            }
+            Verdict::UserNotFound | Verdict::Rejected => {
+                settle(&mut outcomes, &remaining, failed(&last, message));
+            }
+            // The call ends on these only by its retries running out (above).
+            Verdict::Throttled { .. } | Verdict::Transient => {
+                settle(&mut outcomes, &remaining, failed(&last, message));
             }
         }
     }
