@@ -7,6 +7,7 @@
 //! description: 60011 (SKU not subscribed), 60013 (license groups mixed), 409 (request ID reused
 //! with another body).
 
+mod answer;
 mod control;
 mod quota;
 mod reads;
@@ -38,6 +39,7 @@ use crate::config::TokenEndpoint;
 use crate::input::{LicenseGroup, SkuRef};
 use crate::plan::catalog;
 use crate::secret::Secret;
+use answer::*;
 use control::*;
 use reads::*;
 pub use scenario::Scenario;
@@ -338,10 +340,10 @@ mod tests {
             assert_eq!(s.charge_quota_exact("a"), None);
             let wait = s.charge_quota_exact("a").expect("spent");
             assert!(wait > 0.0 && wait <= 0.1, "{wait}");
-            let (status, headers, body, _) = s.quota_answer(wait);
-            assert_eq!(status, 429);
-            let header = headers.first().map(|(_, v)| v.clone());
-            (header, body["message"].as_str().unwrap().to_string())
+            let answer = s.quota_answer(wait);
+            assert_eq!((answer.status, answer.definitive), (429, false));
+            let header = answer.headers.first().map(|(_, v)| v.clone());
+            (header, answer.body["message"].as_str().unwrap().to_string())
         };
         let in_body = |n: u64| format!("Rate limit is exceeded. Try again in {n} seconds.");
         assert_eq!(told(""), (Some("1".into()), in_body(1)));

@@ -102,12 +102,11 @@ impl SandboxState {
             Some(n) => format!("Rate limit is exceeded. Try again in {n} seconds."),
             None => "Rate limit is exceeded.".to_string(),
         };
-        (
-            429,
-            header.map(|h| ("retry-after", h)).into_iter().collect(),
-            json!({"statusCode": 429, "message": message}),
-            false,
-        )
+        let answer = Answer::passing(429, json!({"statusCode": 429, "message": message}));
+        match header {
+            Some(header) => answer.with_header("retry-after", header),
+            None => answer,
+        }
     }
 
     pub(super) fn latency(&mut self, mean: u64) -> u64 {

@@ -54,7 +54,7 @@ pub(super) fn read_answer(
         .and_then(|id| answer(state.customers.get(&id).expect("checked above")));
     let (status, body) = match result {
         Ok(body) => (200, body),
-        Err((status, _, body, _)) => (status, body),
+        Err(Answer { status, body, .. }) => (status, body),
     };
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

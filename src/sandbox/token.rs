@@ -132,12 +132,11 @@ pub(super) fn issue_token(
 }
 
 pub(super) fn unauthorized() -> Answer {
-    (
+    Answer::passing(
         401,
-        vec![("www-authenticate", "Bearer".into())],
         json!({"code": 401, "description": "Unauthorized: the access token is missing, expired or revoked."}),
-        false,
     )
+    .with_header("www-authenticate", "Bearer".into())
 }
 
 /// The bearer token must be one the sandbox issued and still valid; license calls also fail
@@ -160,15 +159,13 @@ pub(super) fn check_token(
         return Err(unauthorized());
     }
     if license_call && state.scenario.auth.partner_token {
-        return Err((
+        return Err(Answer::passing(
             400,
-            vec![],
             error_body(
                 900316,
                 "Partner token is not allowed in license management calls. Please call with Partner Access Token. To learn more, see https://learn.microsoft.com/partner-center/developer/enable-secure-app-model#get-access-token",
                 None,
             ),
-            false,
         ));
     }
     Ok(())

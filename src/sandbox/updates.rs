@@ -3,14 +3,6 @@
 
 use super::*;
 
-pub(super) fn error_body(code: u64, description: &str, data: Option<Vec<String>>) -> Value {
-    let mut body = json!({"code": code, "description": description, "source": "PartnerFD"});
-    if let Some(data) = data {
-        body["data"] = json!(data);
-    }
-    body
-}
-
 /// Reads `LicensesToAssign`/`LicensesToRemove` (PascalCase or camelCase) as SKU IDs.
 pub(super) fn requested_skus(body: &Value) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
     let list = |pascal: &str, camel: &str| -> Option<Vec<Value>> {
@@ -97,9 +89,7 @@ pub(super) async fn license_update(
     let request_id = header("ms-requestid");
     let body_json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let Reply {
-        status,
-        headers: extra_headers,
-        body: answer,
+        answer,
         hold_ms: hold,
         reset,
     } = record_and_answer(
@@ -126,11 +116,11 @@ pub(super) async fn license_update(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let mut response = (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        Json(answer),
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Json(answer.body),
     )
         .into_response();
-    for (name, value) in extra_headers {
+    for (name, value) in answer.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, v);
         }
@@ -150,9 +140,7 @@ pub(super) struct Arrival {
 
 /// The answer to a licenseupdates call, and how to deliver it.
 pub(super) struct Reply {
-    pub(super) status: u16,
-    pub(super) headers: Vec<(&'static str, String)>,
-    pub(super) body: Value,
+    pub(super) answer: Answer,
     /// Hold the answer back this long (it was applied already).
     pub(super) hold_ms: Option<u64>,
     /// Drop the connection instead of answering.
@@ -195,7 +183,7 @@ pub(super) fn record_and_answer(
         fault: None,
         retry_after: None,
     };
-    let (status, extra_headers, answer, definitive) = answer_license_update(
+    let mut answer = answer_license_update(
         &mut state,
         customer,
         user,
@@ -204,12 +192,9 @@ pub(super) fn record_and_answer(
         &mut record,
         charged_on_arrival,
     );
-    record.status = status;
-    record.retry_after = extra_headers
-        .iter()
-        .find(|(name, _)| *name == "retry-after")
-        .and_then(|(_, value)| value.parse().ok());
-    if definitive
+    record.status = answer.status;
+    record.retry_after = answer.retry_after();
+    if answer.definitive
         && let Some(id) = &request_id
         && !record.replay
     {
@@ -217,8 +202,8 @@ pub(super) fn record_and_answer(
             id.clone(),
             Stored {
                 fingerprint: fingerprint(customer, user, &body_json),
-                status,
-                body: answer.clone(),
+                status: answer.status,
+                body: answer.body.clone(),
             },
         );
     }
@@ -238,12 +223,11 @@ pub(super) fn record_and_answer(
     }
     let faults = state.scenario.faults.clone();
     let mut hold = faults.answer_delay_ms;
-    let (mut status, mut answer) = (status, answer);
     match record.fault {
         // Applied and stored for replay above; only the answer is lost or late.
         Some("apply-then-503") if record.applied => {
-            status = 503;
-            answer = json!({"code": 503, "description": "The service is temporarily unavailable (sandbox fault, after applying)."});
+            answer.status = 503;
+            answer.body = json!({"code": 503, "description": "The service is temporarily unavailable (sandbox fault, after applying)."});
         }
         Some("apply-then-timeout") if record.applied => {
             hold = Some(faults.hold_secs.unwrap_or(5) * 1000);
@@ -251,13 +235,11 @@ pub(super) fn record_and_answer(
         _ => {}
     }
     let reset = record.fault == Some("reset");
-    record.status = if reset { 0 } else { status };
+    record.status = if reset { 0 } else { answer.status };
     state.requests.push(record);
     state.progress.send_modify(|p| p.requests += 1);
     Reply {
-        status,
-        headers: extra_headers,
-        body: answer,
+        answer,
         hold_ms: hold,
         reset,
     }
@@ -283,43 +265,30 @@ pub(super) fn fingerprint(customer: &str, user: &str, body: &Value) -> String {
     )
 }
 
-pub(super) type Answer = (u16, Vec<(&'static str, String)>, Value, bool);
-
 /// The customer must exist (60003) and accept us (900309 Conditional Access, 403 GDAP role).
 pub(super) fn check_customer(
     state: &mut SandboxState,
     customer_text: &str,
 ) -> Result<Uuid, Answer> {
-    let not_found = || {
-        (
-            404,
-            vec![],
-            error_body(60003, "Tenant not found.", None),
-            true,
-        )
-    };
+    let not_found = || Answer::definitive(404, error_body(60003, "Tenant not found.", None));
     let customer_id = Uuid::try_parse(customer_text).map_err(|_| not_found())?;
     let permissive = state.permissive;
     let customer =
         customer_entry(&mut state.customers, permissive, customer_id).ok_or_else(not_found)?;
     if customer.conditional_access_blocked {
-        return Err((
+        return Err(Answer::definitive(
             403,
-            vec![],
             error_body(
                 900309,
                 "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance. Learn more at https://learn.microsoft.com/azure/active-directory/conditional-access/concept-conditional-access-users-groups.",
                 None,
             ),
-            true,
         ));
     }
     if customer.missing_gdap_role {
-        return Err((
+        return Err(Answer::definitive(
             403,
-            vec![],
             json!({"description": "Forbidden: the caller does not have a role that permits license management for this customer.", "source": "PartnerFD"}),
-            true,
         ));
     }
     Ok(customer_id)
@@ -332,11 +301,9 @@ pub(super) fn check_user(customer: &Customer, user: &str) -> Result<(), Answer> 
         .as_ref()
         .is_some_and(|users| !users.contains(&user.to_lowercase()))
     {
-        return Err((
+        return Err(Answer::definitive(
             404,
-            vec![],
             error_body(60002, "User object Id is not found.", None),
-            true,
         ));
     }
     Ok(())
@@ -365,12 +332,7 @@ pub(super) fn answer_license_update(
         .is_some_and(|n| n > 0 && call.is_multiple_of(n))
     {
         let wait = faults.retry_after_secs.unwrap_or(1);
-        return (
-            429,
-            vec![("retry-after", wait.to_string())],
-            json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {wait} seconds.")}),
-            false,
-        );
+        return Answer::throttled(wait);
     }
     if faults
         .transient_every
@@ -378,7 +340,7 @@ pub(super) fn answer_license_update(
     {
         let status = faults.transient_status.unwrap_or(503);
         record.fault = Some("transient");
-        return transient(status);
+        return Answer::transient(status);
     }
 
     let quota = match charged_on_arrival {
@@ -396,24 +358,19 @@ pub(super) fn answer_license_update(
     if storm {
         let wait = faults.retry_after_secs.unwrap_or(1);
         record.fault = Some("429-storm");
-        return (
-            429,
-            vec![("retry-after", wait.to_string())],
-            json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {wait} seconds.")}),
-            false,
-        );
+        return Answer::throttled(wait);
     }
     let draw = state.draw();
     let mut bound = faults.transient_rate;
     if draw < bound {
         let status = [500, 502, 503][(call % 3) as usize];
         record.fault = Some("transient");
-        return transient(status);
+        return Answer::transient(status);
     }
     bound += faults.reset_rate;
     if draw < bound {
         record.fault = Some("reset");
-        return (0, vec![], Value::Null, false);
+        return Answer::passing(0, Value::Null);
     }
     bound += faults.apply_then_503_rate;
     if draw < bound {
@@ -442,18 +399,16 @@ pub(super) fn answer_license_update(
     {
         if stored.fingerprint == fingerprint(customer_text, user, body) {
             record.replay = true;
-            return (stored.status, vec![], stored.body.clone(), true);
+            return Answer::definitive(stored.status, stored.body.clone());
         }
         state.violations.request_id_reused_with_other_body += 1;
-        return (
+        return Answer::passing(
             409,
-            vec![],
             error_body(
                 409,
                 "MS-RequestId was already used for a different request (sandbox rule).",
                 None,
             ),
-            false,
         );
     }
 
@@ -470,15 +425,13 @@ pub(super) fn answer_license_update(
     }
     let user_key = user.to_lowercase();
     let Some((assign, remove)) = requested_skus(body) else {
-        return (
+        return Answer::definitive(
             400,
-            vec![],
             error_body(
                 60000,
                 "The request body is not a LicenseUpdate (sandbox rule).",
                 None,
             ),
-            true,
         );
     };
     let mut groups = BTreeSet::new();
@@ -488,9 +441,8 @@ pub(super) fn answer_license_update(
                 groups.insert(s.license_group);
             }
             None => {
-                return (
+                return Answer::definitive(
                     400,
-                    vec![],
                     error_body(
                         60011,
                         &format!(
@@ -498,7 +450,6 @@ pub(super) fn answer_license_update(
                         ),
                         None,
                     ),
-                    true,
                 );
             }
         }
@@ -510,9 +461,8 @@ pub(super) fn answer_license_update(
             .map(|c| c.service_plans())
             .unwrap_or_default();
         if !known.is_empty() && !known.iter().any(|p| p.id == plan) {
-            return (
+            return Answer::definitive(
                 400,
-                vec![],
                 error_body(
                     60014,
                     &format!(
@@ -520,21 +470,18 @@ pub(super) fn answer_license_update(
                     ),
                     None,
                 ),
-                true,
             );
         }
     }
     if groups.len() > 1 {
         state.violations.mixed_license_groups += 1;
-        return (
+        return Answer::definitive(
             400,
-            vec![],
             error_body(
                 60013,
                 "Licenses of more than one license group cannot be assigned in one request (sandbox rule).",
                 None,
             ),
-            true,
         );
     }
     let customer = state
@@ -556,15 +503,13 @@ pub(super) fn answer_license_update(
             let data = format!(
                 "LicenseQuotaExceededException : Subscription with Account {customer_id} and SKU {sku} does not have any available licenses left."
             );
-            return (
+            return Answer::definitive(
                 400,
-                vec![],
                 error_body(
                     60012,
                     "We are sorry, it looks like you have run out of licenses. Buy more licenses, and then try again.",
                     Some(vec![data]),
                 ),
-                true,
             );
         }
     }
@@ -622,25 +567,13 @@ pub(super) fn answer_license_update(
     }
     record.applied = true;
     let assigned: Vec<Value> = assign.iter().map(|s| json!({"skuId": s})).collect();
-    (
+    Answer::definitive(
         201,
-        vec![],
         json!({
             "licensesToAssign": assigned,
             "licensesToRemove": remove,
             "licenseWarnings": warnings,
             "attributes": {"objectType": "LicenseUpdate"}
         }),
-        true,
-    )
-}
-
-/// A transient failure (5xx) of the sandbox's fault model: nothing applied.
-fn transient(status: u16) -> Answer {
-    (
-        status,
-        vec![],
-        json!({"code": status, "description": "The service is temporarily unavailable (sandbox fault)."}),
-        false,
     )
 }
