@@ -60,11 +60,21 @@ pub mod exit_code {
     pub const INTERRUPTED: u8 = 130;
 }
 
+impl Error {
+    /// The exit code of a command that ends in this error: nothing was sent (2), or a signal
+    /// came first (130).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Interrupted => exit_code::INTERRUPTED,
+            _ => exit_code::NOTHING_SENT,
+        }
+    }
+}
+
 /// The single mapping from a run's result to its exit code.
 pub fn exit_code_for(result: &Result<RunSummary, Error>) -> u8 {
     match result {
-        Err(Error::Interrupted) => exit_code::INTERRUPTED,
-        Err(_) => exit_code::NOTHING_SENT,
+        Err(error) => error.exit_code(),
         Ok(summary) => match &summary.completion {
             Completion::Aborted(_) => exit_code::ABORTED,
             Completion::Interrupted => exit_code::INTERRUPTED,

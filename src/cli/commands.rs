@@ -169,25 +169,15 @@ pub(super) fn rewrite_report(args: &ReportArgs) -> Result<u8, Error> {
     Ok(exit_code::ALL_SUCCEEDED)
 }
 
-pub(super) async fn serve_sandbox(args: SandboxArgs) -> u8 {
+pub(super) async fn serve_sandbox(args: SandboxArgs) -> Result<u8, Error> {
     let mut scenario = match &args.scenario {
-        Some(path) => match Scenario::load(path) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("license-batch: error: {e}");
-                return exit_code::NOTHING_SENT;
-            }
-        },
+        Some(path) => Scenario::load(path).map_err(Error::Sandbox)?,
         None => Scenario::default(),
     };
     args.faults.apply(&mut scenario);
-    let server = match Sandbox::start(scenario, args.listen).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("license-batch: error: {e}");
-            return exit_code::NOTHING_SENT;
-        }
-    };
+    let server = Sandbox::start(scenario, args.listen)
+        .await
+        .map_err(Error::Sandbox)?;
     let url = &server.url;
     // A closed stdout (e.g. `| head -1`) must not take the server down with it.
     let mut stdout = std::io::stdout();
@@ -208,14 +198,11 @@ pub(super) async fn serve_sandbox(args: SandboxArgs) -> u8 {
     wait_for_signal().await;
     if let Some(path) = &args.dump {
         let json = serde_json::to_string_pretty(&server.dump()).expect("JSON serialises");
-        if let Err(error) = std::fs::write(path, json) {
-            eprintln!(
-                "license-batch: error: cannot write {}: {error}",
-                path.display()
-            );
-            return exit_code::NOTHING_SENT;
-        }
+        std::fs::write(path, json).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
         eprintln!("ground truth written to {}", path.display());
     }
-    exit_code::ALL_SUCCEEDED
+    Ok(exit_code::ALL_SUCCEEDED)
 }

@@ -47,7 +47,7 @@ pub fn main() -> u8 {
         }
         Command::Sandbox(args) => {
             progress::init_logging(LogFormat::Text, 0);
-            runtime.block_on(serve_sandbox(args))
+            exit_with(runtime.block_on(serve_sandbox(args)))
         }
         Command::Status(args) => exit_with(show_status(&args)),
         Command::Report(args) => exit_with(rewrite_report(&args)),
@@ -81,10 +81,11 @@ fn run_command(runtime: &tokio::runtime::Runtime, args: RunArgs) -> u8 {
     })
 }
 
-/// The exit code of a read-only command; errors are printed.
+/// The exit code of a command other than `run`/`plan`; errors are printed and mapped by
+/// [`Error::exit_code`].
 fn exit_with(result: Result<u8, Error>) -> u8 {
     result.unwrap_or_else(|error| {
         eprintln!("license-batch: error: {error}");
-        exit_code::NOTHING_SENT
+        error.exit_code()
     })
 }
