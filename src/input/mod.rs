@@ -1,6 +1,7 @@
 //! Reading the onboarding CSV: a first pass for the file's hash and encoding problems
-//! ([`scan`]), then header aliases and one [`InputRow`] per data record with its validation
-//! result, streamed: memory does not grow with the file. Nothing is sent from here.
+//! ([`scan`]; a run collects its customers in the same pass), then header aliases and one
+//! [`InputRow`] per data record with its validation result, streamed: memory does not grow
+//! with the file. Nothing is sent from here.
 
 mod scan;
 mod validate;
@@ -171,10 +172,76 @@ fn scan_error(path: &Path, error: scan::ScanError) -> InputError {
     }
 }
 
-/// The first pass over the file: its hash and delimiter, or why it cannot be used at all.
-pub fn scan_file(path: &Path, delimiter: Option<u8>) -> Result<Scan, InputError> {
-    let file = File::open(path).map_err(|e| cannot_read(path, e))?;
-    scan::scan(file, delimiter).map_err(|e| scan_error(path, e))
+/// The first pass over the file: its hash and delimiter, or why it cannot be used at all — and,
+/// from the same bytes, every record handed to `each` as it is read (a run collects its
+/// customers so). A problem of the whole file wins over one of its rows, as if the scan had
+/// come first; `each` sees nothing planned or sent. Without `delimiter`, the header line is
+/// read ahead to learn it.
+pub fn scan_file(
+    path: &Path,
+    delimiter: Option<u8>,
+    mut each: impl FnMut(Record),
+) -> Result<Scan, InputError> {
+    let open = || File::open(path).map_err(|e| cannot_read(path, e));
+    let delimiter = match delimiter {
+        Some(delimiter) => delimiter,
+        None => header_delimiter(path, open()?)?,
+    };
+    let mut scanned = scan::Scanned::new(open()?, delimiter);
+    let mut first_error = None;
+    {
+        let mut source = BufReader::with_capacity(64 * 1024, &mut scanned);
+        match source.fill_buf() {
+            Ok(bytes) if bytes.starts_with(BOM) => source.consume(BOM.len()),
+            _ => {}
+        }
+        match read_rows(path, source, delimiter) {
+            Ok(rows) => {
+                for record in rows {
+                    match record {
+                        Ok(record) => each(record),
+                        Err(error) => {
+                            first_error = Some(error);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => first_error = Some(error),
+        }
+    }
+    // The rest of the file, for the scan, after a row stopped the reading.
+    let _ = std::io::copy(&mut scanned, &mut std::io::sink());
+    let scan = scanned.finish().map_err(|e| scan_error(path, e))?;
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(scan),
+    }
+}
+
+/// The delimiter of the header line (`,` or `;`), reading no further than it ends.
+fn header_delimiter(path: &Path, mut file: File) -> Result<u8, InputError> {
+    let mut scanner = scan::Scanner::new(None);
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(cannot_read(path, e)),
+        };
+        if !scanner.feed(&buffer[..read]) {
+            break;
+        }
+        if let Some(delimiter) = scanner.delimiter_known() {
+            return Ok(delimiter);
+        }
+    }
+    // One line, or unusable: the scan of what was read says which.
+    scanner
+        .finish()
+        .map(|scan| scan.delimiter)
+        .map_err(|problem| scan_error(path, scan::ScanError::Unusable(problem)))
 }
 
 /// Opens the file for the second pass: the header is read and mapped, the rows follow.
@@ -495,6 +562,81 @@ mod tests {
         assert_eq!(err.line, Some(1));
         assert!(err.reason.contains("user_id"), "{err}");
         assert!(err.to_string().contains("test.csv, line 1"), "{err}");
+    }
+
+    /// Writes `bytes` to a file of its own and scans it, collecting the records.
+    fn scan_bytes(bytes: &[u8], delimiter: Option<u8>) -> Result<(Scan, Vec<Record>), InputError> {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("lb-scan-{}-{n}.csv", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let mut records = Vec::new();
+        let scanned = scan_file(&path, delimiter, |r| records.push(r));
+        std::fs::remove_file(&path).unwrap();
+        scanned.map(|scan| (scan, records))
+    }
+
+    /// The records of the scan's pass are the rows a second read gives, and the scan is the
+    /// scan of the bytes; a problem of the whole file wins over a row's, wherever it is.
+    #[test]
+    fn the_scan_and_the_rows_come_from_one_pass() {
+        let text = format!(
+            "\u{FEFF}Customer;user_id;sku\n{C};émilie@contoso.onmicrosoft.com;SPB\n;;\n\
+             {C};\"łukasz\n日本語\";SPB\n"
+        );
+        let bytes = text.as_bytes();
+        let (scan, records) = scan_bytes(bytes, None).unwrap();
+        assert_eq!(scan, scan::scan(bytes, None).ok().unwrap());
+        assert_eq!(scan.delimiter, b';');
+        let parsed = parse(Path::new("t.csv"), bytes, None).unwrap();
+        let rows: Vec<&InputRow> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Row(row) => Some(row),
+                Record::Blank(_) => None,
+            })
+            .collect();
+        assert_eq!(rows.len(), 2);
+        for (row, expected) in rows.iter().zip(&parsed.rows) {
+            assert_eq!((row.line, &row.cells), (expected.line, &expected.cells));
+        }
+        let blanks: Vec<u64> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Blank(line) => Some(*line),
+                Record::Row(_) => None,
+            })
+            .collect();
+        assert_eq!((&blanks, &parsed.blank_lines), (&vec![3], &vec![3]));
+        // The operator's delimiter is used, not the one the header suggests (more commas).
+        let header = b"customer_id;user_id;sku;note,a,b,c,d\n";
+        assert_eq!(scan::scan(&header[..], None).ok().unwrap().delimiter, b',');
+        let (given, _) = scan_bytes(header, Some(b';')).unwrap();
+        assert_eq!(given.delimiter, b';');
+
+        // A Latin-1 byte on line 2 stops the rows, a NUL on line 4 makes the file unusable:
+        // the NUL is what is reported, as when the scan came first.
+        let mut bytes = format!("customer_id,user_id,sku\n{C},{U},Caf").into_bytes();
+        bytes.extend_from_slice(b"\xE9\n");
+        bytes.extend_from_slice(format!("{C},{U},SPB\n{C},\0,SPB\n").as_bytes());
+        // (With the delimiter given: the look at the header line ahead would see the NUL.)
+        for delimiter in [None, Some(b',')] {
+            let err = scan_bytes(&bytes, delimiter).unwrap_err();
+            assert!(err.reason.contains("NUL") && err.line == Some(4), "{err}");
+        }
+        // A quote never closed, after a header that names no customer column.
+        let err = scan_bytes(b"who,what\n1,\"2\n3,4\n", None).unwrap_err();
+        assert!(err.reason.contains("never closed") && err.line == Some(2), "{err}");
+        // The row's own error when the file is usable.
+        bytes.truncate(bytes.len() - format!("{C},\0,SPB\n").len());
+        let err = scan_bytes(&bytes, None).unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        // A header line without a line break: one line is the whole file.
+        let (one, records) = scan_bytes(b"customer_id;user_id;sku", None).unwrap();
+        assert_eq!((one.delimiter, records.len()), (b';', 0));
+        assert!(scan_bytes(b"", None).unwrap_err().reason.contains("empty"));
+        let utf16 = [0xFF, 0xFE, b'a', 0, b',', 0, b'\n', 0];
+        assert!(scan_bytes(&utf16, None).unwrap_err().reason.contains("UTF-16"));
     }
 
     #[test]

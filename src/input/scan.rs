@@ -30,18 +30,125 @@ pub(super) enum ScanError {
 
 const CHUNK: usize = 64 * 1024;
 
+/// The scan's state, fed the file's bytes in order, in chunks of any size: so it can read the
+/// file itself ([`scan`]) or watch the bytes another reader reads ([`Scanned`]).
+pub(super) struct Scanner {
+    hasher: Sha256,
+    /// Both candidate delimiters are followed until the header line decides between them.
+    quotes: Vec<QuoteTracker>,
+    detect: DelimiterCount,
+    given: Option<u8>,
+    offset: u64,
+    newlines: u64,
+    any_text: bool,
+    /// The first problem found; nothing is fed after it.
+    problem: Option<ScanProblem>,
+}
+
+impl Scanner {
+    /// `delimiter`: the one the operator gave, else detected from the header line (`,` or `;`,
+    /// whichever occurs more often outside quotes).
+    pub(super) fn new(delimiter: Option<u8>) -> Self {
+        Scanner {
+            hasher: Sha256::new(),
+            quotes: match delimiter {
+                Some(d) => vec![QuoteTracker::new(d)],
+                None => vec![QuoteTracker::new(b','), QuoteTracker::new(b';')],
+            },
+            detect: DelimiterCount::default(),
+            given: delimiter,
+            offset: 0,
+            newlines: 0,
+            any_text: false,
+            problem: None,
+        }
+    }
+
+    /// The next bytes of the file; `false` once the file is known to be unusable.
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> bool {
+        if self.problem.is_some() {
+            return false;
+        }
+        let mut chunk = bytes;
+        self.hasher.update(chunk);
+        if self.offset == 0 {
+            if chunk.starts_with(&[0xFF, 0xFE]) || chunk.starts_with(&[0xFE, 0xFF]) {
+                self.problem = Some(ScanProblem {
+                    line: Some(1),
+                    reason: "the file is UTF-16 encoded",
+                    advice: "save it as \"CSV UTF-8 (comma delimited)\" and run again",
+                });
+                return false;
+            }
+            chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
+        }
+        self.offset += bytes.len() as u64;
+        if let Some(pos) = chunk.iter().position(|&b| b == 0) {
+            let line = 1 + self.newlines + count_newlines(&chunk[..pos]);
+            self.problem = Some(ScanProblem {
+                line: Some(line),
+                reason: "the file contains NUL bytes: it is not a text CSV file",
+                advice: "export the sheet as CSV UTF-8 and run again",
+            });
+            return false;
+        }
+        self.newlines += count_newlines(chunk);
+        self.any_text = self.any_text || chunk.iter().any(|b| !b.is_ascii_whitespace());
+        self.detect.feed(chunk);
+        for tracker in &mut self.quotes {
+            tracker.feed(chunk);
+        }
+        true
+    }
+
+    /// The delimiter as far as the bytes fed so far tell: decided once the header line ended.
+    pub(super) fn delimiter_known(&self) -> Option<u8> {
+        self.given
+            .or_else(|| self.detect.done.then(|| self.detect.delimiter()))
+    }
+
+    /// What the whole file showed, once every byte was fed.
+    pub(super) fn finish(self) -> Result<Scan, ScanProblem> {
+        if let Some(problem) = self.problem {
+            return Err(problem);
+        }
+        if !self.any_text {
+            return Err(ScanProblem {
+                line: None,
+                reason: "the file is empty",
+                advice: "it needs a header row (customer_id,user_id,sku) and at least one data row",
+            });
+        }
+        let delimiter = self.given.unwrap_or_else(|| self.detect.delimiter());
+        let tracker = self
+            .quotes
+            .iter()
+            .find(|t| t.delimiter == delimiter)
+            .expect("a tracker per candidate delimiter");
+        if let Some(line) = tracker.unterminated() {
+            return Err(ScanProblem {
+                line: Some(line),
+                reason: "a quoted cell opened here is never closed, so every line after it would be read as one cell",
+                advice: "close the quote; a \" inside a quoted cell must be doubled (\"\")",
+            });
+        }
+        Ok(Scan {
+            hash: self
+                .hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            delimiter,
+        })
+    }
+}
+
 /// Reads `source` to its end once. `delimiter`: the one the operator gave, else detected from
 /// the header line (`,` or `;`, whichever occurs more often outside quotes).
 pub(super) fn scan(mut source: impl Read, delimiter: Option<u8>) -> Result<Scan, ScanError> {
-    let mut hasher = Sha256::new();
+    let mut scanner = Scanner::new(delimiter);
     let mut buffer = vec![0u8; CHUNK];
-    // Both candidate delimiters are followed until the header line decides between them.
-    let mut quotes: Vec<QuoteTracker> = match delimiter {
-        Some(d) => vec![QuoteTracker::new(d)],
-        None => vec![QuoteTracker::new(b','), QuoteTracker::new(b';')],
-    };
-    let mut detect = DelimiterCount::default();
-    let (mut offset, mut newlines, mut any_text) = (0u64, 0u64, false);
     loop {
         let read = match source.read(&mut buffer) {
             Ok(0) => break,
@@ -49,61 +156,58 @@ pub(super) fn scan(mut source: impl Read, delimiter: Option<u8>) -> Result<Scan,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ScanError::Io(e)),
         };
-        let mut chunk = &buffer[..read];
-        hasher.update(chunk);
-        if offset == 0 {
-            if chunk.starts_with(&[0xFF, 0xFE]) || chunk.starts_with(&[0xFE, 0xFF]) {
-                return Err(ScanError::Unusable(ScanProblem {
-                    line: Some(1),
-                    reason: "the file is UTF-16 encoded",
-                    advice: "save it as \"CSV UTF-8 (comma delimited)\" and run again",
-                }));
+        if !scanner.feed(&buffer[..read]) {
+            break;
+        }
+    }
+    scanner.finish().map_err(ScanError::Unusable)
+}
+
+/// A reader that shows every byte it hands out to a [`Scanner`]: the scan made in the same pass
+/// as another read of the file. It stops (an error) once the file is known to be unusable.
+pub(super) struct Scanned<R> {
+    inner: R,
+    scanner: Scanner,
+    /// The first error reading the file itself: it wins over what the scan saw.
+    failed: Option<std::io::Error>,
+}
+
+impl<R: Read> Scanned<R> {
+    pub(super) fn new(inner: R, delimiter: u8) -> Self {
+        Scanned {
+            inner,
+            scanner: Scanner::new(Some(delimiter)),
+            failed: None,
+        }
+    }
+
+    pub(super) fn finish(self) -> Result<Scan, ScanError> {
+        match self.failed {
+            Some(error) => Err(ScanError::Io(error)),
+            None => self.scanner.finish().map_err(ScanError::Unusable),
+        }
+    }
+}
+
+impl<R: Read> Read for Scanned<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = match self.inner.read(buf) {
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                self.failed.get_or_insert(e);
+                return Err(copy);
             }
-            chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
+        };
+        if read > 0 && !self.scanner.feed(&buf[..read]) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is not usable (see the scan)",
+            ));
         }
-        offset += read as u64;
-        if let Some(pos) = chunk.iter().position(|&b| b == 0) {
-            let line = 1 + newlines + count_newlines(&chunk[..pos]);
-            return Err(ScanError::Unusable(ScanProblem {
-                line: Some(line),
-                reason: "the file contains NUL bytes: it is not a text CSV file",
-                advice: "export the sheet as CSV UTF-8 and run again",
-            }));
-        }
-        newlines += count_newlines(chunk);
-        any_text = any_text || chunk.iter().any(|b| !b.is_ascii_whitespace());
-        detect.feed(chunk);
-        for tracker in &mut quotes {
-            tracker.feed(chunk);
-        }
+        Ok(read)
     }
-    if !any_text {
-        return Err(ScanError::Unusable(ScanProblem {
-            line: None,
-            reason: "the file is empty",
-            advice: "it needs a header row (customer_id,user_id,sku) and at least one data row",
-        }));
-    }
-    let delimiter = delimiter.unwrap_or_else(|| detect.delimiter());
-    let tracker = quotes
-        .iter()
-        .find(|t| t.delimiter == delimiter)
-        .expect("a tracker per candidate delimiter");
-    if let Some(line) = tracker.unterminated() {
-        return Err(ScanError::Unusable(ScanProblem {
-            line: Some(line),
-            reason: "a quoted cell opened here is never closed, so every line after it would be read as one cell",
-            advice: "close the quote; a \" inside a quoted cell must be doubled (\"\")",
-        }));
-    }
-    Ok(Scan {
-        hash: hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        delimiter,
-    })
 }
 
 fn count_newlines(bytes: &[u8]) -> u64 {

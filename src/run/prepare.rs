@@ -37,8 +37,16 @@ pub(super) fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
         .clone()
         .unwrap_or_else(|| report::default_path(&opts.input));
     check_paths(opts, &report_path)?;
-    let scan = input::scan_file(&opts.input, opts.delimiter)?;
-    let customers = customers_of(&opts.input, &scan)?;
+    // The customers of the valid rows, whose subscriptions are read before planning: collected
+    // in the scan's pass, so that planning can resolve each row as it reads it.
+    let mut customers = BTreeSet::new();
+    let scan = input::scan_file(&opts.input, opts.delimiter, |record| {
+        if let Record::Row(row) = record
+            && let Ok(request) = row.request
+        {
+            customers.insert(request.customer_id);
+        }
+    })?;
     Ok(Prepared {
         report_path,
         scan,
@@ -79,20 +87,6 @@ fn check_paths(opts: &RunOptions, report_path: &Path) -> Result<(), Error> {
         )
     })
     .map_err(Error::Usage)
-}
-
-/// The customers of the valid rows: whose subscriptions are read before planning. A pass of
-/// its own over the file, so that planning can resolve each row as it is read.
-fn customers_of(path: &Path, scan: &input::Scan) -> Result<BTreeSet<Uuid>, Error> {
-    let mut customers = BTreeSet::new();
-    for record in input::read_file(path, scan)? {
-        if let Record::Row(row) = record?
-            && let Ok(request) = row.request
-        {
-            customers.insert(request.customer_id);
-        }
-    }
-    Ok(customers)
 }
 
 fn read_failure_error(failure: ReadFailure) -> Error {
