@@ -3,7 +3,6 @@
 //! neutralised for spreadsheets.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use uuid::Uuid;
 
@@ -20,14 +19,9 @@ pub struct ReportRow {
     pub status: RowStatus,
     pub sku_id: Option<Uuid>,
     pub license_group: Option<LicenseGroup>,
-    pub http_status: Option<u16>,
-    pub error_code: Option<String>,
-    pub message: String,
-    pub attempts: u32,
-    pub request_id: Option<Uuid>,
-    pub correlation_id: Option<Uuid>,
-    pub finished_at: Option<SystemTime>,
-    pub warnings: Vec<String>,
+    /// The row's operation's outcome, its message the row's own (an identical row's says it
+    /// was sent once); an invalid row's says only why it is invalid.
+    pub outcome: OperationOutcome,
 }
 
 impl ReportRow {
@@ -36,8 +30,8 @@ impl ReportRow {
         tally.add_rows(
             self.customer_id,
             self.status,
-            self.error_code.as_deref(),
-            self.http_status,
+            self.outcome.error_code.as_deref(),
+            self.outcome.http_status,
             1,
         );
     }
@@ -62,7 +56,7 @@ pub fn row_of(row: StoredRow, open_message: &str) -> ReportRow {
         }
         RowState::Planned { outcome, same_as } => {
             let outcome = outcome.unwrap_or_else(|| OperationOutcome::pending(open_message));
-            sent_row(line, customer_id, sku_id, license_group, &outcome, same_as)
+            sent_row(line, customer_id, sku_id, license_group, outcome, same_as)
         }
     }
 }
@@ -81,14 +75,7 @@ pub fn invalid_row(
         status: RowStatus::Invalid,
         sku_id,
         license_group,
-        http_status: None,
-        error_code: None,
-        message,
-        attempts: 0,
-        request_id: None,
-        correlation_id: None,
-        finished_at: None,
-        warnings: Vec::new(),
+        outcome: OperationOutcome::pending(message),
     }
 }
 
@@ -100,7 +87,7 @@ pub fn sent_row(
     customer_id: Option<Uuid>,
     sku_id: Option<Uuid>,
     license_group: Option<LicenseGroup>,
-    outcome: &OperationOutcome,
+    outcome: OperationOutcome,
     same_as: Option<u64>,
 ) -> ReportRow {
     let message = match same_as {
@@ -119,14 +106,7 @@ pub fn sent_row(
         status: RowStatus::from(outcome.status),
         sku_id,
         license_group,
-        http_status: outcome.http_status,
-        error_code: outcome.error_code.clone(),
-        message,
-        attempts: outcome.attempts,
-        request_id: outcome.request_id,
-        correlation_id: outcome.correlation_id,
-        finished_at: outcome.finished_at,
-        warnings: outcome.warnings.clone(),
+        outcome: OperationOutcome { message, ..outcome },
     }
 }
 
@@ -198,6 +178,7 @@ impl ReportWriter {
 
     /// One input row: its carried cells, then its results.
     pub fn write(&mut self, cells: &[String], report: &ReportRow) -> std::io::Result<()> {
+        let outcome = &report.outcome;
         let results = [
             report.line.to_string(),
             report.status.as_str().to_string(),
@@ -206,17 +187,17 @@ impl ReportWriter {
                 .license_group
                 .map(|g| g.as_str().to_string())
                 .unwrap_or_default(),
-            opt(&report.http_status),
-            opt(&report.error_code),
-            report.message.clone(),
-            report.attempts.to_string(),
-            opt(&report.request_id),
-            opt(&report.correlation_id),
-            report
+            opt(&outcome.http_status),
+            opt(&outcome.error_code),
+            outcome.message.clone(),
+            outcome.attempts.to_string(),
+            opt(&outcome.request_id),
+            opt(&outcome.correlation_id),
+            outcome
                 .finished_at
                 .map(|t| humantime::format_rfc3339_seconds(t).to_string())
                 .unwrap_or_default(),
-            report.warnings.join("; "),
+            outcome.warnings.join("; "),
         ];
         let cells = cells
             .iter()
@@ -310,9 +291,9 @@ mod tests {
             message: "out of licenses".into(),
             ..OperationOutcome::pending("")
         };
-        let row = sent_row(5, None, None, None, &failed, Some(2));
+        let row = sent_row(5, None, None, None, failed.clone(), Some(2));
         assert_eq!(
-            row.message,
+            row.outcome.message,
             "same operation as line 2, sent once; out of licenses"
         );
         assert_eq!(row.status, RowStatus::Failed);
@@ -320,11 +301,11 @@ mod tests {
             status: crate::outcome::OperationStatus::Succeeded,
             ..OperationOutcome::pending("")
         };
-        let row = sent_row(5, None, None, None, &succeeded, Some(2));
-        assert_eq!(row.message, "same operation as line 2, sent once");
+        let row = sent_row(5, None, None, None, succeeded, Some(2));
+        assert_eq!(row.outcome.message, "same operation as line 2, sent once");
         // The first row of the operation carries the answer alone.
         assert_eq!(
-            sent_row(2, None, None, None, &failed, None).message,
+            sent_row(2, None, None, None, failed, None).outcome.message,
             "out of licenses"
         );
     }
@@ -343,7 +324,7 @@ mod tests {
             "open",
         );
         assert_eq!(
-            (invalid.status, invalid.message.as_str(), invalid.line),
+            (invalid.status, invalid.outcome.message.as_str(), invalid.line),
             (RowStatus::Invalid, "column sku: unknown", 7)
         );
         assert_eq!(invalid.sku_id, Some(Uuid::from_u128(2)));
@@ -356,7 +337,7 @@ mod tests {
         );
         assert_eq!(unsent.status, RowStatus::Pending);
         assert_eq!(
-            unsent.message,
+            unsent.outcome.message,
             format!("same operation as line 3, sent once; {NOT_FINISHED}")
         );
         let answered = OperationOutcome {
@@ -371,7 +352,7 @@ mod tests {
             }),
             "open",
         );
-        assert_eq!((sent.status, sent.attempts), (RowStatus::Succeeded, 2));
+        assert_eq!((sent.status, sent.outcome.attempts), (RowStatus::Succeeded, 2));
         assert_eq!(sent.customer_id, Some(Uuid::from_u128(1)));
     }
 
