@@ -324,7 +324,11 @@ mod tests {
             "open",
         );
         assert_eq!(
-            (invalid.status, invalid.outcome.message.as_str(), invalid.line),
+            (
+                invalid.status,
+                invalid.outcome.message.as_str(),
+                invalid.line
+            ),
             (RowStatus::Invalid, "column sku: unknown", 7)
         );
         assert_eq!(invalid.sku_id, Some(Uuid::from_u128(2)));
@@ -352,7 +356,10 @@ mod tests {
             }),
             "open",
         );
-        assert_eq!((sent.status, sent.outcome.attempts), (RowStatus::Succeeded, 2));
+        assert_eq!(
+            (sent.status, sent.outcome.attempts),
+            (RowStatus::Succeeded, 2)
+        );
         assert_eq!(sent.customer_id, Some(Uuid::from_u128(1)));
     }
 

@@ -4,9 +4,10 @@
 use std::path::Path;
 
 use license_batch::input::InputFile;
+use license_batch::journal::inspect::{Plan, RowPlan};
 use license_batch::journal::{Journal, NewRun};
 use license_batch::outcome::RowStatus;
-use license_batch::plan::{self, Plan, catalog::BuiltinCatalog};
+use license_batch::plan::{self, catalog::BuiltinCatalog};
 use license_batch::report::{self, ReportRow};
 use proptest::prelude::*;
 
@@ -130,7 +131,7 @@ proptest! {
         for (g, group) in plan.groups.iter().enumerate() {
             for (o, op) in group.operations.iter().enumerate() {
                 let asking: Vec<usize> = plan.rows.iter().enumerate()
-                    .filter(|(_, r)| r.plan == license_batch::plan::RowPlan::Send { group: g, operation: o })
+                    .filter(|(_, r)| r.plan == RowPlan::Send { group: g, operation: o })
                     .map(|(i, _)| i)
                     .collect();
                 prop_assert_eq!(asking.len() as u64, op.row_count);

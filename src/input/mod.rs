@@ -626,7 +626,10 @@ mod tests {
         }
         // A quote never closed, after a header that names no customer column.
         let err = scan_bytes(b"who,what\n1,\"2\n3,4\n", None).unwrap_err();
-        assert!(err.reason.contains("never closed") && err.line == Some(2), "{err}");
+        assert!(
+            err.reason.contains("never closed") && err.line == Some(2),
+            "{err}"
+        );
         // The row's own error when the file is usable.
         bytes.truncate(bytes.len() - format!("{C},\0,SPB\n").len());
         let err = scan_bytes(&bytes, None).unwrap_err();
@@ -636,7 +639,12 @@ mod tests {
         assert_eq!((one.delimiter, records.len()), (b';', 0));
         assert!(scan_bytes(b"", None).unwrap_err().reason.contains("empty"));
         let utf16 = [0xFF, 0xFE, b'a', 0, b',', 0, b'\n', 0];
-        assert!(scan_bytes(&utf16, None).unwrap_err().reason.contains("UTF-16"));
+        assert!(
+            scan_bytes(&utf16, None)
+                .unwrap_err()
+                .reason
+                .contains("UTF-16")
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 mod carry;
 mod draft;
+#[doc(hidden)]
+pub mod inspect;
 #[cfg(test)]
 mod planning_tests;
 pub mod read;
@@ -28,9 +30,8 @@ use uuid::Uuid;
 
 pub use draft::Draft;
 
-use crate::input::{InputHeader, LicenseGroup};
+use crate::input::InputHeader;
 use crate::outcome::OperationStatus;
-use crate::plan::{Plan, PlannedRow, RowPlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -310,69 +311,6 @@ impl Journal {
             delimiter: u8::try_from(delimiter).unwrap_or(b','),
             headers: serde_json::from_str(&headers).map_err(|_| self.corrupt("headers"))?,
             blank_lines: blank_lines as usize,
-        })
-    }
-
-    /// A run's whole plan in memory (small plans and tests; a run reads it in pages).
-    pub fn load_plan(&self, run_id: i64) -> Result<Plan, JournalError> {
-        let e = |source| self.sqlite(source);
-        let mut groups = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT idx FROM groups WHERE run_id = ?1 ORDER BY idx")
-            .map_err(e)?;
-        let indices: Vec<i64> = stmt
-            .query_map([run_id], |r| r.get(0))
-            .map_err(e)?
-            .collect::<Result<_, _>>()
-            .map_err(e)?;
-        // A group's index is its first row's; in memory, groups are numbered 0.. in that order.
-        let mut position = std::collections::HashMap::new();
-        for g in indices {
-            position.insert(g, groups.len());
-            groups.push(self.group(run_id, g)?.request);
-        }
-        let mut plan_rows = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT line, customer_id, group_idx, op_idx, invalid_message, sku_id, license_group
-                 FROM rows WHERE run_id = ?1 ORDER BY idx",
-            )
-            .map_err(e)?;
-        let mut rows = stmt.query([run_id]).map_err(e)?;
-        while let Some(r) = rows.next().map_err(e)? {
-            let customer: Option<String> = r.get(1).map_err(e)?;
-            let plan = match (
-                r.get::<_, Option<i64>>(2).map_err(e)?,
-                r.get::<_, Option<i64>>(3).map_err(e)?,
-            ) {
-                (Some(g), Some(o)) => RowPlan::Send {
-                    group: *position.get(&g).ok_or_else(|| self.corrupt("row plan"))?,
-                    operation: o as usize,
-                },
-                _ => {
-                    let sku: Option<String> = r.get(5).map_err(e)?;
-                    let license_group: Option<String> = r.get(6).map_err(e)?;
-                    RowPlan::Invalid {
-                        message: r
-                            .get::<_, Option<String>>(4)
-                            .map_err(e)?
-                            .unwrap_or_default(),
-                        sku_id: sku.and_then(|s| s.parse().ok()),
-                        license_group: license_group.and_then(|g| LicenseGroup::parse(&g)),
-                    }
-                }
-            };
-            plan_rows.push(PlannedRow {
-                line: r.get::<_, i64>(0).map_err(e)? as u64,
-                customer_id: customer.and_then(|c| c.parse().ok()),
-                plan,
-            });
-        }
-        Ok(Plan {
-            rows: plan_rows,
-            groups,
         })
     }
 

@@ -2,9 +2,9 @@
 //! to the journal and reads it back.
 
 use super::draft::tests::{add_rows, sheet};
+use super::inspect::{Plan, RowPlan};
 use super::{Journal, NewRun};
 use crate::input::{Action, InputFile, LicenseGroup};
-use crate::plan::{Plan, RowPlan};
 
 const C: &str = "0c39d6d5-c70d-4c55-bc02-f620844f3fd1";
 const C2: &str = "11111111-2222-4333-8444-555555555555";

@@ -47,46 +47,6 @@ pub struct Group {
     pub operations: Vec<Operation>,
 }
 
-/// What the plan does with an input row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RowPlan {
-    Invalid {
-        message: String,
-        sku_id: Option<Uuid>,
-        license_group: Option<LicenseGroup>,
-    },
-    Send {
-        group: usize,
-        operation: usize,
-    },
-}
-
-/// An input row as the plan (and the journal) knows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlannedRow {
-    /// Line of the row in the input file.
-    pub line: u64,
-    pub customer_id: Option<Uuid>,
-    pub plan: RowPlan,
-}
-
-/// A whole plan in memory (small plans and tests; a run keeps its plan in the journal).
-#[derive(Debug, Clone, Default)]
-pub struct Plan {
-    /// Parallel to the input's data rows.
-    pub rows: Vec<PlannedRow>,
-    pub groups: Vec<Group>,
-}
-
-impl Plan {
-    pub fn invalid_rows(&self) -> usize {
-        self.rows
-            .iter()
-            .filter(|r| matches!(r.plan, RowPlan::Invalid { .. }))
-            .count()
-    }
-}
-
 /// One row after resolution, before it is compared with the others: what it asks for, or
 /// why it is invalid on its own.
 #[derive(Debug, Clone, PartialEq)]
