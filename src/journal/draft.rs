@@ -1,42 +1,29 @@
-//! A new run being recorded: its rows are spilled to a temporary file as they are read and
-//! handed to [`Grouper`], which applies the rules between rows one partition of users at a
-//! time; [`Draft::group`] then writes rows, groups and operations to the journal in one pass
-//! in input order, so a sheet of any size is planned without holding it in memory and every
-//! table is only appended to. Everything happens in one transaction: the run, its plan and
-//! every group's request ID become durable together at [`Draft::commit`], before anything is
-//! sent, or not at all.
-
-use std::collections::BTreeMap;
-use std::io;
+//! A new run being recorded: the rows go to the [`Planner`] as they are read, and the plan it
+//! makes comes back through [`PlanSink`] (implemented here) as rows, groups and operations in
+//! input order, so every table is only appended to. Then what is not sent is settled (done
+//! before, refused customers, the strict preflight's excess). Everything happens in one
+//! transaction: the run, its plan and every group's request ID become durable together at
+//! [`Draft::commit`], before anything is sent, or not at all.
 
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
 use super::{Journal, JournalError, NewRun, now_text};
-use crate::input::{Action, InputHeader, InputRow};
+use crate::input::{InputHeader, InputRow};
 use crate::outcome::OperationOutcome;
-use crate::outcome::RowStatus;
-use crate::outcome::Tally;
 use crate::plan::RowResolution;
-use crate::plan::grouping::{self, Assignment, Grouper};
-use crate::spill::{SpillReader, SpillWriter};
+use crate::plan::planner::{
+    NewGroup, NewOperation, NewRow, PlanCounts, PlanError, PlanSink, Planner,
+};
 use crate::tenant::preflight::SeatNeed;
-
-/// Buffer of the file the rows wait in until they are grouped.
-const ROWS_BUFFER: usize = 64 << 10;
-
-/// How a spilled row continues after its common part.
-const INVALID: u8 = 0;
-const RESOLVED: u8 = 1;
 
 /// A run in the making; dropped without [`Draft::commit`], it leaves no trace.
 pub struct Draft<'a> {
     journal: &'a Journal,
     run_id: i64,
-    next_row: i64,
     blank_lines: i64,
     /// Rows read but not yet grouped and written; `None` once [`Draft::group`] wrote them.
-    waiting: Option<Waiting>,
+    planner: Option<Planner>,
     /// Counted while the plan was written; dropped as soon as an operation is settled.
     counts: Option<PlanCounts>,
     /// False: open operations (and the rows, groups they stand for) are counted, not
@@ -45,46 +32,12 @@ pub struct Draft<'a> {
     committed: bool,
 }
 
-/// Figures of a plan counted while it is written, so that `plan` and the seat preflight need
-/// not read a large plan back: they hold while every operation is still open. Settling any
-/// operation drops them, and the same figures are then read from the tables
-/// ([`Journal::tally`], [`Journal::requests_per_customer`], [`Draft::seat_needs`]).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct PlanCounts {
-    pub tally: Tally,
-    /// Per customer: (requests to send, rows planned for sending).
-    pub per_customer: BTreeMap<Uuid, (u64, u64)>,
-    /// Per (customer, SKU): assigns to send.
-    seat_needs: BTreeMap<(Uuid, Uuid), u64>,
-    /// Rows per (customer, status) while counting; folded into `tally` at the end (a tally
-    /// keys its rows by the customer's text, too dear to make for every row).
-    rows: BTreeMap<(Option<Uuid>, RowStatus), u64>,
-}
-
-impl PlanCounts {
-    fn count_row(&mut self, customer: Option<Uuid>, status: RowStatus) {
-        *self.rows.entry((customer, status)).or_default() += 1;
-    }
-
-    fn finish(&mut self) {
-        for ((customer, status), rows) in std::mem::take(&mut self.rows) {
-            self.tally.add_rows(customer, status, None, None, rows);
-        }
-    }
-}
-
-/// Every row as read (in a temporary file), and the valid ones' keys in partitions.
-struct Waiting {
-    rows: SpillWriter,
-    grouper: Grouper,
-}
-
 impl Journal {
     /// Starts recording a new run (one transaction until [`Draft::commit`]), grouped in as
     /// many partitions as the size of its input calls for.
     pub fn draft(&mut self, new: NewRun<'_>) -> Result<Draft<'_>, JournalError> {
         let input_bytes = std::fs::metadata(new.input_path).map_or(0, |m| m.len());
-        self.draft_in_partitions(new, grouping::partitions_for(input_bytes))
+        self.draft_in_partitions(new, Planner::partitions_for(input_bytes))
     }
 
     /// [`Journal::draft`] with a given number of partitions (the plan does not depend on it;
@@ -96,21 +49,13 @@ impl Journal {
     ) -> Result<Draft<'_>, JournalError> {
         let e = |source| self.sqlite(source);
         let dir = self.spill_dir();
-        let waiting = Grouper::new(&dir, partitions)
-            .and_then(|grouper| {
-                Ok(Waiting {
-                    rows: SpillWriter::create_in(&dir, ROWS_BUFFER)?,
-                    grouper,
-                })
-            })
-            .map_err(|error| self.spill_error(error))?;
+        let planner = Planner::new(&dir, partitions).map_err(|error| self.spill_error(error))?;
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(e)?;
         let mut draft = Draft {
             journal: self,
             run_id: 0,
-            next_row: 0,
             blank_lines: 0,
-            waiting: Some(waiting),
+            planner: Some(planner),
             counts: None,
             record_open: true,
             committed: false,
@@ -157,50 +102,15 @@ impl Draft<'_> {
         header: &InputHeader,
         resolution: &RowResolution,
     ) -> Result<(), JournalError> {
-        let index = self.next_row as u64;
-        let Some(waiting) = self.waiting.as_mut() else {
+        let Some(planner) = self.planner.as_mut() else {
             return Err(JournalError::Invalid {
                 path: self.journal.path.display().to_string(),
                 message: "a row came after the run was planned".into(),
             });
         };
-        let cells: Vec<&str> = header
-            .carried
-            .iter()
-            .map(|&i| row.cells[i].as_str())
-            .collect();
-        let customer = row.request.as_ref().ok().map(|r| r.customer_id);
-        let written = (|| {
-            let out = &mut waiting.rows;
-            out.u64(row.line)?;
-            out.str(&serde_json::to_string(&cells).expect("strings serialise"))?;
-            optional_uuid(out, customer.as_ref())?;
-            match resolution {
-                RowResolution::Invalid {
-                    message,
-                    sku_id,
-                    license_group,
-                } => {
-                    out.u8(INVALID)?;
-                    out.str(message)?;
-                    optional_uuid(out, sku_id.as_ref())?;
-                    out.str(license_group.map_or("", |g| g.as_str()))
-                }
-                RowResolution::Resolved(resolved) => {
-                    out.u8(RESOLVED)?;
-                    out.uuid(&resolved.sku)?;
-                    out.str(resolved.license_group.as_str())?;
-                    out.str(&resolved.user)?;
-                    out.str(&resolved.user_key)?;
-                    out.str(resolved.action.as_str())?;
-                    out.str(&grouping::excluded_text(&resolved.excluded))?;
-                    waiting.grouper.add(index, row.line, resolved)
-                }
-            }
-        })();
-        written.map_err(|error| self.journal.spill_error(error))?;
-        self.next_row += 1;
-        Ok(())
+        planner
+            .add_row(row, header, resolution)
+            .map_err(|error| self.journal.spill_error(error))
     }
 
     /// For `plan`, when nothing will be settled before sending: the valid rows' operations
@@ -209,6 +119,9 @@ impl Draft<'_> {
     /// Settling anything afterwards is refused (there would be nothing to settle in).
     pub fn count_open_operations_only(&mut self) {
         self.record_open = false;
+        if let Some(planner) = self.planner.as_mut() {
+            planner.count_open_operations_only();
+        }
     }
 
     pub(super) fn refuse_settling_uncounted(&self) -> Result<(), JournalError> {
@@ -226,26 +139,17 @@ impl Draft<'_> {
         self.blank_lines += 1;
     }
 
-    /// Applies the rules between rows (SPEC §4; see [`grouping`]): rows asking about the same
-    /// (customer, user, SKU) must agree — identical ones become one operation, an assign and a
-    /// remove (or two different exclusions) make all of them invalid; then one group (one
-    /// request, with its request ID) per (customer, user, license group), its index that of
-    /// its first row, its operations numbered 0.. by their first rows. Then writes every row,
-    /// group and operation in input order. Called once; [`Draft::commit`] calls it if nobody
+    /// Has the [`Planner`] apply the rules between rows and writes every row, group and
+    /// operation it plans, in input order. Called once; [`Draft::commit`] calls it if nobody
     /// did.
     pub fn group(&mut self) -> Result<(), JournalError> {
-        let Some(waiting) = self.waiting.take() else {
+        let Some(planner) = self.planner.take() else {
             return Ok(());
         };
-        let clock = std::time::Instant::now();
-        let spill = |error| self.journal.spill_error(error);
-        let mut assignments = waiting.grouper.finish().map_err(spill)?;
-        tracing::debug!("planning: partitions grouped in {:?}", clock.elapsed());
-        let clock = std::time::Instant::now();
-        let mut rows = waiting.rows.into_reader(ROWS_BUFFER).map_err(spill)?;
         let e = |source| self.sqlite(source);
         let conn = self.conn();
-        let mut statements = Statements {
+        let mut sink = Statements {
+            run: self.run_id,
             row: conn
                 .prepare(
                     "INSERT INTO rows (run_id, idx, line, cells, customer_id, group_idx, op_idx,
@@ -268,148 +172,13 @@ impl Draft<'_> {
                 )
                 .map_err(e)?,
         };
-        let mut counts = PlanCounts::default();
-        for index in 0..self.next_row {
-            self.write_row(
-                index,
-                &mut rows,
-                &mut assignments,
-                &mut statements,
-                &mut counts,
-            )?;
-        }
-        drop(statements);
-        counts.finish();
+        let counts = planner.finish(&mut sink).map_err(|error| match error {
+            PlanError::Spill(error) => self.journal.spill_error(error),
+            PlanError::Sink(error) => self.sqlite(error),
+        })?;
+        drop(sink);
         self.counts = Some(counts);
-        tracing::debug!(
-            "planning: rows, groups and operations {} in {:?}",
-            if self.record_open {
-                "written"
-            } else {
-                "counted (invalid rows written)"
-            },
-            clock.elapsed()
-        );
         Ok(())
-    }
-
-    /// Writes the row `index` (the next one in `rows`) and, on the first row of a group or an
-    /// operation, that group or operation.
-    fn write_row(
-        &self,
-        index: i64,
-        rows: &mut SpillReader,
-        assignments: &mut grouping::Assignments,
-        statements: &mut Statements<'_>,
-        counts: &mut PlanCounts,
-    ) -> Result<(), JournalError> {
-        let e = |source| self.sqlite(source);
-        let spill = |error| self.journal.spill_error(error);
-        let run = self.run_id;
-        let line = rows.u64().map_err(spill)? as i64;
-        let cells = rows.string().map_err(spill)?;
-        let customer = read_optional_uuid(rows).map_err(spill)?;
-        // The row itself: (group, operation) when it is sent, its message when it is invalid.
-        let mut insert_row = |sent: Option<(u64, u32)>,
-                              invalid: Option<&str>,
-                              sku: Option<Uuid>,
-                              license_group: Option<&str>| {
-            statements
-                .row
-                .execute(params![
-                    run,
-                    index,
-                    line,
-                    cells,
-                    customer.map(|c| c.to_string()),
-                    sent.map(|(group, _)| group as i64),
-                    sent.map(|(_, operation)| operation),
-                    invalid,
-                    sku.map(|s| s.to_string()),
-                    license_group,
-                ])
-                .map(drop)
-                .map_err(e)
-        };
-        if rows.u8().map_err(spill)? == INVALID {
-            let message = rows.string().map_err(spill)?;
-            let sku = read_optional_uuid(rows).map_err(spill)?;
-            let license_group = Some(rows.string().map_err(spill)?).filter(|g| !g.is_empty());
-            counts.count_row(customer, RowStatus::Invalid);
-            return insert_row(None, Some(&message), sku, license_group.as_deref());
-        }
-        let sku_id = rows.uuid().map_err(spill)?;
-        let license_group = rows.string().map_err(spill)?;
-        let user = rows.string().map_err(spill)?;
-        let user_key = rows.string().map_err(spill)?;
-        let action = rows.string().map_err(spill)?;
-        let excluded = rows.string().map_err(spill)?;
-        let customer = customer.ok_or_else(|| self.journal.corrupt("planned row"))?;
-        match assignments.next(customer, &user_key).map_err(spill)? {
-            Assignment::Conflict(message) => {
-                counts.count_row(Some(customer), RowStatus::Invalid);
-                insert_row(None, Some(&message), Some(sku_id), Some(&license_group))
-            }
-            Assignment::Send {
-                group,
-                operation,
-                rows,
-                send_id,
-            } => {
-                counts.count_row(Some(customer), RowStatus::Pending);
-                let (requests, planned_rows) = counts.per_customer.entry(customer).or_default();
-                *planned_rows += 1;
-                if group == index as u64 {
-                    *requests += 1;
-                }
-                // An operation needs a seat once, counted on its first row.
-                if rows.is_some() && action == Action::Assign.as_str() {
-                    *counts.seat_needs.entry((customer, sku_id)).or_default() += 1;
-                }
-                if !self.record_open {
-                    return Ok(());
-                }
-                let (sku, send_id) = (sku_id.to_string(), send_id.to_string());
-                // A group's index is its first row's, and that row comes before (or is) the
-                // first row of each of its operations: a group is written before them.
-                if group == index as u64 {
-                    statements
-                        .group
-                        .execute(params![
-                            run,
-                            index,
-                            customer.to_string(),
-                            user,
-                            user_key,
-                            license_group,
-                            send_id
-                        ])
-                        .map_err(e)?;
-                }
-                if let Some(count) = rows {
-                    statements
-                        .operation
-                        .execute(params![
-                            run,
-                            group as i64,
-                            operation,
-                            sku,
-                            action,
-                            excluded,
-                            send_id,
-                            index,
-                            count as i64
-                        ])
-                        .map_err(e)?;
-                }
-                insert_row(
-                    Some((group, operation)),
-                    None,
-                    Some(sku_id),
-                    Some(&license_group),
-                )
-            }
-        }
     }
 
     /// Operations that already succeeded on `target` in an earlier run (of this journal, or of
@@ -595,28 +364,64 @@ impl Draft<'_> {
     }
 }
 
-/// The statements that write a planned run.
+/// The statements that write a planned run: the journal's [`PlanSink`].
 struct Statements<'conn> {
+    run: i64,
     row: rusqlite::Statement<'conn>,
     group: rusqlite::Statement<'conn>,
     operation: rusqlite::Statement<'conn>,
 }
 
-fn optional_uuid(out: &mut SpillWriter, value: Option<&Uuid>) -> io::Result<()> {
-    match value {
-        Some(value) => {
-            out.u8(1)?;
-            out.uuid(value)
-        }
-        None => out.u8(0),
-    }
-}
+impl PlanSink for Statements<'_> {
+    type Error = rusqlite::Error;
 
-fn read_optional_uuid(input: &mut SpillReader) -> io::Result<Option<Uuid>> {
-    Ok(match input.u8()? {
-        0 => None,
-        _ => Some(input.uuid()?),
-    })
+    fn group(&mut self, group: &NewGroup<'_>) -> Result<(), rusqlite::Error> {
+        self.group
+            .execute(params![
+                self.run,
+                group.index as i64,
+                group.customer.to_string(),
+                group.user,
+                group.user_key,
+                group.license_group,
+                group.request_id.to_string()
+            ])
+            .map(drop)
+    }
+
+    fn operation(&mut self, operation: &NewOperation<'_>) -> Result<(), rusqlite::Error> {
+        self.operation
+            .execute(params![
+                self.run,
+                operation.group as i64,
+                operation.operation,
+                operation.sku.to_string(),
+                operation.action,
+                operation.excluded,
+                operation.request_id.to_string(),
+                operation.first_row as i64,
+                operation.row_count as i64
+            ])
+            .map(drop)
+    }
+
+    fn row(&mut self, row: &NewRow<'_>) -> Result<(), rusqlite::Error> {
+        let sent = row.sent.ok();
+        self.row
+            .execute(params![
+                self.run,
+                row.index as i64,
+                row.line as i64,
+                row.cells,
+                row.customer.map(|c| c.to_string()),
+                sent.map(|(group, _)| group as i64),
+                sent.map(|(_, operation)| operation),
+                row.sent.err(),
+                row.sku.map(|s| s.to_string()),
+                row.license_group,
+            ])
+            .map(drop)
+    }
 }
 
 impl Drop for Draft<'_> {

@@ -1,11 +1,13 @@
 //! Planning: resolves each valid row's SKU, license group and excluded plans, one row at a
 //! time ([`resolve_row`]). The rules between rows — identical rows are sent once, assign/remove
 //! conflicts are invalid, one request per (customer, user, license group), never mixing license
-//! groups (SPEC §4) — are applied by [`grouping`] one partition of users at a time, as the
-//! journal records a new run (`journal::Draft`).
+//! groups (SPEC §4) — are applied by [`grouping`] one partition of users at a time; the
+//! [`planner`] drives both as the rows are read and hands the plan to a sink (the journal's
+//! `Draft`).
 
 pub mod catalog;
 pub mod grouping;
+pub mod planner;
 
 use uuid::Uuid;
 
