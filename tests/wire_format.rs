@@ -422,3 +422,35 @@ async fn a_read_told_to_wait_past_max_elapsed_gives_up() {
         "no read retried after a wait it may not make: {paths:?}"
     );
 }
+
+/// `retry.max_elapsed_secs` bounds a call's retries including the time its attempts take: with
+/// answers that take 0.6 s and a bound of 1 s, the second attempt (sent at 0.6 s) is the last
+/// — a third would start past the bound — although the backoff's own waits (10 ms, 20 ms, …)
+/// and `retry.max_attempts` would allow many more.
+#[tokio::test]
+async fn transient_retries_stop_at_max_elapsed_counting_the_time_attempts_take() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_delay(Duration::from_millis(600))
+                .set_body_json(json!({"code": 503, "description": "Service unavailable"})),
+        )
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, opts) = doc_row_options(
+        &server,
+        dir.path(),
+        "[retry]\nmin_delay_ms = 10\nmax_elapsed_secs = 1\nmax_attempts = 10\n",
+    );
+    license_batch::run(opts).await.unwrap();
+    let sent = posts(&server).await.len();
+    assert!(
+        (1..=2).contains(&sent),
+        "{sent} attempts within a 1 s bound of 0.6 s answers"
+    );
+    let report = common::read_report(&common::report_path(&input));
+    assert_eq!(report[0]["result_status"], "failed");
+    assert_eq!(report[0]["result_attempts"], sent.to_string());
+}

@@ -361,7 +361,8 @@ mod tests {
     impl PlanSink for Recorded {
         type Error = std::convert::Infallible;
         fn group(&mut self, g: &NewGroup<'_>) -> Result<(), Self::Error> {
-            self.0.push(format!("group {} {} {}", g.index, g.user, g.license_group));
+            self.0
+                .push(format!("group {} {} {}", g.index, g.user, g.license_group));
             Ok(())
         }
         fn operation(&mut self, o: &NewOperation<'_>) -> Result<(), Self::Error> {
@@ -437,7 +438,10 @@ mod tests {
         assert_eq!(counts.seat_needs.values().sum::<u64>(), 3);
 
         for partitions in [2, 7] {
-            assert_eq!(planned(&text, partitions, false), (events.clone(), counts.clone()));
+            assert_eq!(
+                planned(&text, partitions, false),
+                (events.clone(), counts.clone())
+            );
         }
         let (counted, counted_figures) = planned(&text, 1, true);
         assert_eq!(counted, invalid.into_iter().cloned().collect::<Vec<_>>());
