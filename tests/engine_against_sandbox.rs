@@ -545,6 +545,16 @@ fn assert_never_sooner_than_told(requests: &[license_batch::sandbox::RecordedReq
     }
 }
 
+/// The waits the progress display is told of.
+#[derive(Default)]
+struct Waits(std::sync::Mutex<Vec<Duration>>);
+
+impl license_batch::engine::Observer for Waits {
+    fn throttled(&self, wait: Duration) {
+        self.0.lock().unwrap().push(wait);
+    }
+}
+
 #[tokio::test]
 async fn a_429_slows_the_whole_pool_and_its_call_waits_retry_after() {
     let sandbox = start("[faults]\nthrottle_every = 6\nretry_after_secs = 1\n").await;
@@ -552,11 +562,20 @@ async fn a_429_slows_the_whole_pool_and_its_call_waits_retry_after() {
     let input = contoso_sheet(dir.path(), 16);
     let mut opts = options(&sandbox, &input);
     opts.settings.limits.concurrency = Concurrency::fixed(4);
+    let waits = std::sync::Arc::new(Waits::default());
+    opts.observer = license_batch::run::ObserverSlot(Some(waits.clone()));
     let summary = run(opts).await;
     assert_eq!(summary.count(RowStatus::Succeeded), 16);
 
     let requests = sandbox.requests();
     assert!(requests.iter().filter(|r| r.status == 429).count() >= 2);
+    // The progress display heard of every 429 and the wait it told.
+    let told: Vec<Duration> = requests
+        .iter()
+        .filter(|r| r.status == 429)
+        .map(|r| Duration::from_secs_f64(r.retry_after.unwrap()))
+        .collect();
+    assert_eq!(*waits.0.lock().unwrap(), told);
     let throttled: Vec<_> = requests
         .iter()
         .filter(|r| r.status == 429)
@@ -819,6 +838,13 @@ async fn a_customer_blocked_mid_run_gets_nothing_more_and_others_are_unaffected(
         statuses[1..5].iter().all(|s| *s == ("failed", "900309")),
         "{statuses:?}"
     );
+    // The rows never sent say so, with the refusal's own status and code (not an answer of
+    // their own: they had none).
+    for row in &report[2..5] {
+        assert!(row["result_message"].starts_with("not sent: "), "{row:?}");
+        assert_eq!(row["result_http_status"], "403", "{row:?}");
+        assert_eq!(row["result_attempts"], "0", "{row:?}");
+    }
     assert!(
         statuses[5..].iter().all(|s| s.0 == "succeeded"),
         "{statuses:?}"
