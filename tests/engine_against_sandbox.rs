@@ -999,6 +999,81 @@ async fn a_partner_token_mid_run_aborts_with_the_rest_pending() {
     assert_eq!(exit_code_for(&Ok(summary)), 3);
 }
 
+/// A token without an MFA claim (401 900421) answered to the reads before any write: exit 2,
+/// nothing written, no renewal tried (a renewed token carries the same claims), and the
+/// message names MFA, the code and the fix.
+#[tokio::test]
+async fn mfa_required_on_the_reads_stops_before_anything_is_written() {
+    let sandbox = start("[auth]\nmfa_required = true\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 4));
+    let result = license_batch::run(options(&sandbox, &input)).await;
+    let Err(error) = &result else {
+        panic!("{result:?}")
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("multi-factor") && text.contains("900421"),
+        "{text}"
+    );
+    assert!(text.contains("consent again"), "{text}");
+    assert_eq!(exit_code_for(&result), 2);
+    assert!(sandbox.requests().is_empty(), "no license update sent");
+    assert_eq!(sandbox.token_grants().len(), 1, "no renewal after a 900421");
+}
+
+/// MFA enforced mid-run (the rollout reaches the partner at night): the run aborts at the
+/// first 900421 (exit 3) with the rest pending; once the operator consented again with MFA,
+/// the same command sends the rest, each license once.
+#[tokio::test]
+async fn mfa_required_mid_run_aborts_and_the_rest_goes_out_once_it_is_fixed() {
+    let sandbox = start(HELD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &users(CONTOSO, 12));
+    let summary = run_and_flip_after_first_update(&sandbox, sequential(&sandbox, &input), |s| {
+        s.set_mfa_required(true)
+    })
+    .await;
+    let Completion::Aborted(reason) = &summary.completion else {
+        panic!("{:?}", summary.completion)
+    };
+    assert!(
+        reason.contains("multi-factor") && reason.contains("900421"),
+        "{reason}"
+    );
+    let statuses: Vec<u16> = sandbox.requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [201, 401],
+        "aborted at the first 900421, not retried"
+    );
+    assert_eq!(summary.count(RowStatus::Pending), 11);
+    assert_eq!(exit_code_for(&Ok(summary)), 3);
+
+    sandbox.set_mfa_required(false);
+    let again = run(sequential(&sandbox, &input)).await;
+    assert_eq!(again.count(RowStatus::Succeeded), 12);
+    let applied: Vec<String> = sandbox
+        .requests()
+        .iter()
+        .filter(|r| r.applied && !r.replay)
+        .map(|r| r.user.clone())
+        .collect();
+    let distinct: HashSet<&String> = applied.iter().collect();
+    assert_eq!(
+        (applied.len(), distinct.len()),
+        (12, 12),
+        "each user's license applied once"
+    );
+    assert_eq!(sandbox.violations(), Default::default());
+    let contoso: Uuid = CONTOSO.parse().unwrap();
+    assert!(
+        distinct
+            .iter()
+            .all(|user| sandbox.licenses(contoso, user).len() == 1)
+    );
+}
+
 #[tokio::test]
 async fn a_refused_refresh_token_stops_with_advice_and_no_secret() {
     let sandbox = start("").await;

@@ -78,6 +78,16 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Classifi
             };
             (Verdict::Throttled { retry_after: wait }, detail(&told))
         }
+        // Renewing cannot help: a renewed token carries the claims of the same sign-in.
+        (401, Some("900421")) => (
+            Verdict::WrongCredential,
+            detail(
+                "multi-factor authentication required: since 2026 Partner Center refuses App+User \
+                 tokens without an MFA claim, and a renewed token has the same claims; consent \
+                 again signing in with MFA (README, section Credentials) and store the new refresh \
+                 token",
+            ),
+        ),
         (401, _) => (Verdict::Unauthorized, detail("access token rejected")),
         (_, Some("900316")) => (
             Verdict::WrongCredential,
@@ -257,6 +267,20 @@ mod tests {
         let c = classify(400, None, br#"{"code":900316,"description":"Partner token is not allowed in license management calls.","source":"PartnerFD"}"#);
         assert_eq!(c.verdict, Verdict::WrongCredential);
         assert_eq!(c.error_code.as_deref(), Some("900316"));
+        // MFA not in the token: no renewal (it would have the same claims), the fix named.
+        let c = classify(
+            401,
+            None,
+            br#"{"code":900421,"description":"MFA required"}"#,
+        );
+        assert_eq!(c.verdict, Verdict::WrongCredential);
+        assert_eq!(c.error_code.as_deref(), Some("900421"));
+        assert!(
+            c.message.contains("multi-factor") && c.message.contains("consent again"),
+            "{}",
+            c.message
+        );
+        assert_eq!(verdict(401, r#"{"code":900420}"#), Verdict::Unauthorized);
     }
 
     #[test]

@@ -240,6 +240,17 @@ impl Sandbox {
             .partner_token = on;
     }
 
+    /// Turns the MFA enforcement (401 900421 on every call) on or off: off is the operator who
+    /// consented again with MFA.
+    pub fn set_mfa_required(&self, on: bool) {
+        self.state
+            .lock()
+            .expect("sandbox lock")
+            .scenario
+            .auth
+            .mfa_required = on;
+    }
+
     /// The refresh-token grant that the sandbox's token endpoint accepts.
     pub fn credentials(&self) -> RefreshGrant {
         RefreshGrant {

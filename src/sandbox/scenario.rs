@@ -45,6 +45,10 @@ pub struct AuthScenario {
     /// Every licenseupdates call answers 400 code 900316 (a partner-only token).
     #[serde(default)]
     pub partner_token: bool,
+    /// Every call, reads and writes alike, answers 401 code 900421: the token carries no MFA
+    /// claim (its refresh token came from a consent signed in without MFA).
+    #[serde(default)]
+    pub mfa_required: bool,
 }
 
 /// The shape of the sandbox's latency around its mean.

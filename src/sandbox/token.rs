@@ -158,6 +158,17 @@ pub(super) fn check_token(
     if !valid || state.scenario.auth.reject_all_tokens {
         return Err(unauthorized());
     }
+    if state.scenario.auth.mfa_required {
+        // The code is the one partners report; the API's wording is not documented.
+        return Err(Answer::passing(
+            401,
+            error_body(
+                900421,
+                "Multi-factor authentication is required: the access token carries no MFA claim (sandbox wording).",
+                None,
+            ),
+        ));
+    }
     if license_call && state.scenario.auth.partner_token {
         return Err(Answer::passing(
             400,
