@@ -626,3 +626,63 @@ async fn an_unanswered_request_a_newer_run_changed_is_not_replayed() {
         BTreeSet::from([SPB.parse().unwrap()])
     );
 }
+
+/// A request applied and its answer lost, waiting to be retried, when another call finds the
+/// customer blocked (403 900309): it is not sent again in this run, and it stays without a
+/// definitive answer, so the next run (the customer unblocked) sends it again under its own
+/// ID — a replay, not the same change under a new ID.
+#[tokio::test]
+async fn a_request_in_doubt_when_its_customer_is_blocked_keeps_its_id() {
+    let sandbox = start(&format!(
+        "[[customers]]\nid = \"{CONTOSO}\"\nblocked_after_requests = 1\n"
+    ))
+    .await;
+    sandbox.set_faults(answers_lost());
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        row(&user_guid(1), "SPB", "assign", "", "Émilie"),
+        row(&user_guid(2), "SPB", "assign", "", "日本語"),
+    ];
+    let mut opts = night(&sandbox, dir.path(), "night1.csv", &rows).await;
+    // Both in flight at once; the one applied (its answer lost) waits 2 s before its retry,
+    // long after the other's 403 blocked the customer.
+    opts.settings.retry.max_attempts = 3;
+    opts.settings.retry.min_delay = std::time::Duration::from_secs(2);
+    opts.settings.limits.concurrency = license_batch::config::Concurrency::fixed(2);
+    run(opts).await;
+    let first = sandbox.requests();
+    let statuses: BTreeSet<u16> = first.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, BTreeSet::from([503, 403]), "{first:?}");
+    assert_eq!(
+        first.len(),
+        2,
+        "the one in doubt was not sent again to a blocked customer"
+    );
+    let in_doubt = first.iter().find(|r| r.applied).unwrap().clone();
+
+    // The next night asks for that license again (the customer unblocked; its rule would
+    // block it again at the next call, so the sheet holds only this user).
+    sandbox.set_faults(Faults::default());
+    sandbox.set_conditional_access_blocked(CONTOSO.parse().unwrap(), false);
+    let again_rows: Vec<String> = rows
+        .iter()
+        .filter(|r| r.to_lowercase().contains(&in_doubt.user.to_lowercase()))
+        .cloned()
+        .collect();
+    assert_eq!(again_rows.len(), 1);
+    let night2 = night(&sandbox, dir.path(), "night2.csv", &again_rows).await;
+    let report = report_path(&night2.input);
+    run(night2).await;
+    assert_all_succeeded(&report);
+    let again = requests_of(&sandbox.requests()[2..], &in_doubt.user)
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        again[0].request_id, in_doubt.request_id,
+        "sent again under its own ID"
+    );
+    assert!(again[0].replay, "answered from the idempotency store");
+    assert_eq!(sandbox.violations(), Default::default());
+}
