@@ -6,6 +6,7 @@
 //! [`config`] turn flags, env and file into [`RunOptions`]; [`error`] maps results to exit codes.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -15,6 +15,17 @@ fn license_batch(dir: &Path, args: &[&str]) -> Output {
         .expect("binary runs")
 }
 
+/// The binary pointed at a sandbox server, in `dir`.
+fn against(server: &common::SandboxServer, dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_license-batch"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(server.env())
+        .output()
+        .expect("binary runs")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -328,14 +339,14 @@ fn the_same_sheet_again_sends_nothing_the_server_can_see() {
             .len()
     };
     let night = || {
-        Command::new(env!("CARGO_BIN_EXE_license-batch"))
-            .args(["run", "samples/onboarding.csv", "-q"])
-            .args(["--requests-per-minute", "6000"])
-            .current_dir(dir.path())
-            .env_clear()
-            .envs(server.env())
-            .output()
-            .unwrap()
+        let args = [
+            "run",
+            "samples/onboarding.csv",
+            "-q",
+            "--requests-per-minute",
+            "6000",
+        ];
+        against(&server, dir.path(), &args.map(std::ffi::OsStr::new))
     };
     let report = dir.path().join("samples/onboarding.report.csv");
     assert_eq!(night().status.code(), Some(1));
@@ -448,5 +459,108 @@ fn insights_are_written_as_csv() {
     assert!(
         csv.contains("Fabrikam Inc,MICROSOFT 365 E3,30,50,60"),
         "{csv}"
+    );
+}
+
+/// `license-batch check` against the sandbox as a server: one line per customer of the sheet
+/// and of `--customer` — reachable, blocked by Conditional Access, without a GDAP role,
+/// unknown — with what to do; exit 1; the token described (MFA shown) and never printed; and
+/// the server's record shows that nothing was written.
+#[test]
+fn check_names_every_customer_it_cannot_reach_and_writes_nothing() {
+    let (blocked, no_role, unknown) = (
+        "e8d7c6b5-a4f3-4e2d-9c1b-0a9f8e7d6c24",
+        "9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c52",
+        "11111111-2222-4333-8444-555555555555",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::SandboxServer::start(
+        dir.path(),
+        &format!(
+            "[[customers]]\nid = \"{}\"\n[[customers]]\nid = \"{blocked}\"\nconditional_access_blocked = true\n\
+             [[customers]]\nid = \"{no_role}\"\nmissing_gdap_role = true\n",
+            common::CONTOSO
+        ),
+    );
+    let sheet = common::write_csv(
+        dir.path(),
+        "tonight.csv",
+        "customer_id,user_id,sku,name",
+        &[
+            format!("{},émilie@contoso.example,SPB,Émilie", common::CONTOSO),
+            format!("{blocked},łukasz@fabrikam.example,SPB,Łukasz"),
+            format!("{no_role},日本語@tailspin.example,SPB,日本語"),
+            "not-a-tenant,someone@example.com,SPB,invalid".to_string(),
+        ],
+    );
+    let out = against(
+        &server,
+        dir.path(),
+        &[
+            "check".as_ref(),
+            sheet.as_os_str(),
+            "--customer".as_ref(),
+            unknown.as_ref(),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let line = |customer: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(customer))
+            .unwrap_or_else(|| panic!("no line for {customer}: {stdout}"))
+            .to_string()
+    };
+    assert!(line(common::CONTOSO).contains("reachable ("), "{stdout}");
+    let blocked_line = line(blocked);
+    assert!(
+        blocked_line.contains("900309") && blocked_line.contains("What to do"),
+        "{stdout}"
+    );
+    assert!(line(no_role).contains("GDAP"), "{stdout}");
+    assert!(line(unknown).contains("60003"), "{stdout}");
+    assert!(stdout.contains("customers: 1 of 4 reachable"), "{stdout}");
+    assert!(stdout.contains("MFA:      yes"), "{stdout}");
+    for secret in [
+        "sandbox-access-",
+        "sandbox-refresh-",
+        license_batch::sandbox::CLIENT_SECRET,
+    ] {
+        assert!(!stdout.contains(secret) && !text(&out.stderr).contains(secret));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let record = runtime.block_on(server.record());
+    assert_eq!(
+        record["requests"].as_array().unwrap().len(),
+        0,
+        "nothing written"
+    );
+}
+
+/// A token without an MFA claim: `check` says so from the token itself and from the API's
+/// 900421, and exits 2 (the credentials are unusable tonight).
+#[test]
+fn check_shows_a_token_without_mfa_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::SandboxServer::start(dir.path(), "[auth]\nmfa_required = true\n");
+    let out = against(
+        &server,
+        dir.path(),
+        &[
+            "check".as_ref(),
+            "--customer".as_ref(),
+            common::CONTOSO.as_ref(),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("MFA:      NO"), "{stdout}");
+    assert!(
+        stdout.contains("900421") && stdout.contains("consent again"),
+        "{stdout}"
     );
 }

@@ -107,6 +107,24 @@ impl TokenProvider {
         }
     }
 
+    /// Where the tokens come from, for `check`: a ready token, or the refresh-token grant
+    /// with its endpoint (no secret in it).
+    pub fn source(&self) -> String {
+        match &self.credentials {
+            Credentials::AccessToken(_) => {
+                "a ready access token (LICENSE_BATCH_ACCESS_TOKEN)".into()
+            }
+            Credentials::RefreshToken(grant) => format!(
+                "the refresh-token grant, {} endpoint ({})",
+                match grant.endpoint {
+                    TokenEndpoint::V1 => "v1",
+                    TokenEndpoint::V2 => "v2",
+                },
+                grant.token_url()
+            ),
+        }
+    }
+
     /// A token that is not about to expire. Holding the lock while renewing makes concurrent
     /// callers wait for the one renewal instead of each starting their own.
     pub async fn token(&self) -> Result<Secret, AuthError> {

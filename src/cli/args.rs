@@ -36,6 +36,11 @@ pub enum Command {
         after_help = "Example:\n  license-batch verify onboarding.report.csv --config config.toml\n\nExit codes: 0 every checked row agrees; 1 some rows disagree or could not be checked; 2 bad usage or input."
     )]
     Verify(VerifyArgs),
+    /// Prove before the night that the credentials work and every customer is reachable; writes nothing.
+    #[command(
+        after_help = "Examples:\n  license-batch check samples/onboarding.csv --sandbox\n  license-batch check onboarding.csv --config config.toml\n  license-batch check --customer 7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90 --config config.toml\n\nExit codes: 0 the token works, shows MFA, and every customer is reachable; 1 some customers are not reachable, or the token shows no MFA; 2 the credentials are unusable (or bad usage, unreadable input)."
+    )]
+    Check(CheckArgs),
     /// Show the recent runs recorded in the journal and their row counts.
     #[command(
         after_help = "Example:\n  license-batch status --state /var/lib/license-batch/state.sqlite"
@@ -137,6 +142,22 @@ pub struct InsightsArgs {
     /// Write CSV here instead of printing a table.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub log: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A sheet whose customers are checked (its valid rows').
+    pub input: Option<PathBuf>,
+    /// A customer to check as well (repeatable).
+    #[arg(long = "customer", value_name = "CUSTOMER_ID")]
+    pub customers: Vec<uuid::Uuid>,
+    /// Force the CSV delimiter (`,` or `;`) instead of detecting it.
+    #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
     #[command(flatten)]
     pub connect: ConnectArgs,
     #[command(flatten)]

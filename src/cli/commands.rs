@@ -1,4 +1,5 @@
-//! The commands other than `run`/`plan`: `insights`, `verify`, `status`, `report`, `sandbox`.
+//! The commands other than `run`/`plan`: `check`, `insights`, `verify`, `status`, `report`,
+//! `sandbox`.
 
 use super::*;
 
@@ -78,6 +79,25 @@ pub(super) async fn show_insights(args: &InsightsArgs) -> Result<u8, Error> {
     } else {
         exit_code::SOME_NOT_SUCCEEDED
     })
+}
+
+/// `check`: the customers of the sheet and of `--customer`, then the report on stdout.
+pub(super) async fn run_check(args: &CheckArgs) -> Result<u8, Error> {
+    let mut customers: std::collections::BTreeSet<uuid::Uuid> =
+        args.customers.iter().copied().collect();
+    if let Some(input) = &args.input {
+        crate::input::scan_file(input, args.delimiter, |record| {
+            if let crate::input::Record::Row(row) = record
+                && let Ok(request) = row.request
+            {
+                customers.insert(request.customer_id);
+            }
+        })?;
+    }
+    let connection = connect_for(&args.connect).await?;
+    let report = crate::check::check(&connection.calls, customers).await?;
+    print!("{report}");
+    Ok(report.exit_code())
 }
 
 pub(super) async fn run_verify(args: &VerifyArgs) -> Result<u8, Error> {

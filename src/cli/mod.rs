@@ -55,6 +55,10 @@ pub fn main() -> u8 {
             args.log.init_logging();
             exit_with(runtime.block_on(show_insights(&args)))
         }
+        Command::Check(args) => {
+            args.log.init_logging();
+            exit_with(runtime.block_on(run_check(&args)))
+        }
         Command::Verify(args) => {
             args.log.init_logging();
             exit_with(runtime.block_on(run_verify(&args)))

@@ -103,8 +103,22 @@ pub(super) fn issue_token(
             .revoke_tokens_after_secs
             .unwrap_or(lifetime)
     };
+    // Shaped like Azure AD's: a JWT whose claims `check` reads (unsigned: its signature part
+    // is the sandbox's own marker, which the no-secret tests look for).
+    let claims = json!({
+        "aud": "https://api.partnercenter.microsoft.com",
+        "scp": "user_impersonation",
+        "amr": if state.scenario.auth.mfa_required { json!(["pwd"]) } else { json!(["pwd", "mfa"]) },
+        "exp": SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + lifetime,
+        "iss": "license-batch sandbox",
+    });
     let access = format!(
-        "sandbox-access-{}-{}",
+        "{}.{}.sandbox-access-{}-{}",
+        jwt_part(&json!({"alg": "none", "typ": "JWT"})),
+        jwt_part(&claims),
         state.issued,
         Uuid::new_v4().simple()
     );
@@ -129,6 +143,12 @@ pub(super) fn issue_token(
     Json(json!({"token_type": "Bearer", "expires_in": expires_in,
                 "access_token": access, "refresh_token": rotated}))
     .into_response()
+}
+
+/// One base64url part of a JWT.
+fn jwt_part(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
 pub(super) fn unauthorized() -> Answer {
