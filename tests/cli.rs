@@ -522,6 +522,13 @@ fn check_names_every_customer_it_cannot_reach_and_writes_nothing() {
     assert!(line(unknown).contains("60003"), "{stdout}");
     assert!(stdout.contains("customers: 1 of 4 reachable"), "{stdout}");
     assert!(stdout.contains("MFA:      yes"), "{stdout}");
+    // Where the token came from, with the endpoint and the token URL of the settings.
+    let source = format!(
+        "token: obtained from the refresh-token grant, v1 endpoint ({}{}/oauth2/token)",
+        server.url,
+        license_batch::sandbox::TENANT_ID
+    );
+    assert!(stdout.contains(&source), "{stdout}");
     for secret in [
         "sandbox-access-",
         "sandbox-refresh-",
