@@ -3,14 +3,17 @@
 //! [`InputRow`] per data record with its validation result, streamed: memory does not grow
 //! with the file. Nothing is sent from here.
 
+mod header;
+mod rows;
 mod scan;
 mod validate;
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub use header::{Columns, InputHeader, RESULT_COLUMNS};
+pub use rows::{Rows, read_rows};
 pub use scan::Scan;
 pub use validate::{Action, LicenseGroup, PlanRef, RowProblem, RowRequest, SkuRef};
 
@@ -23,38 +26,6 @@ pub struct InputError {
     pub line: Option<u64>,
     pub reason: String,
     pub advice: String,
-}
-
-/// Which column holds which field; indices into the record.
-#[derive(Debug, Clone, Default)]
-pub struct Columns {
-    pub customer: usize,
-    pub user: usize,
-    pub sku: usize,
-    pub license_group: Option<usize>,
-    pub excluded_plans: Option<usize>,
-    pub action: Option<usize>,
-}
-
-/// What the header row says: which columns go to the report and which hold which field.
-#[derive(Debug, Clone)]
-pub struct InputHeader {
-    pub path: PathBuf,
-    pub delimiter: u8,
-    pub headers: Vec<String>,
-    /// Columns carried to the report: every column except `result_*` ones of an earlier report.
-    pub carried: Vec<usize>,
-    pub columns: Columns,
-}
-
-impl InputHeader {
-    /// The names of the columns carried to the report.
-    pub fn carried_names(&self) -> Vec<&str> {
-        self.carried
-            .iter()
-            .map(|&i| self.headers[i].as_str())
-            .collect()
-    }
 }
 
 /// A whole input file in memory (small files: tests, `verify`); a run streams [`Rows`].
@@ -82,67 +53,6 @@ pub struct InputRow {
     /// The cells as read, padded with empty cells to the header's width.
     pub cells: Vec<String>,
     pub request: Result<RowRequest, RowProblem>,
-}
-
-/// The columns this tool adds to a report; ignored when a report is read back as input.
-pub const RESULT_COLUMNS: [&str; 12] = [
-    "result_row",
-    "result_status",
-    "result_sku_id",
-    "result_license_group",
-    "result_http_status",
-    "result_error_code",
-    "result_message",
-    "result_attempts",
-    "result_request_id",
-    "result_correlation_id",
-    "result_finished_at",
-    "result_warnings",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Customer,
-    User,
-    Sku,
-    LicenseGroup,
-    ExcludedPlans,
-    Action,
-}
-
-impl Field {
-    fn canonical(self) -> &'static str {
-        match self {
-            Field::Customer => "customer_id",
-            Field::User => "user_id",
-            Field::Sku => "sku",
-            Field::LicenseGroup => "license_group",
-            Field::ExcludedPlans => "excluded_plans",
-            Field::Action => "action",
-        }
-    }
-
-    /// Header names (normalized) that mean this field (SPEC §3).
-    fn recognise(normalized: &str) -> Option<Field> {
-        Some(match normalized {
-            "customerid" | "customer" | "tenantid" | "customertenantid" => Field::Customer,
-            "userid" | "user" | "upn" | "userprincipalname" => Field::User,
-            "sku" | "skuid" | "productsku" | "product" => Field::Sku,
-            "licensegroup" => Field::LicenseGroup,
-            "excludedplans" => Field::ExcludedPlans,
-            "action" => Field::Action,
-            _ => return None,
-        })
-    }
-}
-
-/// Header matching ignores case, spaces, `_` and `-` (SPEC §3).
-fn normalize_header(name: &str) -> String {
-    name.trim_start_matches('\u{feff}')
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '_' | '-' | '\t'))
-        .flat_map(char::to_lowercase)
-        .collect()
 }
 
 /// Reads an input file's bytes (small files: `verify`, tests); a run uses [`scan_file`] and
@@ -281,239 +191,6 @@ pub fn parse(path: &Path, bytes: &[u8], delimiter: Option<u8>) -> Result<InputFi
         rows: data,
         blank_lines,
     })
-}
-
-/// Reads the header of `source` (a file already [`scan`]ned and without its BOM).
-pub fn read_rows<R: Read>(path: &Path, source: R, delimiter: u8) -> Result<Rows<R>, InputError> {
-    let fail = |line: Option<u64>, reason: String, advice: &str| InputError {
-        path: path.display().to_string(),
-        line,
-        reason,
-        advice: advice.to_string(),
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(LineTracking::new(source));
-    let mut record = csv::ByteRecord::new();
-    let found = reader
-        .read_byte_record(&mut record)
-        .map_err(|e| fail(Some(1), format!("cannot read the header: {e}"), ""))?;
-    if !found {
-        return Err(fail(None, "the file has no header row".into(), ""));
-    }
-    let headers = decode_record(&record, 1, &[], path)?;
-    let (columns, carried) =
-        map_headers(&headers).map_err(|(reason, advice)| fail(Some(1), reason, &advice))?;
-    Ok(Rows {
-        header: InputHeader {
-            path: path.to_path_buf(),
-            delimiter,
-            headers,
-            carried,
-            columns,
-        },
-        reader,
-        record,
-    })
-}
-
-/// The data records of a file, one at a time, each validated.
-pub struct Rows<R> {
-    pub header: InputHeader,
-    reader: csv::Reader<LineTracking<R>>,
-    record: csv::ByteRecord,
-}
-
-impl<R: Read> Iterator for Rows<R> {
-    type Item = Result<Record, InputError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let header = &self.header;
-        match self.reader.read_byte_record(&mut self.record) {
-            Ok(false) => return None,
-            Ok(true) => {}
-            Err(e) => {
-                return Some(Err(InputError {
-                    path: header.path.display().to_string(),
-                    line: e.position().map(|p| p.line()),
-                    reason: format!("not readable as CSV: {e}"),
-                    advice: String::new(),
-                }));
-            }
-        }
-        let start = self.record.position().map_or(0, |p| p.byte());
-        let line = self.reader.get_mut().line_at(start);
-        Some(
-            decode_record(&self.record, line, &header.headers, &header.path).map(|mut cells| {
-                if cells.iter().all(|c| c.trim().is_empty()) {
-                    return Record::Blank(line);
-                }
-                let request = if cells.len() != header.headers.len() {
-                    Err(RowProblem::ragged(
-                        cells.len(),
-                        header.headers.len(),
-                        &cells,
-                    ))
-                } else {
-                    validate::validate_row(&header.columns, &header.headers, &cells)
-                };
-                cells.resize(header.headers.len(), String::new());
-                Record::Row(InputRow {
-                    line,
-                    cells,
-                    request,
-                })
-            }),
-        )
-    }
-}
-
-/// Line numbers from byte offsets. The csv crate's own line count is one short after a CRLF
-/// (a record "starts" at the `\n` of the previous line's `\r\n`) and after skipped empty lines,
-/// so this reader, which the csv reader reads through, notes where the line breaks are. Only
-/// the breaks the csv reader has read ahead of the current record are kept.
-struct LineTracking<R> {
-    inner: R,
-    /// Offset of the next byte to hand out.
-    offset: u64,
-    /// Line breaks at or after the current record's start: (offset, is `\n`).
-    breaks: VecDeque<(u64, bool)>,
-    /// `\n`s before the first kept break.
-    newlines: u64,
-}
-
-impl<R> LineTracking<R> {
-    fn new(inner: R) -> Self {
-        LineTracking {
-            inner,
-            offset: 0,
-            breaks: VecDeque::new(),
-            newlines: 0,
-        }
-    }
-
-    /// The line of a record whose bytes begin at `start` (offsets only grow).
-    fn line_at(&mut self, start: u64) -> u64 {
-        while let Some(&(at, newline)) = self.breaks.front() {
-            if at >= start {
-                break;
-            }
-            self.newlines += u64::from(newline);
-            self.breaks.pop_front();
-        }
-        // Breaks right at the start belong before the record: blank lines, or the `\n` of a
-        // CRLF that ended the previous one.
-        let leading = (start..)
-            .zip(&self.breaks)
-            .take_while(|(next, (at, _))| at == next)
-            .filter(|(_, (_, newline))| *newline)
-            .count() as u64;
-        self.newlines + leading + 1
-    }
-}
-
-impl<R: Read> Read for LineTracking<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let read = self.inner.read(buf)?;
-        for (i, &b) in buf[..read].iter().enumerate() {
-            if b == b'\n' || b == b'\r' {
-                self.breaks.push_back((self.offset + i as u64, b == b'\n'));
-            }
-        }
-        self.offset += read as u64;
-        Ok(read)
-    }
-}
-
-fn decode_record(
-    record: &csv::ByteRecord,
-    line: u64,
-    headers: &[String],
-    path: &Path,
-) -> Result<Vec<String>, InputError> {
-    record
-        .iter()
-        .enumerate()
-        .map(|(i, field)| {
-            String::from_utf8(field.to_vec()).map_err(|_| {
-                let column = headers
-                    .get(i)
-                    .map(|h| format!(" (column {}, {h:?})", i + 1))
-                    .unwrap_or_else(|| format!(" (column {})", i + 1));
-                InputError {
-                    path: path.display().to_string(),
-                    line: Some(line),
-                    reason: format!("a cell is not valid UTF-8{column}"),
-                    advice:
-                        "the file is probably Latin-1/ANSI; save it as \"CSV UTF-8\" and run again"
-                            .into(),
-                }
-            })
-        })
-        .collect()
-}
-
-type HeaderProblem = (String, String);
-
-fn map_headers(headers: &[String]) -> Result<(Columns, Vec<usize>), HeaderProblem> {
-    let mut found: Vec<(Field, usize)> = Vec::new();
-    let mut carried = Vec::new();
-    for (i, name) in headers.iter().enumerate() {
-        let normalized = normalize_header(name);
-        if RESULT_COLUMNS
-            .iter()
-            .any(|r| normalize_header(r) == normalized)
-        {
-            continue;
-        }
-        carried.push(i);
-        if let Some(field) = Field::recognise(&normalized) {
-            if let Some(&(_, first)) = found.iter().find(|(f, _)| *f == field) {
-                return Err((
-                    format!(
-                        "columns {} ({:?}) and {} ({:?}) both mean {}",
-                        first + 1,
-                        headers[first],
-                        i + 1,
-                        name,
-                        field.canonical()
-                    ),
-                    "keep one of them, or rename the other".into(),
-                ));
-            }
-            found.push((field, i));
-        }
-    }
-    let index = |field: Field| found.iter().find(|(f, _)| *f == field).map(|&(_, i)| i);
-    let missing: Vec<&str> = [Field::Customer, Field::User, Field::Sku]
-        .into_iter()
-        .filter(|f| index(*f).is_none())
-        .map(Field::canonical)
-        .collect();
-    if !missing.is_empty() {
-        return Err((
-            format!(
-                "required column{} missing: {} (header is: {})",
-                if missing.len() > 1 { "s" } else { "" },
-                missing.join(", "),
-                headers.join(", ")
-            ),
-            "the header row needs customer_id, user_id and sku (aliases: customer/tenant_id, user/upn, sku_id/product)".into(),
-        ));
-    }
-    Ok((
-        Columns {
-            customer: index(Field::Customer).unwrap_or_default(),
-            user: index(Field::User).unwrap_or_default(),
-            sku: index(Field::Sku).unwrap_or_default(),
-            license_group: index(Field::LicenseGroup),
-            excluded_plans: index(Field::ExcludedPlans),
-            action: index(Field::Action),
-        },
-        carried,
-    ))
 }
 
 #[cfg(test)]
