@@ -1,6 +1,7 @@
-//! One group's life: send its open operations pass by pass (a pass = the operations that share
-//! one request ID), retry a pass with the same ID, and map each answer (SPEC §5) to outcomes,
-//! new passes, customer blocks or a run abort.
+//! One group's life ([`GroupRun`]): its open operations sent pass by pass (a pass = the
+//! operations that share one request ID) through the call path, and each end mapped (SPEC §5)
+//! to outcomes, new passes, customer blocks or a run abort: `send` (one pass), `give_up`
+//! (retries ran out), `answered` (a definitive answer), `finish` (pending for the rest).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::{CustomerBlock, GroupWork, Pass, Shared};
 use crate::api::Exchange;
 use crate::api::classify::Verdict;
 use crate::api::models::LicenseUpdateRequest;
+use crate::input::Action;
 use crate::outcome::{OperationOutcome, OperationStatus};
 use crate::plan::Group;
 use crate::secret::Secret;
@@ -181,49 +183,88 @@ pub(super) async fn run_group(
     work: &GroupWork,
     permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Vec<(usize, OperationOutcome)> {
-    let group = &work.request;
-    let operations = &group.operations;
-    let mut outcomes: Vec<Option<OperationOutcome>> = vec![None; operations.len()];
-    let mut passes: VecDeque<Pass> = work.passes.iter().cloned().collect();
-    let mut attempts = work.previous_attempts;
-    let mut last = LastExchange::default();
-    let settle = |outcomes: &mut Vec<Option<OperationOutcome>>,
-                  which: &[usize],
-                  outcome: OperationOutcome| {
-        for &i in which {
-            outcomes[i] = Some(outcome.clone());
-        }
+    let mut run = GroupRun {
+        shared,
+        work,
+        outcomes: vec![None; work.request.operations.len()],
+        passes: work.passes.iter().cloned().collect(),
+        attempts: work.previous_attempts,
+        last: LastExchange::default(),
+        unanswered: Vec::new(),
     };
-    // The licenses (SKU, action) of passes that ended without a definitive answer: a later
-    // pass that asks for one of them again must not go out under another request ID while
-    // the first one's outcome is unknown (SPEC §8).
-    let mut unanswered: Vec<(Uuid, crate::input::Action)> = Vec::new();
+    while let Some(pass) = run.passes.pop_front() {
+        if run.send(pass, permit).await == Flow::Stop {
+            break;
+        }
+    }
+    run.finish()
+}
 
-    // `continue 'pass`: this pass has its answer, go on with the next one.
-    // `break 'pass`: the run stops; what is open stays pending.
-    'pass: while let Some(Pass {
-        request_id,
-        operations: mut remaining,
-        sent_before,
-    }) = passes.pop_front()
-    {
-        let license = |&i: &usize| (operations[i].sku_id, operations[i].action);
-        if remaining.iter().any(|i| unanswered.contains(&license(i))) {
+/// One group being sent: what is known so far of each of its operations.
+struct GroupRun<'a> {
+    shared: &'a Shared,
+    work: &'a GroupWork,
+    outcomes: Vec<Option<OperationOutcome>>,
+    /// The requests still to send, in order.
+    passes: VecDeque<Pass>,
+    attempts: u32,
+    last: LastExchange,
+    /// The licenses (SKU, action) of passes that ended without a definitive answer: a later
+    /// pass that asks for one of them again must not go out under another request ID while
+    /// the first one's outcome is unknown (SPEC §8).
+    unanswered: Vec<(Uuid, Action)>,
+}
+
+/// After a pass: on with the next one, or the run stops (what is open stays pending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Next,
+    Stop,
+}
+
+impl GroupRun<'_> {
+    fn license(&self, op: usize) -> (Uuid, Action) {
+        let operation = &self.work.request.operations[op];
+        (operation.sku_id, operation.action)
+    }
+
+    fn settle(&mut self, which: &[usize], outcome: OperationOutcome) {
+        for &op in which {
+            self.outcomes[op] = Some(outcome.clone());
+        }
+    }
+
+    fn failed(&self, text: String) -> OperationOutcome {
+        self.last
+            .outcome(OperationStatus::Failed, self.attempts, text)
+    }
+
+    /// Sends one pass under the call policy and settles what its end says.
+    async fn send(&mut self, pass: Pass, permit: &mut Option<OwnedSemaphorePermit>) -> Flow {
+        let Pass {
+            request_id,
+            operations: remaining,
+            sent_before,
+        } = pass;
+        if remaining
+            .iter()
+            .any(|&op| self.unanswered.contains(&self.license(op)))
+        {
             let outcome = OperationOutcome {
                 // Sent before (before a resume, or by an earlier run), it may be applied.
                 unanswered: sent_before,
-                ..last.outcome(
-                    OperationStatus::Failed,
-                    attempts,
+                ..self.failed(
                     "not sent: an earlier request for this license got no answer; the next run \
                      sends that request again first"
                         .into(),
                 )
             };
-            settle(&mut outcomes, &remaining, outcome);
-            continue 'pass;
+            self.settle(&remaining, outcome);
+            return Flow::Next;
         }
-        let body = LicenseUpdateRequest::for_operations(remaining.iter().map(|&i| &operations[i]));
+        let (shared, group) = (self.shared, &self.work.request);
+        let body =
+            LicenseUpdateRequest::for_operations(remaining.iter().map(|&op| &group.operations[op]));
         let mut sending = Sending {
             shared,
             group,
@@ -232,72 +273,75 @@ pub(super) async fn run_group(
             permit,
         };
         let called = shared.calls.call(CallKind::Write, &mut sending).await;
-        attempts += called.attempts;
+        self.attempts += called.attempts;
         if let Some(exchange) = &called.last {
-            last.record(request_id, exchange);
+            self.last.record(request_id, exchange);
         }
         // Sent before (before a resume, or in the earlier run whose request this pass carries),
         // or retried here after a transient error: a give-up leaves the request without a
         // definitive answer.
         let maybe_applied = sent_before || called.maybe_applied;
-        let message = last.message.clone();
-        let failed = |last: &LastExchange, text: String| {
-            last.outcome(OperationStatus::Failed, attempts, text)
-        };
-        let verdict = match called.end {
-            CallEnd::Answered(verdict) => verdict,
+        let message = self.last.message.clone();
+        match called.end {
+            CallEnd::Answered(verdict) => return self.answered(remaining, verdict).await,
             CallEnd::ThrottledOut { after } => {
                 let text = format!(
-                    "gave up after {attempts} attempts in {}s (retry.max_elapsed_secs): {message}",
+                    "gave up after {} attempts in {}s (retry.max_elapsed_secs): {message}",
+                    self.attempts,
                     after.as_secs()
                 );
-                let outcome = OperationOutcome {
-                    unanswered: maybe_applied,
-                    ..failed(&last, text)
-                };
-                if maybe_applied {
-                    unanswered.extend(remaining.iter().map(license));
-                }
-                settle(&mut outcomes, &remaining, outcome);
-                continue 'pass;
+                self.give_up(&remaining, text, maybe_applied);
             }
             CallEnd::TransientOut => {
-                let text = format!("gave up after {attempts} attempts: {message}");
-                unanswered.extend(remaining.iter().map(license));
-                let outcome = OperationOutcome {
-                    unanswered: true,
-                    ..failed(&last, text)
-                };
-                settle(&mut outcomes, &remaining, outcome);
-                continue 'pass;
+                let text = format!("gave up after {} attempts: {message}", self.attempts);
+                self.give_up(&remaining, text, true);
             }
             CallEnd::Held(block) => {
-                let outcome = blocked(&block, &last, attempts, maybe_applied);
-                settle(&mut outcomes, &remaining, outcome);
-                continue 'pass;
+                let outcome = blocked(&block, &self.last, self.attempts, maybe_applied);
+                self.settle(&remaining, outcome);
             }
             CallEnd::NoToken(error) => {
                 shared.abort(error.to_string());
-                break 'pass;
+                return Flow::Stop;
             }
-            CallEnd::Stopped => break 'pass,
+            CallEnd::Stopped => return Flow::Stop,
+        }
+        Flow::Next
+    }
+
+    /// The retries ran out. `in_doubt`: an attempt may have been applied, so the request stays
+    /// unanswered (its ID carried to the next run) and this run asks for its licenses no more.
+    fn give_up(&mut self, remaining: &[usize], text: String, in_doubt: bool) {
+        if in_doubt {
+            let licenses: Vec<_> = remaining.iter().map(|&op| self.license(op)).collect();
+            self.unanswered.extend(licenses);
+        }
+        let outcome = OperationOutcome {
+            unanswered: in_doubt,
+            ..self.failed(text)
         };
+        self.settle(remaining, outcome);
+    }
+
+    /// What a definitive answer (SPEC §5) does to the pass's operations and to the passes left.
+    async fn answered(&mut self, mut remaining: Vec<usize>, verdict: Verdict) -> Flow {
+        let (shared, work) = (self.shared, self.work);
+        let group = &work.request;
+        let message = self.last.message.clone();
         match verdict {
             Verdict::Succeeded { warnings } => {
-                let mut outcome = last.outcome(OperationStatus::Succeeded, attempts, String::new());
-                outcome.warnings = warnings;
-                settle(&mut outcomes, &remaining, outcome);
+                let outcome = OperationOutcome {
+                    warnings,
+                    ..self
+                        .last
+                        .outcome(OperationStatus::Succeeded, self.attempts, String::new())
+                };
+                self.settle(&remaining, outcome);
             }
             Verdict::Unauthorized | Verdict::WrongCredential => {
                 // The answer spent this request ID (the docs reset it after any response):
                 // a resumed run gets a new one, recorded before it could be used.
-                begin_passes(
-                    shared,
-                    work.group,
-                    vec![new_pass(remaining.clone())],
-                    Vec::new(),
-                )
-                .await;
+                begin_passes(shared, work.group, vec![new_pass(remaining)], Vec::new()).await;
                 shared.abort(if verdict == Verdict::Unauthorized {
                     "the API refused a freshly renewed access token (HTTP 401 twice); check that \
                      the app registration has Partner Center API permission and the consent is valid"
@@ -305,29 +349,33 @@ pub(super) async fn run_group(
                 } else {
                     message
                 });
-                break 'pass;
+                return Flow::Stop;
             }
             Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
                 shared.block_customer(
                     group.customer_id,
                     CustomerBlock {
-                        http_status: last.http_status,
-                        error_code: last.error_code.clone(),
+                        http_status: self.last.http_status,
+                        error_code: self.last.error_code.clone(),
                         message: message.clone(),
                     },
                 );
-                settle(&mut outcomes, &remaining, failed(&last, message));
+                let outcome = self.failed(message);
+                self.settle(&remaining, outcome);
             }
             Verdict::SeatsExhausted { sku } => {
-                let named =
-                    sku.and_then(|sku| remaining.iter().position(|&i| operations[i].sku_id == sku));
+                let named = sku.and_then(|sku| {
+                    remaining
+                        .iter()
+                        .position(|&op| group.operations[op].sku_id == sku)
+                });
                 match named {
                     // Only the named SKU is short: fail it, re-send the rest as a new request.
                     Some(position) if remaining.len() > 1 => {
                         let op = remaining.remove(position);
                         let outcome =
-                            failed(&last, format!("{message} (SKU {})", operations[op].sku_id));
-                        outcomes[op] = Some(outcome.clone());
+                            self.failed(format!("{message} (SKU {})", group.operations[op].sku_id));
+                        self.outcomes[op] = Some(outcome.clone());
                         let rest = new_pass(remaining);
                         if !begin_passes(
                             shared,
@@ -337,56 +385,70 @@ pub(super) async fn run_group(
                         )
                         .await
                         {
-                            break 'pass;
+                            return Flow::Stop;
                         }
-                        passes.push_front(rest);
+                        self.passes.push_front(rest);
                     }
-                    _ => settle(&mut outcomes, &remaining, failed(&last, message)),
+                    _ => {
+                        let outcome = self.failed(message);
+                        self.settle(&remaining, outcome);
+                    }
                 }
             }
             // A 400 the API does not attribute to one SKU: send each SKU on its own, so every
             // row gets its own true outcome.
-            Verdict::Rejected if last.http_status == Some(400) && remaining.len() > 1 => {
+            Verdict::Rejected if self.last.http_status == Some(400) && remaining.len() > 1 => {
                 let singles: Vec<Pass> = remaining.iter().map(|&op| new_pass(vec![op])).collect();
                 if !begin_passes(shared, work.group, singles.clone(), Vec::new()).await {
-                    break 'pass;
+                    return Flow::Stop;
                 }
                 tracing::info!(
                     customer = %group.customer_id, user = %group.user,
                     "HTTP 400 for {} SKUs together; sending them one by one", remaining.len()
                 );
                 for single in singles.into_iter().rev() {
-                    passes.push_front(single);
+                    self.passes.push_front(single);
                 }
             }
-            Verdict::UserNotFound | Verdict::Rejected => {
-                settle(&mut outcomes, &remaining, failed(&last, message));
-            }
-            // The call ends on these only by its retries running out (above).
-            Verdict::Throttled { .. } | Verdict::Transient => {
-                settle(&mut outcomes, &remaining, failed(&last, message));
+            // The call ends on the last two only by its retries running out (above).
+            Verdict::UserNotFound
+            | Verdict::Rejected
+            | Verdict::Throttled { .. }
+            | Verdict::Transient => {
+                let outcome = self.failed(message);
+                self.settle(&remaining, outcome);
             }
         }
+        Flow::Next
     }
 
-    let pending_message = if last.request_id.is_some() {
-        let last_answer = if last.message.is_empty() {
-            "none"
+    /// An outcome for each of the group's open operations: what was settled, else pending.
+    fn finish(mut self) -> Vec<(usize, OperationOutcome)> {
+        let last = &self.last;
+        let pending_message = if last.request_id.is_some() {
+            let last_answer = if last.message.is_empty() {
+                "none"
+            } else {
+                &last.message
+            };
+            format!(
+                "no definitive answer before the run stopped (last: {last_answer}); run the same command again to resume"
+            )
         } else {
-            &last.message
+            "not sent: the run stopped first; run the same command again to resume".into()
         };
-        format!(
-            "no definitive answer before the run stopped (last: {last_answer}); run the same command again to resume"
-        )
-    } else {
-        "not sent: the run stopped first; run the same command again to resume".into()
-    };
-    work.operations()
-        .map(|op| {
-            let outcome = outcomes[op].take().unwrap_or_else(|| {
-                last.outcome(OperationStatus::Pending, attempts, pending_message.clone())
-            });
-            (op, outcome)
-        })
-        .collect()
+        self.work
+            .operations()
+            .map(|op| {
+                let outcome = self.outcomes[op].take().unwrap_or_else(|| {
+                    last.outcome(
+                        OperationStatus::Pending,
+                        self.attempts,
+                        pending_message.clone(),
+                    )
+                });
+                (op, outcome)
+            })
+            .collect()
+    }
 }
