@@ -78,9 +78,32 @@ pub fn check_outputs(
     Ok(())
 }
 
+/// The folder a file goes in (a temporary file beside it, then a rename): its parent, or the
+/// working directory for a bare file name, whose parent is the empty path.
+pub fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_goes_in_its_folder_or_the_working_directory() {
+        assert_eq!(folder_of(Path::new("bare.csv")), PathBuf::from("."));
+        assert_eq!(
+            folder_of(Path::new("nights/Łukasz.csv")),
+            PathBuf::from("nights")
+        );
+        assert_eq!(
+            folder_of(Path::new("/srv/日本語/token")),
+            PathBuf::from("/srv/日本語")
+        );
+        assert_eq!(folder_of(Path::new("/token")), PathBuf::from("/"));
+    }
 
     #[test]
     fn spellings_of_one_file_are_the_same_file() {

@@ -150,7 +150,7 @@ impl ReportWriter {
     /// Creates the temporary file and writes the header: the carried input columns, then
     /// the `result_*` columns.
     pub fn create(path: &Path, delimiter: u8, headers: &[String]) -> std::io::Result<Self> {
-        let dir = folder_of(path);
+        let dir = crate::paths::folder_of(path);
         // A fixed temporary name beside the target: a run killed while writing leaves one
         // stale file that the next write of the same report simply replaces.
         let file_name = path
@@ -227,17 +227,8 @@ impl ReportWriter {
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
     tempfile::Builder::new()
         .prefix(".license-batch-check-")
-        .tempfile_in(folder_of(path))
+        .tempfile_in(crate::paths::folder_of(path))
         .map(drop)
-}
-
-/// The folder a report goes in: its parent, or the working directory for a bare file name
-/// (whose parent is the empty path).
-fn folder_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 /// Rewrites a run's report from the journal (also `license-batch report`), row by row;
@@ -274,7 +265,6 @@ mod tests {
         writer.finish().unwrap();
         assert!(path.exists());
         assert!(!dir.path().join(".night.report.csv.tmp").exists());
-        assert_eq!(folder_of(Path::new("bare.csv")), PathBuf::from("."));
     }
 
     #[test]

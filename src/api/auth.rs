@@ -240,13 +240,9 @@ impl TokenProvider {
 /// rename, so a crash never leaves a half-written token.
 pub fn write_private_atomically(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let mut temp = tempfile::Builder::new()
         .prefix(".license-batch-token-")
-        .tempfile_in(&dir)?;
+        .tempfile_in(crate::paths::folder_of(path))?;
     // tempfile creates files readable by the owner only (0600) on Unix.
     temp.write_all(content.as_bytes())?;
     temp.write_all(b"\n")?;
