@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use crate::country::UsageLocation;
 use crate::secret::Secret;
 
 /// A configuration that cannot be used: which key or file, and what is wrong with it.
@@ -89,6 +90,7 @@ pub struct RunSection {
     pub insights: Option<bool>,
     pub max_failure_ratio: Option<f64>,
     pub failure_ratio_min_groups: Option<u64>,
+    pub default_usage_location: Option<String>,
 }
 
 /// Which token endpoint of the authority the refresh-token grant goes to (SPEC §6).
@@ -217,6 +219,9 @@ pub struct RunSettings {
     pub insights: bool,
     pub max_failure_ratio: f64,
     pub failure_ratio_min_groups: u64,
+    /// Given to a user the API refuses a license for lack of a usage location, when its rows
+    /// give none (SPEC §5).
+    pub default_usage_location: Option<UsageLocation>,
 }
 
 /// Secrets read from the environment (never from flags or the config file, SPEC §6).
@@ -294,6 +299,18 @@ impl Settings {
                 "run.max_failure_ratio must be between 0 and 1, got {max_failure_ratio}"
             )));
         }
+        let default_usage_location = match env_or(
+            "LICENSE_BATCH_DEFAULT_USAGE_LOCATION",
+            file.run.default_usage_location,
+        ) {
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => Some(UsageLocation::parse(&text).map_err(|message| {
+                ConfigError(format!(
+                    "run.default_usage_location (or LICENSE_BATCH_DEFAULT_USAGE_LOCATION): {message}"
+                ))
+            })?),
+            None => None,
+        };
         let timeout_secs = file.api.timeout_secs.unwrap_or(30);
         if timeout_secs == 0 {
             return Err(ConfigError("api.timeout_secs must be at least 1".into()));
@@ -335,6 +352,7 @@ impl Settings {
                 insights: overrides.insights.or(file.run.insights).unwrap_or(true),
                 max_failure_ratio,
                 failure_ratio_min_groups: file.run.failure_ratio_min_groups.unwrap_or(100),
+                default_usage_location,
             },
         })
     }
@@ -417,6 +435,45 @@ mod tests {
         let file: FileConfig = toml::from_str("[limits]\nconcurrency = 2\n").unwrap();
         let s = Settings::resolve(file, &no_env, &flag).unwrap();
         assert_eq!(s.limits.concurrency, Concurrency::fixed(5));
+    }
+
+    #[test]
+    fn a_default_usage_location_comes_from_the_file_or_the_environment_and_is_checked() {
+        let file = |text: &str| toml::from_str::<FileConfig>(text).unwrap();
+        let resolve = |file, env: &dyn Fn(&str) -> Option<String>| {
+            Settings::resolve(file, env, &Overrides::default())
+        };
+        let from_file = resolve(file("[run]\ndefault_usage_location = \"nl\"\n"), &no_env);
+        assert_eq!(
+            from_file
+                .unwrap()
+                .run
+                .default_usage_location
+                .unwrap()
+                .as_str(),
+            "NL"
+        );
+        let env = |k: &str| (k == "LICENSE_BATCH_DEFAULT_USAGE_LOCATION").then(|| "JP".into());
+        let from_env = resolve(file("[run]\ndefault_usage_location = \"NL\"\n"), &env);
+        assert_eq!(
+            from_env
+                .unwrap()
+                .run
+                .default_usage_location
+                .unwrap()
+                .as_str(),
+            "JP"
+        );
+        let unset = resolve(file("[run]\ndefault_usage_location = \"\"\n"), &no_env);
+        assert_eq!(unset.unwrap().run.default_usage_location, None);
+        let bad = resolve(
+            file("[run]\ndefault_usage_location = \"Nederland\"\n"),
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("run.default_usage_location"), "{bad}");
+        assert!(bad.contains("two-letter country code"), "{bad}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod country;
 pub mod engine;
 pub mod error;
 pub mod input;

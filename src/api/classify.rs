@@ -28,9 +28,16 @@ pub enum Verdict {
     UserNotFound,
     /// 400 60012: out of seats, for the SKU named in `data` when it is named.
     SeatsExhausted { sku: Option<Uuid> },
+    /// 400 whose description says the user has an invalid usage location (the code is not
+    /// documented, so the description decides): give the user one, then send again.
+    UsageLocationMissing,
     /// Any other 4xx: the group's rows fail.
     Rejected,
 }
+
+/// How Partner Center words a refusal for a missing usage location ("License assignment
+/// cannot be done for user with invalid usage location."), matched without case.
+const INVALID_USAGE_LOCATION: &str = "invalid usage location";
 
 /// A classified response: the verdict plus what the report shows.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +121,10 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Classifi
                 sku: error.data.iter().find_map(|d| sku_in_quota_message(d)),
             },
             detail("out of licenses; buy more seats and run again"),
+        ),
+        (400, _) if description.to_lowercase().contains(INVALID_USAGE_LOCATION) => (
+            Verdict::UsageLocationMissing,
+            detail("the user has no usage location"),
         ),
         (408 | 500 | 502 | 503 | 504, _) => (Verdict::Transient, detail("temporary server error")),
         (500..=599, _) if !matches!(status, 501 | 505) => {
@@ -324,6 +335,29 @@ mod tests {
         assert_eq!(
             verdict(400, r#"{"code":60012}"#),
             Verdict::SeatsExhausted { sku: None }
+        );
+    }
+
+    /// Recognised by the description, whatever the code (it is not documented), or none.
+    #[test]
+    fn a_missing_usage_location_is_known_by_its_description() {
+        let description = "License assignment cannot be done for user with invalid usage location.";
+        for body in [
+            format!(r#"{{"code":600041,"description":"{description}","source":"PartnerFD"}}"#),
+            format!(r#"{{"description":"{}"}}"#, description.to_uppercase()),
+        ] {
+            let c = classify(400, None, body.as_bytes());
+            assert_eq!(c.verdict, Verdict::UsageLocationMissing, "{body}");
+            assert!(c.message.contains(description) || c.message.contains("LICENSE ASSIGNMENT"));
+        }
+        // Another 400, or the same words with another status, is not it.
+        assert_eq!(
+            verdict(400, r#"{"description":"invalid usage"}"#),
+            Verdict::Rejected
+        );
+        assert_eq!(
+            verdict(403, &format!(r#"{{"description":"{description}"}}"#)),
+            Verdict::CustomerForbidden
         );
     }
 

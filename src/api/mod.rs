@@ -12,6 +12,7 @@ use reqwest::Url;
 use uuid::Uuid;
 
 use crate::config::ApiSettings;
+use crate::country::UsageLocation;
 use crate::secret::Secret;
 use auth::TokenProvider;
 use classify::{Classified, Verdict};
@@ -167,6 +168,23 @@ impl ApiClient {
         }
     }
 
+    /// "Update user accounts for a customer" with only the usage location (SPEC §5), under the
+    /// given request ID: `PATCH …/v1/customers/{customer}/users/{user}`.
+    pub async fn set_usage_location(
+        &self,
+        customer: Uuid,
+        user: &str,
+        location: &UsageLocation,
+        request_id: Uuid,
+        token: &Secret,
+    ) -> Exchange {
+        let request = self
+            .http
+            .patch(self.customer_url(customer, &["users", user]))
+            .json(&models::UsageLocationUpdate::new(location));
+        self.write(request, request_id, token).await
+    }
+
     /// Sends one LicenseUpdate with the given request ID and a fresh correlation ID.
     pub async fn send_license_update(
         &self,
@@ -176,11 +194,21 @@ impl ApiClient {
         request_id: Uuid,
         token: &Secret,
     ) -> Exchange {
-        let correlation_id = Uuid::new_v4();
         let request = self
             .http
             .post(self.license_update_url(customer, user))
             .json(body);
+        self.write(request, request_id, token).await
+    }
+
+    /// One write under `request_id` and a fresh correlation ID, its answer classified.
+    async fn write(
+        &self,
+        request: reqwest::RequestBuilder,
+        request_id: Uuid,
+        token: &Secret,
+    ) -> Exchange {
+        let correlation_id = Uuid::new_v4();
         match self.call(request, request_id, correlation_id, token).await {
             Ok((status, retry_after, answer)) => Exchange {
                 http_status: Some(status),

@@ -5,9 +5,36 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::country::UsageLocation;
 use crate::input::{Action, LicenseGroup};
 use crate::plan::Operation;
 use crate::plan::catalog::ServicePlan;
+
+/// The body of "Update user accounts for a customer" that sets only the usage location
+/// (SPEC §5): `{"usageLocation":"NL","attributes":{"objectType":"CustomerUser"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageLocationUpdate {
+    pub usage_location: String,
+    pub attributes: CustomerUserAttributes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerUserAttributes {
+    pub object_type: &'static str,
+}
+
+impl UsageLocationUpdate {
+    pub fn new(location: &UsageLocation) -> UsageLocationUpdate {
+        UsageLocationUpdate {
+            usage_location: location.as_str().to_string(),
+            attributes: CustomerUserAttributes {
+                object_type: "CustomerUser",
+            },
+        }
+    }
+}
 
 /// The LicenseUpdate resource sent to `…/licenseupdates`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -271,6 +298,15 @@ pub fn deployment_insights(body: &Value) -> Vec<DeploymentInsight> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_usage_location_patch_body_is_the_documented_one() {
+        let body = UsageLocationUpdate::new(&UsageLocation::parse("nl").unwrap());
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"usageLocation": "NL", "attributes": {"objectType": "CustomerUser"}})
+        );
+    }
 
     #[test]
     fn an_error_code_is_a_number_or_a_string_and_a_blank_one_is_none() {

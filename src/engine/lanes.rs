@@ -115,6 +115,7 @@ mod tests {
             },
             passes: Vec::new(),
             previous_attempts: 0,
+            location: Default::default(),
         };
         let groups = customers
             .iter()

@@ -8,6 +8,7 @@
 
 mod call;
 mod lanes;
+mod location;
 pub mod pacing;
 mod pool;
 mod read;
@@ -15,6 +16,7 @@ mod worker;
 
 pub use call::{Dispatcher, Stats, StatsSnapshot};
 pub use lanes::{Work, WorkSource};
+pub use location::{GivenLocation, LocationFix, LocationWork};
 pub use pool::GROWS_FOR_PER_MINUTE;
 pub use read::{ReadFailure, ReadFailureKind};
 
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Concurrency, Settings};
+use crate::country::UsageLocation;
 use crate::outcome::Completion;
 use crate::outcome::{OperationOutcome, OperationStatus};
 use crate::plan::Group;
@@ -44,6 +47,7 @@ pub struct EngineSettings {
     pub min_retry_delay: Duration,
     pub max_failure_ratio: f64,
     pub failure_ratio_min_groups: u64,
+    pub default_usage_location: Option<UsageLocation>,
 }
 
 impl From<&Settings> for EngineSettings {
@@ -56,6 +60,7 @@ impl From<&Settings> for EngineSettings {
             min_retry_delay: s.retry.min_delay,
             max_failure_ratio: s.run.max_failure_ratio,
             failure_ratio_min_groups: s.run.failure_ratio_min_groups,
+            default_usage_location: s.run.default_usage_location.clone(),
         }
     }
 }
@@ -83,6 +88,14 @@ pub trait Recorder: Send + Sync {
         passes: Vec<Pass>,
         settled: Vec<(usize, OperationOutcome)>,
     ) -> oneshot::Receiver<Result<(), String>>;
+    /// Records the group's usage-location fix as it now stands (before its PATCH is sent, and
+    /// once it is answered) with the passes that follow it; resolves once durable.
+    fn record_location(
+        &self,
+        group: usize,
+        fix: LocationFix,
+        passes: Vec<Pass>,
+    ) -> oneshot::Receiver<Result<(), String>>;
 }
 
 /// One request of a group: the operations sent together under one MS-RequestId.
@@ -105,6 +118,8 @@ pub struct GroupWork {
     pub passes: Vec<Pass>,
     /// Attempts made for this group before a resume; counting continues from here.
     pub previous_attempts: u32,
+    /// The usage location its rows give, and a fix recorded before a resume.
+    pub location: LocationWork,
 }
 
 impl GroupWork {
@@ -151,6 +166,7 @@ impl GroupWork {
             request,
             passes,
             previous_attempts,
+            location: LocationWork::default(),
         })
     }
 

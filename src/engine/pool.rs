@@ -141,6 +141,7 @@ pub(super) mod tests {
             min_retry_delay: Duration::from_millis(500),
             max_failure_ratio: 0.5,
             failure_ratio_min_groups: 100,
+            default_usage_location: None,
         }
     }
 

@@ -12,10 +12,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::call::{Attempt, CallEnd, CallKind, sleep_unless_stopped};
+use super::location::{LocationChoice, LocationFix};
 use super::{CustomerBlock, GroupWork, Pass, Shared};
 use crate::api::Exchange;
 use crate::api::classify::Verdict;
 use crate::api::models::LicenseUpdateRequest;
+use crate::country::UsageLocation;
 use crate::input::Action;
 use crate::outcome::{OperationOutcome, OperationStatus};
 use crate::plan::Group;
@@ -64,7 +66,15 @@ async fn begin_passes(
     passes: Vec<Pass>,
     settled: Vec<(usize, OperationOutcome)>,
 ) -> bool {
-    match shared.recorder.begin_passes(group, passes, settled).await {
+    durable(shared, shared.recorder.begin_passes(group, passes, settled)).await
+}
+
+/// Whether what the journal was given is committed; if not, the run aborts.
+async fn durable(
+    shared: &Shared,
+    committed: tokio::sync::oneshot::Receiver<Result<(), String>>,
+) -> bool {
+    match committed.await {
         Ok(Ok(())) => true,
         Ok(Err(error)) => {
             shared.abort(format!("cannot write the journal: {error}"));
@@ -77,6 +87,28 @@ async fn begin_passes(
     }
 }
 
+/// Records the group's usage-location fix as it now stands, and the passes that follow it,
+/// before the PATCH (or the passes) go out; `false` (and the run aborts) when it cannot be.
+async fn record_location(
+    shared: &Shared,
+    group: usize,
+    fix: LocationFix,
+    passes: Vec<Pass>,
+) -> bool {
+    durable(shared, shared.recorder.record_location(group, fix, passes)).await
+}
+
+/// Why the run aborts on a credential refusal (`message`: the answer's, for 900316/900421).
+fn credential_abort(verdict: &Verdict, message: String) -> String {
+    if *verdict == Verdict::Unauthorized {
+        "the API refused a freshly renewed access token (HTTP 401 twice); check that \
+         the app registration has Partner Center API permission and the consent is valid"
+            .into()
+    } else {
+        message
+    }
+}
+
 fn new_pass(operations: Vec<usize>) -> Pass {
     Pass {
         request_id: Uuid::new_v4(),
@@ -85,11 +117,18 @@ fn new_pass(operations: Vec<usize>) -> Pass {
     }
 }
 
-/// One pass on the wire: its body under its request ID, for the group's customer.
+/// What a group sends: a pass's LicenseUpdate, or the PATCH that gives its user a usage
+/// location.
+enum Request<'a> {
+    Update(&'a LicenseUpdateRequest),
+    Location(&'a UsageLocation),
+}
+
+/// One request on the wire under its request ID, for the group's customer.
 struct Sending<'a> {
     shared: &'a Shared,
     group: &'a Group,
-    body: &'a LicenseUpdateRequest,
+    request: Request<'a>,
     request_id: Uuid,
     /// The group's place among the requests in flight.
     permit: &'a mut Option<OwnedSemaphorePermit>,
@@ -109,18 +148,20 @@ impl Attempt for Sending<'_> {
 
     async fn send(&mut self, token: &Secret) -> Exchange {
         let group = self.group;
-        let exchange = self
-            .shared
-            .calls
-            .client
-            .send_license_update(
-                group.customer_id,
-                &group.user,
-                self.body,
-                self.request_id,
-                token,
-            )
-            .await;
+        let client = &self.shared.calls.client;
+        let (customer, user, id) = (group.customer_id, &group.user, self.request_id);
+        let exchange = match self.request {
+            Request::Update(body) => {
+                client
+                    .send_license_update(customer, user, body, id, token)
+                    .await
+            }
+            Request::Location(location) => {
+                client
+                    .set_usage_location(customer, user, location, id, token)
+                    .await
+            }
+        };
         let message = &exchange.classified.message;
         tracing::debug!(
             customer = %group.customer_id, user = %group.user, request_id = %self.request_id,
@@ -191,7 +232,14 @@ pub(super) async fn run_group(
         attempts: work.previous_attempts,
         last: LastExchange::default(),
         unanswered: Vec::new(),
+        location: work.location.fix.clone(),
     };
+    // A fix recorded before a resume and not answered goes out first, under its own ID.
+    if let Some(fix) = work.location.fix.clone().filter(|fix| !fix.answered)
+        && run.set_location(fix, permit).await == Flow::Stop
+    {
+        return run.finish();
+    }
     while let Some(pass) = run.passes.pop_front() {
         if run.send(pass, permit).await == Flow::Stop {
             break;
@@ -213,6 +261,8 @@ struct GroupRun<'a> {
     /// pass that asks for one of them again must not go out under another request ID while
     /// the first one's outcome is unknown (SPEC §8).
     unanswered: Vec<(Uuid, Action)>,
+    /// The usage location given to the user (or being given): once per group.
+    location: Option<LocationFix>,
 }
 
 /// After a pass: on with the next one, or the run stops (what is open stays pending).
@@ -268,7 +318,7 @@ impl GroupRun<'_> {
         let mut sending = Sending {
             shared,
             group,
-            body: &body,
+            request: Request::Update(&body),
             request_id,
             permit,
         };
@@ -283,7 +333,7 @@ impl GroupRun<'_> {
         let maybe_applied = sent_before || called.maybe_applied;
         let message = self.last.message.clone();
         match called.end {
-            CallEnd::Answered(verdict) => return self.answered(remaining, verdict).await,
+            CallEnd::Answered(verdict) => return self.answered(remaining, verdict, permit).await,
             CallEnd::ThrottledOut { after } => {
                 let text = format!(
                     "gave up after {} attempts in {}s (retry.max_elapsed_secs): {message}",
@@ -324,17 +374,30 @@ impl GroupRun<'_> {
     }
 
     /// What a definitive answer (SPEC §5) does to the pass's operations and to the passes left.
-    async fn answered(&mut self, mut remaining: Vec<usize>, verdict: Verdict) -> Flow {
+    async fn answered(
+        &mut self,
+        mut remaining: Vec<usize>,
+        verdict: Verdict,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Flow {
         let (shared, work) = (self.shared, self.work);
         let group = &work.request;
         let message = self.last.message.clone();
         match verdict {
             Verdict::Succeeded { warnings } => {
+                let note = match &self.location {
+                    Some(fix) if fix.answered => format!(
+                        "usage location set to {} (the API refused the license without one), \
+                         then sent again",
+                        fix.location
+                    ),
+                    _ => String::new(),
+                };
                 let outcome = OperationOutcome {
                     warnings,
                     ..self
                         .last
-                        .outcome(OperationStatus::Succeeded, self.attempts, String::new())
+                        .outcome(OperationStatus::Succeeded, self.attempts, note)
                 };
                 self.settle(&remaining, outcome);
             }
@@ -342,13 +405,7 @@ impl GroupRun<'_> {
                 // The answer spent this request ID (the docs reset it after any response):
                 // a resumed run gets a new one, recorded before it could be used.
                 begin_passes(shared, work.group, vec![new_pass(remaining)], Vec::new()).await;
-                shared.abort(if verdict == Verdict::Unauthorized {
-                    "the API refused a freshly renewed access token (HTTP 401 twice); check that \
-                     the app registration has Partner Center API permission and the consent is valid"
-                        .into()
-                } else {
-                    message
-                });
+                shared.abort(credential_abort(&verdict, message));
                 return Flow::Stop;
             }
             Verdict::CustomerForbidden | Verdict::CustomerNotFound => {
@@ -410,6 +467,34 @@ impl GroupRun<'_> {
                     self.passes.push_front(single);
                 }
             }
+            Verdict::UsageLocationMissing => {
+                let default = shared.calls.settings.default_usage_location.as_ref();
+                match work
+                    .location
+                    .choose(default, self.location.as_ref(), &message)
+                {
+                    LocationChoice::Fail(text) => {
+                        let outcome = self.failed(text);
+                        self.settle(&remaining, outcome);
+                    }
+                    LocationChoice::Give(location) => {
+                        let fix = LocationFix {
+                            location,
+                            request_id: Uuid::new_v4(),
+                            answered: false,
+                        };
+                        // The PATCH and the pass after it are recorded before either goes out.
+                        let again = new_pass(remaining);
+                        if !record_location(shared, work.group, fix.clone(), vec![again.clone()])
+                            .await
+                        {
+                            return Flow::Stop;
+                        }
+                        self.passes.push_front(again);
+                        return self.set_location(fix, permit).await;
+                    }
+                }
+            }
             // The call ends on the last two only by its retries running out (above).
             Verdict::UserNotFound
             | Verdict::Rejected
@@ -418,6 +503,100 @@ impl GroupRun<'_> {
                 let outcome = self.failed(message);
                 self.settle(&remaining, outcome);
             }
+        }
+        Flow::Next
+    }
+
+    /// Sends the PATCH that gives the user `fix.location`, recorded before; on its success the
+    /// passes queued go on, otherwise each of their operations fails saying why.
+    async fn set_location(
+        &mut self,
+        mut fix: LocationFix,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Flow {
+        let (shared, work) = (self.shared, self.work);
+        self.location = Some(fix.clone());
+        let mut sending = Sending {
+            shared,
+            group: &work.request,
+            request: Request::Location(&fix.location),
+            request_id: fix.request_id,
+            permit,
+        };
+        let called = shared.calls.call(CallKind::Write, &mut sending).await;
+        self.attempts += called.attempts;
+        if let Some(exchange) = &called.last {
+            self.last.record(fix.request_id, exchange);
+        }
+        let message = self.last.message.clone();
+        let cannot =
+            |why: &str| format!("cannot set the usage location to {}: {why}", fix.location);
+        let text = match called.end {
+            CallEnd::Answered(Verdict::Succeeded { .. }) => {
+                fix.answered = true;
+                self.location = Some(fix.clone());
+                tracing::info!(
+                    customer = %work.request.customer_id, user = %work.request.user,
+                    "usage location set to {}", fix.location
+                );
+                return match record_location(shared, work.group, fix, Vec::new()).await {
+                    true => Flow::Next,
+                    false => Flow::Stop,
+                };
+            }
+            CallEnd::Answered(verdict @ (Verdict::Unauthorized | Verdict::WrongCredential)) => {
+                // The answer spent the PATCH's request ID: a resume sends it under a new one.
+                let again = LocationFix {
+                    request_id: Uuid::new_v4(),
+                    ..fix
+                };
+                record_location(shared, work.group, again, Vec::new()).await;
+                shared.abort(credential_abort(&verdict, message));
+                return Flow::Stop;
+            }
+            CallEnd::Answered(Verdict::CustomerForbidden | Verdict::CustomerNotFound) => {
+                shared.block_customer(
+                    work.request.customer_id,
+                    CustomerBlock {
+                        http_status: self.last.http_status,
+                        error_code: self.last.error_code.clone(),
+                        message: message.clone(),
+                    },
+                );
+                cannot(&message)
+            }
+            CallEnd::Answered(_) => cannot(&message),
+            CallEnd::ThrottledOut { after } => cannot(&format!(
+                "gave up after {} attempts in {}s (retry.max_elapsed_secs): {message}",
+                self.attempts,
+                after.as_secs()
+            )),
+            CallEnd::TransientOut => cannot(&format!(
+                "gave up after {} attempts: {message}",
+                self.attempts
+            )),
+            CallEnd::Held(block) => {
+                for pass in std::mem::take(&mut self.passes) {
+                    let outcome = blocked(&block, &self.last, self.attempts, pass.sent_before);
+                    self.settle(&pass.operations, outcome);
+                }
+                return Flow::Next;
+            }
+            CallEnd::NoToken(error) => {
+                shared.abort(error.to_string());
+                return Flow::Stop;
+            }
+            CallEnd::Stopped => return Flow::Stop,
+        };
+        // Without the location every pass of this user would be refused again. A pass that
+        // may have gone out before a resume stays unanswered (re-sent under its ID next run).
+        let outcome = self.failed(text);
+        for pass in std::mem::take(&mut self.passes) {
+            let outcome = OperationOutcome {
+                unanswered: pass.sent_before,
+                ..outcome.clone()
+            };
+            self.settle(&pass.operations, outcome);
         }
         Flow::Next
     }

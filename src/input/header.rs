@@ -12,6 +12,7 @@ pub struct Columns {
     pub license_group: Option<usize>,
     pub excluded_plans: Option<usize>,
     pub action: Option<usize>,
+    pub usage_location: Option<usize>,
 }
 
 /// What the header row says: which columns go to the report and which hold which field.
@@ -59,6 +60,7 @@ enum Field {
     LicenseGroup,
     ExcludedPlans,
     Action,
+    UsageLocation,
 }
 
 impl Field {
@@ -70,6 +72,7 @@ impl Field {
             Field::LicenseGroup => "license_group",
             Field::ExcludedPlans => "excluded_plans",
             Field::Action => "action",
+            Field::UsageLocation => "usage_location",
         }
     }
 
@@ -82,6 +85,7 @@ impl Field {
             "licensegroup" => Field::LicenseGroup,
             "excludedplans" => Field::ExcludedPlans,
             "action" => Field::Action,
+            "usagelocation" | "country" => Field::UsageLocation,
             _ => return None,
         })
     }
@@ -152,6 +156,7 @@ pub(super) fn map_headers(headers: &[String]) -> Result<(Columns, Vec<usize>), H
             license_group: index(Field::LicenseGroup),
             excluded_plans: index(Field::ExcludedPlans),
             action: index(Field::Action),
+            usage_location: index(Field::UsageLocation),
         },
         carried,
     ))

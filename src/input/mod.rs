@@ -15,7 +15,7 @@ use std::path::Path;
 pub use header::{Columns, InputHeader, RESULT_COLUMNS};
 pub use rows::{Rows, read_rows};
 pub use scan::Scan;
-pub use validate::{Action, LicenseGroup, PlanRef, RowProblem, RowRequest, SkuRef};
+pub use validate::{Action, LicenseGroup, PlanRef, RowProblem, RowRequest, SkuRef, UsageLocation};
 
 /// Why a file cannot be used at all (exit 2, nothing sent).
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +222,27 @@ mod tests {
         let req = row.request.as_ref().unwrap();
         assert_eq!(req.user, "ada@contoso.com");
         assert_eq!(req.sku, SkuRef::Name("SPB".into()));
+    }
+
+    #[test]
+    fn a_usage_location_column_is_known_by_its_aliases() {
+        for name in [
+            "usage_location",
+            "Usage Location",
+            "UsageLocation",
+            "country",
+        ] {
+            let text = format!("customer_id,user_id,sku,{name}\n{C},łukasz@contoso.com,SPB,pl\n");
+            let file = parse_str(&text).unwrap();
+            assert_eq!(file.header.columns.usage_location, Some(3), "{name}");
+            let req = file.rows[0].request.as_ref().unwrap();
+            assert_eq!(req.usage_location.as_ref().unwrap().as_str(), "PL");
+        }
+        let both = parse_str("customer_id,user_id,sku,country,usage_location\n").unwrap_err();
+        assert!(
+            both.to_string().contains("both mean usage_location"),
+            "{both}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::fmt;
 
 use uuid::Uuid;
 
+pub use crate::country::UsageLocation;
+
 use super::Columns;
 
 /// The two license groups of Partner Center; a request never mixes them.
@@ -86,6 +88,9 @@ pub struct RowRequest {
     pub license_group: Option<LicenseGroup>,
     pub excluded_plans: Vec<PlanRef>,
     pub action: Action,
+    /// The two-letter country code to give the user if the API refuses the assignment for a
+    /// missing usage location (upper case).
+    pub usage_location: Option<UsageLocation>,
 }
 
 /// Why a row is `invalid`: the column (as named in the file) and the problem.
@@ -321,6 +326,17 @@ pub(super) fn validate_row(
         }
     }
 
+    let usage_location = match columns.usage_location.map(|i| (i, cells[i].trim())) {
+        None | Some((_, "")) => None,
+        Some((i, text)) => match UsageLocation::parse(text) {
+            Ok(location) => Some(location),
+            Err(message) => {
+                problem(i, format!("{message}; fix the cell or clear it"));
+                None
+            }
+        },
+    };
+
     match (customer_id, user, sku) {
         (Some(customer_id), Some((user, user_key)), Some(sku)) if problems.is_empty() => {
             Ok(RowRequest {
@@ -331,6 +347,7 @@ pub(super) fn validate_row(
                 license_group,
                 excluded_plans,
                 action,
+                usage_location,
             })
         }
         _ => Err(RowProblem { problems }),
@@ -349,6 +366,7 @@ mod tests {
             "license_group",
             "excluded_plans",
             "action",
+            "country",
         ]
         .map(String::from)
         .to_vec()
@@ -362,12 +380,32 @@ mod tests {
             license_group: Some(3),
             excluded_plans: Some(4),
             action: Some(5),
+            usage_location: Some(6),
         }
     }
 
     fn check(cells: [&str; 6]) -> Result<RowRequest, RowProblem> {
-        let cells: Vec<String> = cells.iter().map(|c| c.to_string()).collect();
+        check_located(cells, "")
+    }
+
+    fn check_located(cells: [&str; 6], location: &str) -> Result<RowRequest, RowProblem> {
+        let mut cells: Vec<String> = cells.iter().map(|c| c.to_string()).collect();
+        cells.push(location.to_string());
         validate_row(&columns(), &headers(), &cells)
+    }
+
+    #[test]
+    fn a_usage_location_is_two_letters_in_upper_case_or_the_row_is_invalid() {
+        let row = [C, "émilie@contoso.com", "SPB", "", "", ""];
+        let given = |text| check_located(row, text).unwrap().usage_location;
+        assert_eq!(given(" nl ").unwrap().as_str(), "NL");
+        assert_eq!(given("Jp").unwrap().to_string(), "JP");
+        assert_eq!(given(""), None);
+        for bad in ["Netherlands", "N", "N1", "ÉS", "N L"] {
+            let err = check_located(row, bad).unwrap_err().to_string();
+            assert!(err.contains("column country:"), "{bad}: {err}");
+            assert!(err.contains("two-letter country code"), "{bad}: {err}");
+        }
     }
 
     const C: &str = "0C39D6D5-C70D-4C55-BC02-F620844F3FD1";

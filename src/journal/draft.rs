@@ -153,8 +153,8 @@ impl Draft<'_> {
             row: conn
                 .prepare(
                     "INSERT INTO rows (run_id, idx, line, cells, customer_id, group_idx, op_idx,
-                                       invalid_message, sku_id, license_group)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                       invalid_message, sku_id, license_group, usage_location)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(e)?,
             group: conn
@@ -419,6 +419,7 @@ impl PlanSink for Statements<'_> {
                 row.sent.err(),
                 row.sku.map(|s| s.to_string()),
                 row.license_group,
+                row.usage_location,
             ])
             .map(drop)
     }

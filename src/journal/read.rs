@@ -8,7 +8,8 @@ use rusqlite::{Row, params};
 use uuid::Uuid;
 
 use super::{Journal, JournalError, parse_time, status_of};
-use crate::engine::{GroupWork, WorkSource};
+use crate::country::UsageLocation;
+use crate::engine::{GivenLocation, GroupWork, LocationFix, LocationWork, WorkSource};
 use crate::input::{Action, LicenseGroup};
 use crate::outcome::OperationOutcome;
 use crate::outcome::RowStatus;
@@ -36,6 +37,8 @@ pub(super) struct StoredGroup {
     /// The request ID the group was planned with (its other passes were carried over from
     /// an earlier run, or split off after an answer).
     pub own_request_id: Option<Uuid>,
+    /// The PATCH that gives the user a usage location, once one is recorded.
+    pub location_fix: Option<LocationFix>,
 }
 
 /// The carried cells of one input row, as recorded.
@@ -70,23 +73,37 @@ impl Journal {
     /// and the request ID each is sent under.
     pub(super) fn group(&self, run_id: i64, group: i64) -> Result<StoredGroup, JournalError> {
         let e = |source| self.sqlite(source);
-        let (customer, user, license_group, own_request_id): (
+        type GroupColumns = (
             String,
             String,
             String,
             Option<String>,
-        ) = self
+            Option<String>,
+            Option<String>,
+            bool,
+        );
+        let (customer, user, license_group, own_request_id, location, location_id, answered): GroupColumns = self
             .conn
             .prepare_cached(
-                "SELECT customer_id, user, license_group, send_id FROM groups
+                "SELECT customer_id, user, license_group, send_id,
+                        location, location_request_id, location_answered FROM groups
                  WHERE run_id = ?1 AND idx = ?2",
             )
             .and_then(|mut s| {
                 s.query_row(params![run_id, group], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                 })
             })
             .map_err(e)?;
+        let location_fix = match (location, location_id) {
+            (Some(location), Some(id)) => Some(LocationFix {
+                location: UsageLocation::parse(&location)
+                    .map_err(|_| self.corrupt("usage location"))?,
+                request_id: id.parse().map_err(|_| self.corrupt("request ID"))?,
+                answered,
+            }),
+            _ => None,
+        };
         let mut request = Group {
             customer_id: customer.parse().map_err(|_| self.corrupt("customer ID"))?,
             user,
@@ -134,7 +151,30 @@ impl Journal {
             outcomes,
             send_ids,
             own_request_id: own_request_id.and_then(|id| id.parse().ok()),
+            location_fix,
         })
+    }
+
+    /// The usage locations the rows of a group give, each with its first line.
+    fn locations_given(&self, run_id: i64, group: i64) -> Result<GivenLocation, JournalError> {
+        let e = |source| self.sqlite(source);
+        let mut given = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT usage_location, MIN(line) FROM rows
+                 WHERE run_id = ?1 AND group_idx = ?2 AND usage_location IS NOT NULL
+                 GROUP BY usage_location",
+            )
+            .map_err(e)?;
+        let mut rows = stmt.query(params![run_id, group]).map_err(e)?;
+        while let Some(r) = rows.next().map_err(e)? {
+            let text: String = r.get(0).map_err(e)?;
+            let location =
+                UsageLocation::parse(&text).map_err(|_| self.corrupt("usage location"))?;
+            given.push((location, r.get::<_, i64>(1).map_err(e)? as u64));
+        }
+        Ok(GivenLocation::of(given))
     }
 
     /// Counts of a run: (groups with open operations, rows, rows whose operation is open).
@@ -459,13 +499,22 @@ impl WorkSource for WorkPages {
         let mut work = Vec::with_capacity(indices.len());
         for &g in &indices {
             let stored = journal.group(self.run_id, g).map_err(|e| e.to_string())?;
-            work.extend(GroupWork::open(
+            let Some(mut open) = GroupWork::open(
                 g as usize,
                 stored.request,
                 &stored.outcomes,
                 &stored.send_ids,
                 stored.own_request_id,
-            ));
+            ) else {
+                continue;
+            };
+            open.location = LocationWork {
+                given: journal
+                    .locations_given(self.run_id, g)
+                    .map_err(|e| e.to_string())?,
+                fix: stored.location_fix,
+            };
+            work.push(open);
         }
         if let Some(&last) = indices.last() {
             self.after.insert(customer, last);

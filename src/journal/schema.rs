@@ -8,7 +8,10 @@ use rusqlite::Connection;
 /// 3: request IDs follow the operation across runs (SPEC §8): operations know whether their
 /// last request got no definitive answer (`unanswered`), runs how many such operations they
 /// left (`in_doubt`), and `carried` says which requests of a run re-send an earlier run's.
-const SCHEMA_VERSION: i64 = 3;
+/// 4: users without a usage location (SPEC §5): rows keep the location they give, groups
+/// the PATCH that gives one (its location and request ID, recorded before it is sent, and
+/// whether it was answered).
+const SCHEMA_VERSION: i64 = 4;
 
 /// The page cache of a connection that plans, KiB.
 const CACHE_KIB: i64 = 16 * 1024;
@@ -61,6 +64,7 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              user_key        TEXT,
              action          TEXT,
              excluded_plans  TEXT,
+             usage_location  TEXT,                -- the usage_location cell, upper case; NULL: none
              PRIMARY KEY (run_id, idx)
          );
          CREATE TABLE IF NOT EXISTS groups (
@@ -71,6 +75,9 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              user_key      TEXT NOT NULL,
              license_group TEXT NOT NULL,
              send_id       TEXT,                  -- the request ID it is first sent under
+             location      TEXT,                  -- the usage location a PATCH gives the user …
+             location_request_id TEXT,            -- … under this request ID, recorded before it is sent
+             location_answered INTEGER NOT NULL DEFAULT 0, -- 1: the PATCH succeeded
              PRIMARY KEY (run_id, idx)
          );
          CREATE INDEX IF NOT EXISTS groups_by_customer ON groups (run_id, customer_id, idx);
@@ -139,11 +146,35 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
         Some(1) => {
             migrate_from_1(conn)?;
             migrate_from_2(conn)?;
+            migrate_from_3(conn)?;
         }
-        Some(2) => migrate_from_2(conn)?,
+        Some(2) => {
+            migrate_from_2(conn)?;
+            migrate_from_3(conn)?;
+        }
+        Some(3) => migrate_from_3(conn)?,
         Some(_) => {}
     }
+    // After the migrations: it names a column that older journals get only from them. Partial:
+    // most rows give no location, and those cost the index nothing.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS rows_usage_location ON rows (run_id, group_idx)
+             WHERE usage_location IS NOT NULL;",
+    )?;
     Ok(())
+}
+
+/// Version 3 journals get the usage-location columns; nothing in them gives one.
+fn migrate_from_3(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE rows ADD COLUMN usage_location TEXT;
+         ALTER TABLE groups ADD COLUMN location TEXT;
+         ALTER TABLE groups ADD COLUMN location_request_id TEXT;
+         ALTER TABLE groups ADD COLUMN location_answered INTEGER NOT NULL DEFAULT 0;
+         UPDATE meta SET value = '4' WHERE key = 'schema_version';
+         COMMIT;",
+    )
 }
 
 /// Version 2 journals get the columns that let a request ID follow its operation into a later
@@ -225,7 +256,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, "3");
+        assert_eq!(version, "4");
         let plan = journal.load_plan(1).unwrap();
         let operation = &plan.groups[0].operations[0];
         assert_eq!((operation.first_row, operation.row_count), (0, 2));

@@ -13,7 +13,7 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::oneshot;
 
 use super::schema;
-use crate::engine::{Pass, Recorder};
+use crate::engine::{LocationFix, Pass, Recorder};
 use crate::outcome::{OperationOutcome, OperationStatus};
 
 const BATCH: usize = 512;
@@ -32,6 +32,26 @@ enum Message {
         settled: Vec<(usize, OperationOutcome)>,
         ack: Ack,
     },
+    Location {
+        group: usize,
+        fix: LocationFix,
+        passes: Vec<Pass>,
+        ack: Ack,
+    },
+}
+
+impl Message {
+    /// Someone waits for its commit: it ends the batch.
+    fn awaited(&self) -> bool {
+        matches!(self, Message::BeginPasses { .. } | Message::Location { .. })
+    }
+
+    fn ack(self) -> Option<Ack> {
+        match self {
+            Message::BeginPasses { ack, .. } | Message::Location { ack, .. } => Some(ack),
+            Message::Record { .. } => None,
+        }
+    }
 }
 
 /// Hands outcomes to the writer thread; dropping the last sender lets the thread finish.
@@ -124,6 +144,22 @@ impl Recorder for JournalWriter {
         });
         done
     }
+
+    fn record_location(
+        &self,
+        group: usize,
+        fix: LocationFix,
+        passes: Vec<Pass>,
+    ) -> oneshot::Receiver<Result<(), String>> {
+        let (ack, done) = oneshot::channel();
+        self.send(Message::Location {
+            group,
+            fix,
+            passes,
+            ack,
+        });
+        done
+    }
 }
 
 fn write_loop(
@@ -134,17 +170,15 @@ fn write_loop(
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         let deadline = Instant::now() + LINGER;
-        while batch.len() < BATCH && !matches!(batch.last(), Some(Message::BeginPasses { .. })) {
+        while batch.len() < BATCH && !batch.last().is_some_and(Message::awaited) {
             match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(message) => batch.push(message),
                 Err(_) => break,
             }
         }
         let result = commit(&mut conn, &context, &mut batch).map_err(|e| e.to_string());
-        for message in batch {
-            if let Message::BeginPasses { ack, .. } = message {
-                let _ = ack.send(result.clone());
-            }
+        for ack in batch.into_iter().filter_map(Message::ack) {
+            let _ = ack.send(result.clone());
         }
         if let Err(error) = result {
             tracing::error!("cannot write the journal: {error}");
@@ -166,23 +200,50 @@ fn commit(conn: &mut Connection, context: &Context, batch: &mut [Message]) -> ru
                 ..
             } => {
                 write_outcomes(&tx, context, *group, settled)?;
-                let mut assign = tx.prepare_cached(
-                    "UPDATE operations SET send_id = ?4 WHERE run_id = ?1 AND group_idx = ?2 AND op_idx = ?3",
-                )?;
-                for pass in passes {
-                    for op in &pass.operations {
-                        assign.execute(params![
-                            context.run_id,
-                            *group as i64,
-                            *op as i64,
-                            pass.request_id.to_string()
-                        ])?;
-                    }
-                }
+                write_passes(&tx, context, *group, passes)?;
+            }
+            Message::Location {
+                group, fix, passes, ..
+            } => {
+                tx.prepare_cached(
+                    "UPDATE groups SET location = ?3, location_request_id = ?4, location_answered = ?5
+                     WHERE run_id = ?1 AND idx = ?2",
+                )?
+                .execute(params![
+                    context.run_id,
+                    *group as i64,
+                    fix.location.as_str(),
+                    fix.request_id.to_string(),
+                    fix.answered
+                ])?;
+                write_passes(&tx, context, *group, passes)?;
             }
         }
     }
     tx.commit()
+}
+
+/// The request ID each operation of `passes` is (next) sent under.
+fn write_passes(
+    tx: &Transaction<'_>,
+    context: &Context,
+    group: usize,
+    passes: &[Pass],
+) -> rusqlite::Result<()> {
+    let mut assign = tx.prepare_cached(
+        "UPDATE operations SET send_id = ?4 WHERE run_id = ?1 AND group_idx = ?2 AND op_idx = ?3",
+    )?;
+    for pass in passes {
+        for op in &pass.operations {
+            assign.execute(params![
+                context.run_id,
+                group as i64,
+                *op as i64,
+                pass.request_id.to_string()
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 fn write_outcomes(

@@ -350,6 +350,7 @@ mod tests {
             license_group: group,
             action,
             excluded: excluded.iter().map(|&p| Uuid::from_u128(p)).collect(),
+            usage_location: None,
         }
     }
 

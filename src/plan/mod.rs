@@ -11,7 +11,7 @@ pub mod planner;
 
 use uuid::Uuid;
 
-use crate::input::{Action, InputHeader, InputRow, LicenseGroup, PlanRef, SkuRef};
+use crate::input::{Action, InputHeader, InputRow, LicenseGroup, PlanRef, SkuRef, UsageLocation};
 
 /// A SKU after resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,9 @@ pub struct ResolvedRow {
     pub action: Action,
     /// Sorted, without repeats: identical rows compare equal.
     pub excluded: Vec<Uuid>,
+    /// What to give the user if the API asks for a usage location; not part of what the row
+    /// asks for (rows that differ only in it are the same operation).
+    pub usage_location: Option<UsageLocation>,
 }
 
 /// Resolves one row. The rules between rows — identical rows are one operation, an assign and
@@ -152,5 +155,6 @@ pub fn resolve_row(
         license_group,
         action: request.action,
         excluded,
+        usage_location: request.usage_location.clone(),
     })
 }

@@ -68,6 +68,8 @@ pub struct NewRow<'a> {
     pub sent: Result<(u64, u32), &'a str>,
     pub sku: Option<Uuid>,
     pub license_group: Option<&'a str>,
+    /// The usage location the row gives (planned rows only).
+    pub usage_location: Option<&'a str>,
 }
 
 /// Why a plan could not be made: its temporary files, or the sink.
@@ -183,6 +185,7 @@ impl Planner {
                 out.str(&resolved.user_key)?;
                 out.str(resolved.action.as_str())?;
                 out.str(&grouping::excluded_text(&resolved.excluded))?;
+                out.str(resolved.usage_location.as_ref().map_or("", |l| l.as_str()))?;
                 self.grouper.add(self.next_row, row.line, resolved)?;
             }
         }
@@ -240,7 +243,7 @@ fn write_row<S: PlanSink>(
     let line = rows.u64()?;
     let cells = rows.string()?;
     let customer = read_optional_uuid(rows)?;
-    let row = |sent, sku, license_group| NewRow {
+    let row = |sent, sku, license_group, usage_location| NewRow {
         index,
         line,
         cells: &cells,
@@ -248,6 +251,7 @@ fn write_row<S: PlanSink>(
         sent,
         sku,
         license_group,
+        usage_location,
     };
     if rows.u8()? == INVALID {
         let message = rows.string()?;
@@ -255,7 +259,7 @@ fn write_row<S: PlanSink>(
         let license_group = Some(rows.string()?).filter(|g| !g.is_empty());
         counts.count_row(customer, RowStatus::Invalid);
         return sink
-            .row(&row(Err(&message), sku, license_group.as_deref()))
+            .row(&row(Err(&message), sku, license_group.as_deref(), None))
             .map_err(PlanError::Sink);
     }
     let sku_id = rows.uuid()?;
@@ -264,6 +268,8 @@ fn write_row<S: PlanSink>(
     let user_key = rows.string()?;
     let action = rows.string()?;
     let excluded = rows.string()?;
+    let usage_location = rows.string()?;
+    let usage_location = Some(usage_location.as_str()).filter(|l| !l.is_empty());
     let Some(customer) = customer else {
         return Err(PlanError::Spill(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -273,8 +279,13 @@ fn write_row<S: PlanSink>(
     match assignments.next(customer, &user_key)? {
         Assignment::Conflict(message) => {
             counts.count_row(Some(customer), RowStatus::Invalid);
-            sink.row(&row(Err(&message), Some(sku_id), Some(&license_group)))
-                .map_err(PlanError::Sink)
+            sink.row(&row(
+                Err(&message),
+                Some(sku_id),
+                Some(&license_group),
+                None,
+            ))
+            .map_err(PlanError::Sink)
         }
         Assignment::Send {
             group,
@@ -325,6 +336,7 @@ fn write_row<S: PlanSink>(
                 Ok((group, operation)),
                 Some(sku_id),
                 Some(&license_group),
+                usage_location,
             ))
             .map_err(PlanError::Sink)
         }

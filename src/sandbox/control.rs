@@ -30,6 +30,7 @@ pub(super) fn dump_state(state: &SandboxState) -> Value {
         .collect();
     json!({
         "requests": state.requests,
+        "patches": state.patches,
         "token_requests": state.progress.borrow().token_requests,
         "token_grants": state.grants,
         "violations": state.violations,
@@ -54,6 +55,8 @@ pub(super) struct WaitQuery {
     requests: u64,
     #[serde(default)]
     tokens: u64,
+    #[serde(default)]
+    patches: u64,
     #[serde(default = "default_wait_secs")]
     timeout_secs: u64,
 }
@@ -62,7 +65,7 @@ pub(super) fn default_wait_secs() -> u64 {
     60
 }
 
-/// `GET /sandbox/wait?requests=N&tokens=M`: answers once the counts are reached (for tests that
+/// `GET /sandbox/wait?requests=N&tokens=M&patches=P`: answers once the counts are reached (for tests that
 /// drive a separate process), 408 after `timeout_secs`.
 pub(super) async fn wait(
     State(state): State<Shared>,
@@ -71,7 +74,9 @@ pub(super) async fn wait(
     let mut progress = state.lock().expect("sandbox lock").progress.subscribe();
     let reached = tokio::time::timeout(
         Duration::from_secs(q.timeout_secs),
-        progress.wait_for(|p| p.requests >= q.requests && p.token_requests >= q.tokens),
+        progress.wait_for(|p| {
+            p.requests >= q.requests && p.token_requests >= q.tokens && p.patches >= q.patches
+        }),
     )
     .await
     .map(|r| r.map(|p| *p));

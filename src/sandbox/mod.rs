@@ -5,7 +5,9 @@
 //!
 //! Codes the reference pages do not give are the simulator's own choice and say so in their
 //! description: 60011 (SKU not subscribed), 60013 (license groups mixed), 409 (request ID reused
-//! with another body).
+//! with another body); 600041 is its code for the usage-location refusal, whose description is
+//! Partner Center's and whose code is not documented.
+//! Besides: the user PATCH that sets a usage location (`users`).
 
 mod answer;
 mod control;
@@ -15,6 +17,7 @@ pub mod scenario;
 mod state;
 mod token;
 mod updates;
+mod users;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -47,6 +50,8 @@ pub use state::TokenGrant;
 use state::*;
 use token::*;
 use updates::*;
+pub use users::RecordedPatch;
+use users::*;
 
 pub const TENANT_ID: &str = "sandbox-partner.onmicrosoft.com";
 pub const CLIENT_ID: &str = "00000000-5a4d-4b0c-8000-000000000001";
@@ -112,6 +117,9 @@ pub struct Progress {
     pub requests: u64,
     /// Token endpoint calls received so far.
     pub token_requests: u64,
+    /// User PATCHes received so far (recorded before they are answered).
+    #[serde(default)]
+    pub patches: u64,
 }
 
 /// A running sandbox. Dropping it stops the server.
@@ -150,6 +158,10 @@ impl Sandbox {
             .route(
                 "/v1/customers/{customer}/analytics/licenses/deployment",
                 get(deployment_insights),
+            )
+            .route(
+                "/v1/customers/{customer}/users/{user}",
+                axum::routing::patch(update_user),
             )
             .route("/sandbox/record", get(dump))
             .route("/sandbox/wait", get(wait))
@@ -267,6 +279,24 @@ impl Sandbox {
     /// Every licenseupdates call so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.lock().expect("sandbox lock").requests.clone()
+    }
+
+    /// Every user PATCH so far, in arrival order.
+    pub fn patches(&self) -> Vec<RecordedPatch> {
+        self.state.lock().expect("sandbox lock").patches.clone()
+    }
+
+    /// A user's usage location: set by a PATCH, `None` for a user the scenario gave none and
+    /// nobody PATCHed, `Some("")` for users the scenario did not name (they have one).
+    pub fn usage_location(&self, customer: Uuid, user: &str) -> Option<String> {
+        let state = self.state.lock().expect("sandbox lock");
+        let customer = state.customers.get(&customer)?;
+        let user = user.to_lowercase();
+        match customer.usage_locations.get(&user) {
+            Some(location) => Some(location.clone()),
+            None if customer.without_usage_location.contains(&user) => None,
+            None => Some(String::new()),
+        }
     }
 
     /// The most licenseupdates calls that were being answered at the same time.

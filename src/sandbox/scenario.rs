@@ -107,6 +107,11 @@ pub struct Faults {
     pub storm_after: Option<u64>,
     /// … this many calls in a row answer 429 (with `retry_after_secs`).
     pub storm_length: Option<u64>,
+    /// A user PATCH is applied, then answered only after this long …
+    pub patch_answer_delay_ms: Option<u64>,
+    /// … for the first N PATCHes only (all when not set): a test can kill the client while
+    /// its first PATCH is applied but unanswered, and let the next run through.
+    pub patch_answer_delay_calls: Option<u64>,
 }
 
 /// How the quota is counted.
@@ -226,6 +231,10 @@ pub struct CustomerScenario {
     pub missing_gdap_role: bool,
     /// Users (object IDs or UPNs) that exist; omitted = every user exists.
     pub users: Option<Vec<String>>,
+    /// Users (object IDs or UPNs) that have no usage location: an assignment to them is
+    /// refused (400, "… invalid usage location.") until a PATCH of the user gives them one.
+    #[serde(default)]
+    pub users_without_usage_location: Vec<String>,
     /// Subscribed SKUs; omitted = every catalog SKU with plenty of seats.
     pub skus: Option<Vec<SkuScenario>>,
 }

@@ -24,6 +24,10 @@ pub(super) struct Customer {
     pub(super) calls: u64,
     pub(super) missing_gdap_role: bool,
     pub(super) users: Option<HashSet<String>>,
+    /// Users (lower case) refused a license until a PATCH gives them a usage location.
+    pub(super) without_usage_location: HashSet<String>,
+    /// Usage locations PATCHed, per user (lower case).
+    pub(super) usage_locations: HashMap<String, String>,
     pub(super) skus: Vec<SubscribedSku>,
     pub(super) assigned: HashMap<String, BTreeSet<Uuid>>,
 }
@@ -38,6 +42,8 @@ impl Customer {
             calls: 0,
             missing_gdap_role: false,
             users: None,
+            without_usage_location: HashSet::new(),
+            usage_locations: HashMap::new(),
             skus: catalog::BUILTIN
                 .iter()
                 .map(|s| SubscribedSku {
@@ -74,6 +80,11 @@ impl Customer {
             .users
             .as_ref()
             .map(|u| u.iter().map(|u| u.trim().to_lowercase()).collect());
+        customer.without_usage_location = c
+            .users_without_usage_location
+            .iter()
+            .map(|u| u.trim().to_lowercase())
+            .collect();
         if let Some(skus) = &c.skus {
             customer.skus = skus.iter().map(subscribed_sku).collect::<Result<_, _>>()?;
         }
@@ -143,6 +154,8 @@ pub(super) struct SandboxState {
     pub(super) issued: u64,
     pub(super) calls: u64,
     pub(super) requests: Vec<RecordedRequest>,
+    /// Every user PATCH, in arrival order.
+    pub(super) patches: Vec<RecordedPatch>,
     pub(super) idempotency: HashMap<String, Stored>,
     pub(super) violations: Violations,
     /// Counters that tests and `/sandbox/wait` can await.
@@ -213,6 +226,7 @@ impl SandboxState {
             issued: 0,
             calls: 0,
             requests: Vec::new(),
+            patches: Vec::new(),
             idempotency: HashMap::new(),
             violations: Violations::default(),
             progress: watch::Sender::new(Progress::default()),

@@ -294,6 +294,21 @@ pub(super) fn check_customer(
     Ok(customer_id)
 }
 
+/// [`check_customer`], then [`check_user`].
+pub(super) fn check_customer_and_user(
+    state: &mut SandboxState,
+    customer_text: &str,
+    user: &str,
+) -> Result<Uuid, Answer> {
+    let customer_id = check_customer(state, customer_text)?;
+    let customer = state
+        .customers
+        .get(&customer_id)
+        .expect("check_customer ensured it");
+    check_user(customer, user)?;
+    Ok(customer_id)
+}
+
 /// The user must exist in the customer's tenant (60002).
 pub(super) fn check_user(customer: &Customer, user: &str) -> Result<(), Answer> {
     if customer
@@ -412,17 +427,14 @@ pub(super) fn answer_license_update(
         );
     }
 
-    let customer_id = match check_customer(state, customer_text) {
+    let customer_id = match check_customer_and_user(state, customer_text, user) {
         Ok(id) => id,
         Err(answer) => return answer,
     };
     let customer = state
         .customers
         .get_mut(&customer_id)
-        .expect("check_customer ensured it");
-    if let Err(answer) = check_user(customer, user) {
-        return answer;
-    }
+        .expect("checked above");
     let user_key = user.to_lowercase();
     let Some((assign, remove)) = requested_skus(body) else {
         return Answer::definitive(
@@ -488,6 +500,12 @@ pub(super) fn answer_license_update(
         .customers
         .get_mut(&customer_id)
         .expect("check_customer ensured it");
+    if !assign.is_empty()
+        && customer.without_usage_location.contains(&user_key)
+        && !customer.usage_locations.contains_key(&user_key)
+    {
+        return usage_location_refusal();
+    }
     let held = customer
         .assigned
         .get(&user_key)

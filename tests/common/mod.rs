@@ -196,6 +196,20 @@ impl SandboxServer {
         )
     }
 
+    /// Waits until the server has received at least `patches` user PATCHes.
+    pub async fn wait_for_patches(&self, patches: u64) {
+        let answer = self
+            .http
+            .get(format!("{}sandbox/wait?patches={patches}", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "sandbox never reached {patches} PATCHes"
+        );
+    }
+
     pub async fn record(&self) -> serde_json::Value {
         self.http
             .get(format!("{}sandbox/record", self.url))
