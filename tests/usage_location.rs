@@ -8,6 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::*;
+use license_batch::config::Concurrency;
 use license_batch::country::UsageLocation;
 use license_batch::{Completion, exit_code_for};
 use serde_json::json;
@@ -165,6 +166,51 @@ async fn without_a_column_the_configured_default_is_given() {
     assert_eq!(patches[0].body["usageLocation"], "DE");
     assert_eq!(sandbox.licenses(contoso(), &user_guid(1)).len(), 1);
     assert_eq!(sandbox.licenses(contoso(), &user_guid(2)).len(), 1);
+}
+
+/// Setting a location needs a GDAP role that assigning licenses does not (User Administrator):
+/// a 403 to the PATCH fails that user's rows with the role named, and the customer's other
+/// users are still sent.
+#[tokio::test]
+async fn a_patch_refused_for_a_missing_role_fails_that_user_only() {
+    let sandbox = start(&format!(
+        r#"
+        [[customers]]
+        id = "{CONTOSO}"
+        missing_user_admin_role = true
+        users_without_usage_location = ["{ÉMILIE}"]
+        "#
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        format!("{CONTOSO},{ÉMILIE},SPB,FR,Émilie"),
+        format!("{CONTOSO},{},SPB,,日本語", user_guid(3)),
+    ];
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &rows);
+    // One at a time, in sheet order: user 3 is sent after the PATCH was refused.
+    let mut opts = options(&sandbox, &input);
+    opts.settings.limits.concurrency = Concurrency::fixed(1);
+    let summary = run(opts).await;
+    assert_eq!(exit_code_for(&Ok(summary)), 1);
+    let patches = sandbox.patches();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(patches[0].status, 403);
+    let last = sandbox.requests().pop().expect("sent");
+    assert_eq!(last.user, user_guid(3), "sent after the refused PATCH");
+    assert!(patches[0].at <= last.arrived_at);
+    assert!(sandbox.licenses(contoso(), ÉMILIE).is_empty());
+    assert_eq!(sandbox.licenses(contoso(), &user_guid(3)).len(), 1);
+    let report = read_report(&report_path(&input));
+    assert_eq!(report[0]["result_status"], "failed");
+    for words in ["cannot set the usage location to FR", "User Administrator"] {
+        assert!(
+            report[0]["result_message"].contains(words),
+            "{:?}",
+            report[0]
+        );
+    }
+    assert_eq!(report[1]["result_status"], "succeeded");
 }
 
 /// Killed while the PATCH is applied but unanswered: the next run sends the PATCH again under

@@ -554,7 +554,14 @@ impl GroupRun<'_> {
                 shared.abort(credential_abort(&verdict, message));
                 return Flow::Stop;
             }
-            CallEnd::Answered(Verdict::CustomerForbidden | Verdict::CustomerNotFound) => {
+            // Setting a user's location needs more than assigning its licenses (User
+            // Administrator or Directory Writers, not License Administrator): a 403 here says
+            // nothing of the customer's other users.
+            CallEnd::Answered(Verdict::CustomerForbidden) => cannot(&format!(
+                "{message} (setting a usage location needs the GDAP role User Administrator or \
+                 Directory Writers; or set it in the Microsoft 365 admin center)"
+            )),
+            CallEnd::Answered(Verdict::CustomerNotFound) => {
                 shared.block_customer(
                     work.request.customer_id,
                     CustomerBlock {

@@ -235,6 +235,10 @@ pub struct CustomerScenario {
     /// refused (400, "… invalid usage location.") until a PATCH of the user gives them one.
     #[serde(default)]
     pub users_without_usage_location: Vec<String>,
+    /// The partner may assign licenses here but not update users (a GDAP role such as License
+    /// Administrator without User Administrator): a user PATCH answers 403.
+    #[serde(default)]
+    pub missing_user_admin_role: bool,
     /// Subscribed SKUs; omitted = every catalog SKU with plenty of seats.
     pub skus: Option<Vec<SkuScenario>>,
 }

@@ -26,6 +26,8 @@ pub(super) struct Customer {
     pub(super) users: Option<HashSet<String>>,
     /// Users (lower case) refused a license until a PATCH gives them a usage location.
     pub(super) without_usage_location: HashSet<String>,
+    /// A user PATCH answers 403 (no User Administrator role).
+    pub(super) missing_user_admin_role: bool,
     /// Usage locations PATCHed, per user (lower case).
     pub(super) usage_locations: HashMap<String, String>,
     pub(super) skus: Vec<SubscribedSku>,
@@ -43,6 +45,7 @@ impl Customer {
             missing_gdap_role: false,
             users: None,
             without_usage_location: HashSet::new(),
+            missing_user_admin_role: false,
             usage_locations: HashMap::new(),
             skus: catalog::BUILTIN
                 .iter()
@@ -80,6 +83,7 @@ impl Customer {
             .users
             .as_ref()
             .map(|u| u.iter().map(|u| u.trim().to_lowercase()).collect());
+        customer.missing_user_admin_role = c.missing_user_admin_role;
         customer.without_usage_location = c
             .users_without_usage_location
             .iter()

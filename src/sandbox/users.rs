@@ -71,6 +71,12 @@ fn answer_patch(
         Ok(id) => id,
         Err(answer) => return answer,
     };
+    if state.customers[&customer_id].missing_user_admin_role {
+        return Answer::definitive(
+            403,
+            json!({"description": "Forbidden: the caller does not have a role that permits updating users for this customer.", "source": "PartnerFD"}),
+        );
+    }
     let location = match location_in(body) {
         Ok(location) => location,
         Err(answer) => return answer,
