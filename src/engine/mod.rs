@@ -303,6 +303,7 @@ pub async fn execute(
     let workers = (most_in_flight * 2).min(work.groups.max(1) as usize);
     // The calls already answered (the subscribed-SKU reads) tell the latency before the first
     // write does: the pool starts at its size for that, not at 8 (no slow start).
+    calls.pacer.writes_begin();
     let known = calls.stats.snapshot();
     let mut pool_size = calls
         .settings

@@ -8,8 +8,10 @@
 //! sent right after a slowdown still meet the quota the earlier ones spent) — sets the pace
 //! just below what the API let through in the second before: calls counted by when they were
 //! sent, capped by the pace they were sent at (so what a full bucket held is not taken for
-//! refill), pauses left out. Without 429s the pace grows back: fast far below that limit, back
-//! up to it quickly, in fine steps just above it, then faster and faster (a quota that rose).
+//! refill), pauses left out, and only from the first write on and up to the calls whose answers
+//! can be in (a gateway's 429 comes at once, before the calls just sent are answered). Without
+//! 429s the pace grows back: fast far below that limit, back up to it quickly, in fine steps
+//! just above it, then faster and faster (a quota that rose).
 //! When nothing at all passed since the last event the pool waits the Retry-After. A long
 //! Retry-After may be a spent window or an uninformative constant: the pool waits a second and
 //! lets one probe through; throttled again, it is a window, waited out and then used in a
@@ -141,6 +143,9 @@ struct Allowance {
     /// Answers before this do not count in a measurement (the last event, or the end of a
     /// pause).
     measure_from: Instant,
+    /// Nor, ever, answers before this: the start of the writes ([`Pacer::writes_begin`]). The
+    /// reads before them are other calls, and the time between is no refusal.
+    measure_floor: Instant,
     /// The last throttle event; a 429 of a call sent before it belongs to it.
     last_event: Option<Instant>,
     grown_at: Instant,
@@ -173,6 +178,7 @@ impl Allowance {
             next_slot: now,
             accepted: VecDeque::new(),
             measure_from: now,
+            measure_floor: now,
             last_event: None,
             grown_at: now,
             long_waits: LongWaits::Unknown,
@@ -248,7 +254,9 @@ impl Allowance {
             let span_start = now.checked_sub(span).unwrap_or(now);
             let mut from = self.measure_from.max(span_start);
             if now.saturating_duration_since(from) < MEASURE_AT_LEAST {
-                from = span_start.max(self.accepted.front().copied().unwrap_or(now));
+                from = span_start
+                    .max(self.accepted.front().copied().unwrap_or(now))
+                    .max(self.measure_floor);
             }
             let seconds = now.saturating_duration_since(from).max(MEASURE_AT_LEAST);
             let count = self
@@ -315,7 +323,13 @@ impl Allowance {
             self.probe = Some(Probe::Waiting);
             self.pause_until(now + PROBE_AFTER.min(retry_after));
         }
-        let Some(measured) = self.measured(sent_at) else {
+        // Up to the throttled call's sending, but no later than the calls whose answers are in:
+        // a gateway refuses at once, while the calls sent a latency before it may have passed
+        // and still be on their way — counted as refused, they made the pace a tenth too low.
+        let answered_until = now
+            .checked_sub(self.latency.unwrap_or_default())
+            .unwrap_or(now);
+        let Some(measured) = self.measured(sent_at.min(answered_until)) else {
             // Nothing let through since the last event (a storm of 429s, a quota spent):
             // sending more is no use, the whole pool waits what it was told (unless a probe
             // will tell sooner). The pace stays: nothing was learned about it.
@@ -635,6 +649,23 @@ impl Pacer {
                 lanes: HashMap::new(),
                 last_event: None,
             }),
+        }
+    }
+
+    /// The writes begin: what the API lets through, and how long a call takes, are measured
+    /// from now on. Without this, a 429 that comes before any write is answered (a gateway
+    /// answers it at once) would take the subscribed-SKU reads of a moment before for all the
+    /// API let through.
+    pub fn writes_begin(&self) {
+        let now = Instant::now();
+        let mut state = self.state();
+        let Pacing { pool, lanes, .. } = &mut *state;
+        for allowance in std::iter::once(pool).chain(lanes.values_mut()) {
+            allowance.measure_floor = now;
+            allowance.measure_from = allowance.measure_from.max(now);
+            // Nor is a read's latency a write's (the sandbox answers its reads at once): the
+            // gateway rule waits GATEWAY_WAIT until a write is answered.
+            allowance.latency = None;
         }
     }
 
@@ -1185,6 +1216,50 @@ mod tests {
         pacer.throttled(None, Instant::now(), Duration::from_secs(1));
         let again = pacer.state().pool.rate.unwrap();
         assert!(again < rate, "50 a second since: {again}");
+    }
+
+    /// A gateway answers its 429 at once, before any write is answered: the subscribed-SKU
+    /// read of a moment before is not what the writes were let through (it made the pace of
+    /// `gateway-5` start at a fifth of its quota).
+    #[tokio::test(start_paused = true)]
+    async fn the_reads_before_the_writes_are_not_what_the_writes_are_allowed() {
+        let pacer = Pacer::new(1_000_000);
+        let read = Instant::now();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        pacer.answered(Some(A), read);
+        tokio::time::advance(Duration::from_millis(20)).await;
+        pacer.writes_begin();
+        let write = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        pacer.throttled(Some(A), write, Duration::from_secs(1));
+        assert_eq!(pacer.state().pool.rate, None, "nothing was learned");
+        // The pool waits for the writes in flight to be answered (no write latency known yet:
+        // a quarter of a second), not the Retry-After.
+        let paused = pacer.paused_for(Some(A)).expect("a pause");
+        assert!(paused <= GATEWAY_WAIT, "{paused:?}");
+    }
+
+    /// Behind a gateway the 429 comes at once, while the calls sent in the latency before it
+    /// are still on their way: they are not counted as refused (they made `gateway-5` pace a
+    /// tenth below its quota after every event).
+    #[tokio::test(start_paused = true)]
+    async fn a_429_at_once_does_not_count_the_calls_still_on_their_way() {
+        let pacer = Pacer::new(1_000_000);
+        pacer.writes_begin();
+        let latency = Duration::from_millis(100);
+        // A call every 20 ms (50/s) for two seconds, each answered 100 ms after it was sent.
+        let start = Instant::now();
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(20)).await;
+            let now = Instant::now();
+            if now.duration_since(start) >= latency {
+                pacer.answered(None, now - latency);
+            }
+        }
+        pacer.throttled(None, Instant::now(), Duration::from_secs(1));
+        let rate = pacer.state().pool.rate.unwrap();
+        // 50/s got through: the pace sits just below it, not near 45.
+        assert!((47.0..=52.0).contains(&rate), "{rate}");
     }
 
     #[tokio::test(start_paused = true)]
