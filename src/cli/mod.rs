@@ -32,6 +32,11 @@ use crate::sandbox::{self, Sandbox, Scenario};
 use crate::summary::InsightsTable;
 use crate::verify::verify;
 
+/// Once a command is done (its summary printed), what is still running — an idle connection,
+/// a task nobody awaits, a blocking call — gets this long before the process ends anyway: a
+/// nightly job that does not end overlaps tomorrow's (issue 20).
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Parses the command line, runs it, and returns the documented exit code.
 pub fn main() -> u8 {
     let cli = Cli::parse();
@@ -39,11 +44,18 @@ pub fn main() -> u8 {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let code = run_cli(&runtime, cli);
+    // Dropping a runtime waits for its blocking tasks without limit; this does not.
+    runtime.shutdown_timeout(SHUTDOWN_BOUND);
+    code
+}
+
+fn run_cli(runtime: &tokio::runtime::Runtime, cli: Cli) -> u8 {
     match cli.command {
-        Command::Run(args) => run_command(&runtime, args),
+        Command::Run(args) => run_command(runtime, args),
         Command::Plan(mut args) => {
             args.dry_run = true;
-            run_command(&runtime, args)
+            run_command(runtime, args)
         }
         Command::Sandbox(args) => {
             progress::init_logging(LogFormat::Text, 0);
