@@ -91,6 +91,8 @@ pub struct RunSection {
     pub max_failure_ratio: Option<f64>,
     pub failure_ratio_min_groups: Option<u64>,
     pub default_usage_location: Option<String>,
+    pub summary_file: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Which token endpoint of the authority the refresh-token grant goes to (SPEC §6).
@@ -110,6 +112,8 @@ pub struct Overrides {
     pub preflight: Option<PreflightMode>,
     /// `Some(false)` for `--no-insights`.
     pub insights: Option<bool>,
+    pub summary_file: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// The resolved configuration every lower layer works from.
@@ -222,6 +226,10 @@ pub struct RunSettings {
     /// Given to a user the API refuses a license for lack of a usage location, when its rows
     /// give none (SPEC §5).
     pub default_usage_location: Option<UsageLocation>,
+    /// The machine-readable summary of SPEC §13, written at the end of every run that planned.
+    pub summary_file: Option<PathBuf>,
+    /// The run's figures for node_exporter's textfile collector (Prometheus text format).
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Secrets read from the environment (never from flags or the config file, SPEC §6).
@@ -353,9 +361,16 @@ impl Settings {
                 max_failure_ratio,
                 failure_ratio_min_groups: file.run.failure_ratio_min_groups.unwrap_or(100),
                 default_usage_location,
+                summary_file: given_path(overrides.summary_file.clone(), file.run.summary_file),
+                metrics_file: given_path(overrides.metrics_file.clone(), file.run.metrics_file),
             },
         })
     }
+}
+
+/// A file the flag (else the config file) names; an empty name is none (SPEC §13's default).
+fn given_path(flag: Option<PathBuf>, file: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or(file).filter(|path| !path.as_os_str().is_empty())
 }
 
 /// Parses a service URL; plain `http://` is accepted only for loopback hosts (SPEC §6).

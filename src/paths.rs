@@ -87,6 +87,35 @@ pub fn folder_of(path: &Path) -> PathBuf {
     }
 }
 
+/// Who may read a file written by [`write_atomically`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// The owner only (0600 on Unix): a refresh token.
+    Owner,
+    /// Everyone (0644 on Unix): a metrics file that node_exporter, another user, reads.
+    Everyone,
+}
+
+/// Writes `content` to `path` through a temporary file in the same folder and a rename, so a
+/// crash (or a reader at the wrong moment) never sees a half-written file.
+pub fn write_atomically(path: &Path, content: &[u8], readers: Readers) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".license-batch-")
+        .tempfile_in(folder_of(path))?;
+    // tempfile creates files readable by the owner only (0600) on Unix.
+    #[cfg(unix)]
+    if readers == Readers::Everyone {
+        use std::os::unix::fs::PermissionsExt;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    temp.write_all(content)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -395,6 +395,98 @@ fn the_same_sheet_again_sends_nothing_the_server_can_see() {
     assert_eq!(common::report_statuses(&report), first_statuses);
 }
 
+/// `--summary-json` and `--metrics-file` (SPEC §13) hold what the server received and what the
+/// report says, and a config file can ask for them too.
+#[test]
+fn the_summary_json_and_the_metrics_file_say_what_the_server_and_the_report_say() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_samples(dir.path());
+    let server = common::SandboxServer::start(dir.path(), "");
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[run]\nmetrics_file = \"nächte/license-batch.prom\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("nächte")).unwrap();
+    let args = [
+        "run",
+        "samples/onboarding.csv",
+        "-q",
+        "--requests-per-minute",
+        "6000",
+        "--config",
+        "config.toml",
+        "--summary-json",
+        "nächte/summary.json",
+    ];
+    let out = against(&server, dir.path(), &args.map(std::ffi::OsStr::new));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let record = runtime.block_on(server.record());
+    let received = record["requests"].as_array().unwrap().len() as u64;
+    let statuses = common::report_statuses(&dir.path().join("samples/onboarding.report.csv"));
+    let of = |status: &str| statuses.iter().filter(|s| *s == status).count() as u64;
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("nächte/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["version"], 1);
+    assert_eq!(summary["outcome"], "finished");
+    assert_eq!(summary["exit_code"], 1);
+    assert_eq!(summary["input"], "samples/onboarding.csv");
+    assert_eq!(summary["requests"]["license_updates"], received);
+    assert_eq!(summary["rows"]["total"], statuses.len() as u64);
+    for status in ["succeeded", "failed", "invalid", "skipped", "pending"] {
+        assert_eq!(summary["rows"][status], of(status), "{status}");
+    }
+    let per_customer: u64 = summary["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_customer, statuses.len() as u64);
+
+    let metrics = std::fs::read_to_string(dir.path().join("nächte/license-batch.prom")).unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("license_batch_last_run_exit_code"), 1.0);
+    assert_eq!(
+        value("license_batch_requests{kind=\"license_update\"}"),
+        received as f64
+    );
+    assert_eq!(
+        value("license_batch_rows{status=\"invalid\"}"),
+        of("invalid") as f64
+    );
+    assert_eq!(value("license_batch_rows{status=\"pending\"}"), 0.0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("nächte/license-batch.prom"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o444, 0o444, "node_exporter, another user, reads it");
+    }
+    // Written atomically: nothing but the two files is left in their folder.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("nächte"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
 #[test]
 fn plan_reads_the_tenants_shows_seats_and_what_is_not_sent_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -239,16 +239,8 @@ impl TokenProvider {
 /// Writes `content` to `path` through a temporary file in the same folder (mode 0600) and a
 /// rename, so a crash never leaves a half-written token.
 pub fn write_private_atomically(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".license-batch-token-")
-        .tempfile_in(crate::paths::folder_of(path))?;
-    // tempfile creates files readable by the owner only (0600) on Unix.
-    temp.write_all(content.as_bytes())?;
-    temp.write_all(b"\n")?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    let line = format!("{content}\n");
+    crate::paths::write_atomically(path, line.as_bytes(), crate::paths::Readers::Owner)
 }
 
 /// Renew a quarter of the lifetime early (at most five minutes), so no request leaves with a

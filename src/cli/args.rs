@@ -92,6 +92,13 @@ pub struct RunArgs {
     /// latency to what the ceiling (at most 3,000/min) needs.
     #[arg(long, env = "LICENSE_BATCH_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
+    /// Also write the summary as JSON (SPEC §13) to FILE, atomically, at the end of the run.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Also write the run's figures in Prometheus text format to FILE (node_exporter's textfile
+    /// collector), atomically, at the end of the run.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
     /// Force the CSV delimiter (`,` or `;`) instead of detecting it.
     #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,

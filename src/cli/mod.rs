@@ -25,11 +25,12 @@ use crate::config::{self, EnvSecrets, FileConfig, Overrides, Settings};
 use crate::error::{self, Error, exit_code};
 use crate::journal::Journal;
 use crate::outcome::RowStatus;
+use crate::paths;
 use crate::progress::{self, LogFormat};
 use crate::report;
 use crate::run::{Connection, RunOptions, Target, deployment_insights, run};
 use crate::sandbox::{self, Sandbox, Scenario};
-use crate::summary::InsightsTable;
+use crate::summary::{self, InsightsTable, RunSummary};
 use crate::verify::verify;
 
 /// Once a command is done (its summary printed), what is still running — an idle connection,
@@ -78,23 +79,73 @@ fn run_cli(runtime: &tokio::runtime::Runtime, cli: Cli) -> u8 {
     }
 }
 
-/// `run` and `plan`: the summary on stdout, the exit code of SPEC §10.
+/// `run` and `plan`: the summary on stdout (and, when asked, as JSON and as metrics), the exit
+/// code of SPEC §10.
 fn run_command(runtime: &tokio::runtime::Runtime, args: RunArgs) -> u8 {
     args.output.init_logging();
     runtime.block_on(async {
+        let mut outputs = (None, None);
         let result = match resolve_run(&args, &process_env) {
             Ok(opts) => {
                 install_signal_handler(opts.stop.clone());
+                let run_settings = &opts.settings.run;
+                outputs = (
+                    run_settings.summary_file.clone(),
+                    run_settings.metrics_file.clone(),
+                );
                 run(opts).await
             }
             Err(error) => Err(error),
         };
+        let code = error::exit_code_for(&result);
         match &result {
-            Ok(summary) => print!("{summary}"),
+            Ok(summary) => {
+                print!("{summary}");
+                let (summary_file, metrics_file) = outputs;
+                write_machine_summaries(&args.input, summary, code, summary_file, metrics_file);
+            }
             Err(error) => eprintln!("license-batch: error: {error}"),
         }
-        error::exit_code_for(&result)
+        code
     })
+}
+
+/// The summary JSON and the metrics file of SPEC §13, when asked for: after every run that
+/// planned. One that cannot be written is said on stderr; the exit code stays the run's.
+fn write_machine_summaries(
+    input: &std::path::Path,
+    summary: &RunSummary,
+    code: u8,
+    summary_file: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
+) {
+    let finished_at = std::time::SystemTime::now();
+    if let Some(path) = summary_file {
+        let end = summary::RunEnd {
+            input,
+            exit_code: code,
+            finished_at,
+        };
+        let mut text = serde_json::to_string_pretty(&summary::summary_json(summary, end))
+            .expect("JSON serialises");
+        text.push('\n');
+        write_or_say(&path, text.as_bytes(), "summary JSON");
+    }
+    if let Some(path) = metrics_file {
+        let text = summary::metrics_text(summary, code, finished_at);
+        write_or_say(&path, text.as_bytes(), "metrics file");
+    }
+}
+
+/// Writes `content` atomically, readable by everyone (a monitoring agent is another user);
+/// says on stderr when it cannot.
+fn write_or_say(path: &std::path::Path, content: &[u8], what: &str) {
+    if let Err(error) = paths::write_atomically(path, content, paths::Readers::Everyone) {
+        eprintln!(
+            "license-batch: warning: cannot write the {what} {}: {error}",
+            path.display()
+        );
+    }
 }
 
 /// The exit code of a command other than `run`/`plan`; errors are printed and mapped by

@@ -41,6 +41,8 @@ pub fn resolve_run(
         state_file: args.state.clone(),
         preflight: args.preflight,
         insights: args.no_insights.then_some(false),
+        summary_file: args.summary_json.clone(),
+        metrics_file: args.metrics_file.clone(),
     };
     let (settings, target) = resolve_connection(&args.connect, env, &overrides)?;
     let mut opts = RunOptions::new(&args.input, settings);

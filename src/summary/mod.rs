@@ -1,5 +1,12 @@
 //! The end-of-run summary (SPEC §11): counts by status, top error codes, a per-customer table,
-//! elapsed time, achieved request rate, retries and 429s, and where the report is.
+//! elapsed time, achieved request rate, retries and 429s, and where the report is; the same
+//! as JSON (`json`) and as Prometheus metrics (`metrics`) for unattended runs (SPEC §13).
+
+mod json;
+mod metrics;
+
+pub use json::{RunEnd, meaning_of, summary_json};
+pub use metrics::metrics_text;
 
 use std::collections::BTreeMap;
 use std::fmt;
