@@ -26,6 +26,32 @@ fn against(server: &common::SandboxServer, dir: &Path, args: &[&std::ffi::OsStr]
         .expect("binary runs")
 }
 
+/// The README's sample run (`-q`, a fast ceiling), plus `extra`, against a sandbox server.
+fn sample_against(server: &common::SandboxServer, dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "samples/onboarding.csv",
+        "-q",
+        "--requests-per-minute",
+        "6000",
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<&std::ffi::OsStr> = args.into_iter().map(std::ffi::OsStr::new).collect();
+    against(server, dir, &args)
+}
+
+/// The license updates a sandbox server has received so far (its `/sandbox/record`).
+fn received_by(server: &common::SandboxServer) -> Vec<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(server.record())["requests"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -365,26 +391,8 @@ fn the_same_sheet_again_sends_nothing_the_server_can_see() {
     let dir = tempfile::tempdir().unwrap();
     copy_samples(dir.path());
     let server = common::SandboxServer::start(dir.path(), "");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let received = || -> usize {
-        runtime.block_on(server.record())["requests"]
-            .as_array()
-            .unwrap()
-            .len()
-    };
-    let night = || {
-        let args = [
-            "run",
-            "samples/onboarding.csv",
-            "-q",
-            "--requests-per-minute",
-            "6000",
-        ];
-        against(&server, dir.path(), &args.map(std::ffi::OsStr::new))
-    };
+    let received = || received_by(&server).len();
+    let night = || sample_against(&server, dir.path(), &[]);
     let report = dir.path().join("samples/onboarding.report.csv");
     assert_eq!(night().status.code(), Some(1));
     let first = received();
@@ -408,25 +416,15 @@ fn the_summary_json_and_the_metrics_file_say_what_the_server_and_the_report_say(
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("nächte")).unwrap();
-    let args = [
-        "run",
-        "samples/onboarding.csv",
-        "-q",
-        "--requests-per-minute",
-        "6000",
+    let extra = [
         "--config",
         "config.toml",
         "--summary-json",
         "nächte/summary.json",
     ];
-    let out = against(&server, dir.path(), &args.map(std::ffi::OsStr::new));
+    let out = sample_against(&server, dir.path(), &extra);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let record = runtime.block_on(server.record());
-    let received = record["requests"].as_array().unwrap().len() as u64;
+    let received = received_by(&server).len() as u64;
     let statuses = common::report_statuses(&dir.path().join("samples/onboarding.report.csv"));
     let of = |status: &str| statuses.iter().filter(|s| *s == status).count() as u64;
 
@@ -665,16 +663,7 @@ fn check_names_every_customer_it_cannot_reach_and_writes_nothing() {
     ] {
         assert!(!stdout.contains(secret) && !text(&out.stderr).contains(secret));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let record = runtime.block_on(server.record());
-    assert_eq!(
-        record["requests"].as_array().unwrap().len(),
-        0,
-        "nothing written"
-    );
+    assert!(received_by(&server).is_empty(), "nothing written");
 }
 
 /// A token without an MFA claim: `check` says so from the token itself and from the API's
