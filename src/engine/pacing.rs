@@ -868,21 +868,6 @@ mod tests {
     /// An answer on its way back: arrival and sending time (ns), the wait told if throttled.
     type Answer = Reverse<(u64, u64, Option<u64>)>;
 
-    /// A client with `pool` calls in flight at most, each answered after `latency` seconds,
-    /// that always has work, paced by one [`Allowance`] against `quota`, whose rate at `t`
-    /// seconds is `rate_at(t)`. A discrete-event simulation on instants made from numbers:
-    /// deterministic, no clock.
-    fn simulate(
-        quota: Quota,
-        told: Told,
-        rate_at: impl Fn(f64) -> f64,
-        pool: usize,
-        latency: f64,
-        seconds: usize,
-    ) -> Seen {
-        simulate_api(Api::default(), quota, told, rate_at, pool, latency, seconds)
-    }
-
     /// How the simulated API answers besides its quota.
     #[derive(Clone, Copy, Default)]
     struct Api {
@@ -892,6 +877,11 @@ mod tests {
         jitter: f64,
     }
 
+    /// A client with `pool` calls in flight at most, each answered after `latency` seconds,
+    /// that always has work, paced by one [`Allowance`] against `quota`, whose rate at `t`
+    /// seconds is `rate_at(t)`. A discrete-event simulation on instants made from numbers:
+    /// deterministic, no clock.
+    /// `api` says how it answers besides its quota.
     fn simulate_api(
         api: Api,
         mut quota: Quota,
@@ -1037,7 +1027,15 @@ mod tests {
             for told in [Told::Up, Told::Exact, Told::Constant(1), Told::Constant(57)] {
                 // A bucket of 3,000 at 50/s takes 100 s to empty at the pool's 80/s.
                 let seconds = if capacity > 1000.0 { 260 } else { 90 };
-                let seen = simulate(Quota::bucket(capacity), told, |_| R, 8, 0.1, seconds);
+                let seen = simulate_api(
+                    Api::default(),
+                    Quota::bucket(capacity),
+                    told,
+                    |_| R,
+                    8,
+                    0.1,
+                    seconds,
+                );
                 let steady = seen.rate(seconds - 30, seconds);
                 // A bucket of one call throttles every call that comes a little early: the
                 // pace settles lower there (docs/BENCHMARKS.md).
@@ -1073,7 +1071,15 @@ mod tests {
         };
         for told in [Told::Up, Told::Exact] {
             // Calls of 50 ms and 8 in flight: the client could do 160/s.
-            let seen = simulate(Quota::bucket(5.0), told, rate_at, 8, 0.05, 120);
+            let seen = simulate_api(
+                Api::default(),
+                Quota::bucket(5.0),
+                told,
+                rate_at,
+                8,
+                0.05,
+                120,
+            );
             let after_drop = seen.rate(50, 80);
             assert!(
                 after_drop >= 0.95 * 25.0,
@@ -1101,7 +1107,7 @@ mod tests {
                 index: 0.0,
                 calls: 0.0,
             };
-            let seen = simulate(quota, told, |_| 500.0, 8, 0.1, 60);
+            let seen = simulate_api(Api::default(), quota, told, |_| 500.0, 8, 0.1, 60);
             // Windows 1 to 5 (the first is the one the pacer learns in).
             let used: Vec<u32> = (1..6)
                 .map(|w| seen.per_second[w * 10..w * 10 + 10].iter().sum())
