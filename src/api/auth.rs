@@ -367,6 +367,68 @@ mod tests {
         );
     }
 
+    /// Each Entra code gets the advice that fixes it (and keeps its first line): a code whose
+    /// advice disappeared would read as a bare "HTTP 400".
+    const ADVICE: &[(&str, &str)] = &[
+        ("AADSTS700082", "refresh token has expired"),
+        ("AADSTS70008", "refresh token has expired"),
+        ("AADSTS700084", "refresh token has expired"),
+        ("AADSTS50173", "refresh token was revoked"),
+        ("AADSTS50132", "refresh token was revoked"),
+        ("AADSTS50133", "refresh token was revoked"),
+        ("AADSTS70043", "refresh token was revoked"),
+        ("AADSTS7000215", "LICENSE_BATCH_CLIENT_SECRET"),
+        ("AADSTS7000222", "LICENSE_BATCH_CLIENT_SECRET"),
+        ("AADSTS700016", "check auth.client_id"),
+        ("AADSTS90002", "check auth.tenant_id"),
+        ("AADSTS900023", "check auth.tenant_id"),
+        ("AADSTS50076", "multi-factor authentication is required"),
+        ("AADSTS50079", "multi-factor authentication is required"),
+        ("AADSTS50158", "multi-factor authentication is required"),
+        ("AADSTS53003", "Conditional Access"),
+        ("AADSTS65001", "grant consent"),
+    ];
+
+    #[test]
+    fn every_entra_code_gets_its_own_advice_and_keeps_the_description() {
+        for &(code, advice) in ADVICE {
+            let body = serde_json::json!({"error": "invalid_grant",
+                "error_description": format!("{code}: Entra's own words.\r\nTrace ID: x")});
+            let err = refusal(&body, 400).to_string();
+            assert!(err.contains(advice), "{code}: {err}");
+            assert!(
+                err.contains(&format!("({code}: Entra's own words.)")),
+                "{code}: {err}"
+            );
+            assert!(!err.contains("HTTP 400"), "{code}: {err}");
+        }
+        // An unknown code, or none: the status and the description as they came.
+        for description in ["AADSTS99999: Something new.", "no code at all"] {
+            let body =
+                serde_json::json!({"error": "invalid_grant", "error_description": description});
+            let err = refusal(&body, 400).to_string();
+            assert!(err.contains(&format!("HTTP 400: {description}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_code_of_the_readmes_table_is_one_the_tool_advises_on() {
+        let readme = include_str!("../../README.md");
+        let table_codes: Vec<&str> = readme
+            .lines()
+            .filter(|line| line.starts_with("| AADSTS"))
+            .flat_map(|line| line.split(['|', '/', ':', ' ']))
+            .filter(|word| word.starts_with("AADSTS"))
+            .collect();
+        assert!(table_codes.len() >= 10, "{table_codes:?}");
+        for code in table_codes {
+            assert!(
+                ADVICE.iter().any(|&(known, _)| known == code),
+                "the README names {code}, the tool gives no advice for it"
+            );
+        }
+    }
+
     #[test]
     fn margin_is_a_quarter_capped_at_five_minutes() {
         assert_eq!(
@@ -391,6 +453,39 @@ mod tests {
             provider.renew_after_rejection(&token).await,
             Err(AuthError::CannotRefresh)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_static_token_is_never_renewed_before_it_is_rejected() {
+        // A night is hours; a ready token is used until the API rejects it, never dropped as
+        // "about to expire" on a clock of its own.
+        let provider = TokenProvider::new(
+            reqwest::Client::new(),
+            Credentials::AccessToken(Secret::new("at")),
+        );
+        let state = provider.state.lock().await;
+        let renew_at = state.cached.as_ref().unwrap().renew_at;
+        assert!(renew_at > Instant::now() + Duration::from_secs(50 * 365 * 24 * 3600));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_token_endpoint_says_why() {
+        // A port nothing listens on: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut grant = grant(TokenEndpoint::V1);
+        grant.authority = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let provider = TokenProvider::new(reqwest::Client::new(), Credentials::RefreshToken(grant));
+        match provider.token().await {
+            Err(AuthError::Unreachable { url, reason }) => {
+                assert!(url.contains(&port.to_string()), "{url}");
+                assert!(reason.to_lowercase().contains("refused"), "{reason}");
+            }
+            other => panic!("expected Unreachable, got {:?}", other.map(|_| "a token")),
+        }
     }
 
     #[cfg(unix)]
