@@ -13,6 +13,18 @@ use serde::Deserialize;
 use crate::country::UsageLocation;
 use crate::secret::Secret;
 
+/// `run.max_removals` when not set: a sheet removing more licenses than this needs `--yes`.
+pub const DEFAULT_MAX_REMOVALS: u64 = 50;
+
+/// The limits of the guard (SPEC §13) a new run's plan is held against; 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardLimits {
+    /// License changes (assigns and removals) a run may send.
+    pub max_changes: u64,
+    /// Licenses a run may remove.
+    pub max_removals: u64,
+}
+
 /// A configuration that cannot be used: which key or file, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -27,6 +39,29 @@ pub enum PreflightMode {
     Warn,
     /// Send only what fits; the excess rows are `skipped`.
     Strict,
+}
+
+/// The body the end-of-run notification posts (`notify.format`, SPEC §13).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// The summary JSON itself.
+    #[default]
+    Json,
+    /// A Teams message with an Adaptive Card (a Teams workflow's "post to a channel" webhook).
+    Teams,
+    /// A Slack incoming webhook's `{"text": …}`.
+    Slack,
+}
+
+/// Which runs notify (`notify.on`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    Always,
+    /// Only a run whose exit code is not 0.
+    #[default]
+    Problems,
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://api.partnercenter.microsoft.com";
@@ -46,6 +81,17 @@ pub struct FileConfig {
     pub retry: RetrySection,
     #[serde(default)]
     pub run: RunSection,
+    #[serde(default)]
+    pub notify: NotifySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    pub webhook_url_file: Option<PathBuf>,
+    pub format: Option<NotifyFormat>,
+    pub on: Option<NotifyOn>,
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +139,8 @@ pub struct RunSection {
     pub default_usage_location: Option<String>,
     pub summary_file: Option<PathBuf>,
     pub metrics_file: Option<PathBuf>,
+    pub max_changes: Option<u64>,
+    pub max_removals: Option<u64>,
 }
 
 /// Which token endpoint of the authority the refresh-token grant goes to (SPEC §6).
@@ -114,6 +162,8 @@ pub struct Overrides {
     pub insights: Option<bool>,
     pub summary_file: Option<PathBuf>,
     pub metrics_file: Option<PathBuf>,
+    pub max_changes: Option<u64>,
+    pub max_removals: Option<u64>,
 }
 
 /// The resolved configuration every lower layer works from.
@@ -123,6 +173,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: Limits,
     pub retry: RetrySettings,
+    pub notify: NotifySettings,
     pub run: RunSettings,
 }
 
@@ -230,6 +281,20 @@ pub struct RunSettings {
     pub summary_file: Option<PathBuf>,
     /// The run's figures for node_exporter's textfile collector (Prometheus text format).
     pub metrics_file: Option<PathBuf>,
+    /// The guard of SPEC §13: the most license changes, and removals, a new run may send
+    /// without `--yes`; 0 = no limit.
+    pub guard: GuardLimits,
+}
+
+/// The end-of-run notification (SPEC §13); no webhook: none.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// The webhook URL: it carries the channel's signature, so it is a secret (never printed).
+    pub webhook: Option<Secret>,
+    pub format: NotifyFormat,
+    pub on: NotifyOn,
+    /// The longest the notification may take, every try included (`notify.timeout_secs`).
+    pub timeout: Duration,
 }
 
 /// Secrets read from the environment (never from flags or the config file, SPEC §6).
@@ -319,6 +384,38 @@ impl Settings {
             })?),
             None => None,
         };
+        // Like the refresh token, a file named in the config wins over the environment.
+        let webhook = match &file.notify.webhook_url_file {
+            Some(path) if !path.as_os_str().is_empty() => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!(
+                        "cannot read notify.webhook_url_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(text.trim().to_string()).filter(|url| !url.is_empty())
+            }
+            _ => env("LICENSE_BATCH_WEBHOOK_URL").filter(|url| !url.trim().is_empty()),
+        };
+        if let Some(url) = &webhook
+            && !matches!(Url::parse(url.trim()), Ok(u) if matches!(u.scheme(), "http" | "https"))
+        {
+            // The URL itself is not repeated: it is a secret.
+            return Err(ConfigError(
+                "the webhook URL (LICENSE_BATCH_WEBHOOK_URL or notify.webhook_url_file) is not an \
+                 http(s) URL"
+                    .into(),
+            ));
+        }
+        let notify = NotifySettings {
+            webhook: webhook.map(|url| Secret::new(url.trim())),
+            format: file.notify.format.unwrap_or_default(),
+            on: file.notify.on.unwrap_or_default(),
+            timeout: match file.notify.timeout_secs.unwrap_or(15) {
+                0 => return Err(ConfigError("notify.timeout_secs must be at least 1".into())),
+                secs => Duration::from_secs(secs),
+            },
+        };
         let timeout_secs = file.api.timeout_secs.unwrap_or(30);
         if timeout_secs == 0 {
             return Err(ConfigError("api.timeout_secs must be at least 1".into()));
@@ -347,6 +444,7 @@ impl Settings {
                 max_elapsed: Duration::from_secs(file.retry.max_elapsed_secs.unwrap_or(900)),
                 min_delay: Duration::from_millis(file.retry.min_delay_ms.unwrap_or(1000)),
             },
+            notify,
             run: RunSettings {
                 state_file: overrides
                     .state_file
@@ -363,6 +461,13 @@ impl Settings {
                 default_usage_location,
                 summary_file: given_path(overrides.summary_file.clone(), file.run.summary_file),
                 metrics_file: given_path(overrides.metrics_file.clone(), file.run.metrics_file),
+                guard: GuardLimits {
+                    max_changes: overrides.max_changes.or(file.run.max_changes).unwrap_or(0),
+                    max_removals: overrides
+                        .max_removals
+                        .or(file.run.max_removals)
+                        .unwrap_or(DEFAULT_MAX_REMOVALS),
+                },
             },
         })
     }

@@ -25,6 +25,10 @@ pub enum Error {
     #[error("the credentials do not work: {0}")]
     Auth(String),
 
+    /// The plan goes over a limit of the guard (SPEC §13) and `--yes` was not given.
+    #[error("the guard stopped this run: {0}")]
+    Guard(Box<crate::plan::guard::GuardCheck>),
+
     /// A signal arrived before anything was sent.
     #[error("interrupted before anything was sent")]
     Interrupted,

@@ -2,7 +2,7 @@
 //!
 //! The modules follow the pipeline: [`input`] (CSV, validation) → [`plan`] (SKU resolution,
 //! grouping) → [`engine`] (pool, pacing, retries) → [`api`] (client, auth, classification) →
-//! [`journal`] (SQLite: resume, incremental runs) → [`report`] and [`summary`]; [`sandbox`] simulates Partner Center beside them. [`cli`] and
+//! [`journal`] (SQLite: resume, incremental runs) → [`report`] and [`summary`], the end-of-run [`notify`]; [`sandbox`] simulates Partner Center beside them. [`cli`] and
 //! [`config`] turn flags, env and file into [`RunOptions`]; [`error`] maps results to exit codes.
 
 pub mod api;
@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod input;
 pub mod journal;
+pub mod notify;
 pub mod outcome;
 pub mod panic;
 pub mod paths;

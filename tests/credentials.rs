@@ -42,14 +42,18 @@ async fn night_of(
 }
 
 /// Every secret the sandbox knows or hands out has one of these forms.
-fn secret_markers() -> [&'static str; 4] {
+fn secret_markers() -> [&'static str; 5] {
     [
         sandbox::CLIENT_SECRET,
         sandbox::REFRESH_TOKEN,
         "sandbox-access-",
         "sandbox-refresh-",
+        WEBHOOK_SIGNATURE,
     ]
 }
+
+/// The signature a Teams or Slack webhook URL carries: whoever has it posts to the channel.
+const WEBHOOK_SIGNATURE: &str = "sig=Wébhook-Signatur-9f8e7d";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_reaches_any_output_even_at_trace() {
@@ -60,6 +64,13 @@ async fn no_secret_reaches_any_output_even_at_trace() {
         "[auth]\ntoken_lifetime_secs = 2\n[faults]\nlatency_ms = 20\nthrottle_every = 25\n",
     );
     write_csv(dir.path(), "sheet.csv", HEADER, &sheet(60));
+    // Every run notifies, and writes the summary and the metrics: they are outputs too.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[notify]\non = \"always\"\nformat = \"teams\"\n[run]\nsummary_file = \"summary.json\"\nmetrics_file = \"metrics.prom\"\n",
+    )
+    .unwrap();
+    let webhook = format!("{}sandbox/webhook?{WEBHOOK_SIGNATURE}", server.url);
     for format in ["text", "json"] {
         let output = Command::new(env!("CARGO_BIN_EXE_license-batch"))
             .args([
@@ -82,6 +93,8 @@ async fn no_secret_reaches_any_output_even_at_trace() {
             .env("LICENSE_BATCH_CLIENT_ID", sandbox::CLIENT_ID)
             .env("LICENSE_BATCH_CLIENT_SECRET", sandbox::CLIENT_SECRET)
             .env("LICENSE_BATCH_REFRESH_TOKEN", sandbox::REFRESH_TOKEN)
+            .env("LICENSE_BATCH_WEBHOOK_URL", &webhook)
+            .env("LICENSE_BATCH_CONFIG", "config.toml")
             .output()
             .unwrap();
         assert_eq!(
@@ -104,10 +117,23 @@ async fn no_secret_reaches_any_output_even_at_trace() {
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with("sheet.report") || name.starts_with("license-batch.state") {
+            if name.starts_with("sheet.report")
+                || name.starts_with("license-batch.state")
+                || name == "summary.json"
+                || name == "metrics.prom"
+            {
                 outputs.push((name, std::fs::read(&path).unwrap()));
             }
         }
+        for written in ["summary.json", "metrics.prom", "sheet.report.csv"] {
+            assert!(
+                outputs.iter().any(|(name, _)| name == written),
+                "{written} was written and is checked"
+            );
+        }
+        // The notification was really posted (with the URL in hand, so through the secret).
+        let posted = server.record().await["webhooks"].as_array().unwrap().len();
+        assert_eq!(posted, if format == "text" { 1 } else { 2 });
         for (name, bytes) in &outputs {
             let text = String::from_utf8_lossy(bytes);
             for marker in secret_markers() {

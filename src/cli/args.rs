@@ -99,6 +99,17 @@ pub struct RunArgs {
     /// collector), atomically, at the end of the run.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// The most license changes (assigns and removals) a new run may send; more: nothing is
+    /// sent, exit 2, unless --yes. 0 = no limit (the default).
+    #[arg(long, value_name = "N")]
+    pub max_changes: Option<u64>,
+    /// The most licenses a new run may remove; more: nothing is sent, exit 2, unless --yes.
+    /// 0 = no limit. Default: 50.
+    #[arg(long, value_name = "N")]
+    pub max_removals: Option<u64>,
+    /// Send a plan that goes over --max-changes or --max-removals all the same.
+    #[arg(long)]
+    pub yes: bool,
     /// Force the CSV delimiter (`,` or `;`) instead of detecting it.
     #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,

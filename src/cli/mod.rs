@@ -24,6 +24,7 @@ use crate::config::PreflightMode;
 use crate::config::{self, EnvSecrets, FileConfig, Overrides, Settings};
 use crate::error::{self, Error, exit_code};
 use crate::journal::Journal;
+use crate::notify;
 use crate::outcome::RowStatus;
 use crate::paths;
 use crate::progress::{self, LogFormat};
@@ -85,6 +86,8 @@ fn run_command(runtime: &tokio::runtime::Runtime, args: RunArgs) -> u8 {
     args.output.init_logging();
     runtime.block_on(async {
         let mut outputs = (None, None);
+        // A plan is looked at by a person: only a run notifies.
+        let mut notify_settings = None;
         let result = match resolve_run(&args, &process_env) {
             Ok(opts) => {
                 install_signal_handler(opts.stop.clone());
@@ -93,18 +96,39 @@ fn run_command(runtime: &tokio::runtime::Runtime, args: RunArgs) -> u8 {
                     run_settings.summary_file.clone(),
                     run_settings.metrics_file.clone(),
                 );
+                if !opts.dry_run {
+                    notify_settings = Some(opts.settings.notify.clone());
+                }
                 run(opts).await
             }
             Err(error) => Err(error),
         };
         let code = error::exit_code_for(&result);
-        match &result {
+        let finished_at = std::time::SystemTime::now();
+        let ending = match &result {
             Ok(summary) => {
                 print!("{summary}");
                 let (summary_file, metrics_file) = outputs;
-                write_machine_summaries(&args.input, summary, code, summary_file, metrics_file);
+                let end = summary::RunEnd {
+                    input: &args.input,
+                    exit_code: code,
+                    finished_at,
+                };
+                write_machine_summaries(summary, end, summary_file, metrics_file);
+                notify::Ending::Planned { summary, end }
             }
-            Err(error) => eprintln!("license-batch: error: {error}"),
+            Err(error) => {
+                eprintln!("license-batch: error: {error}");
+                notify::Ending::Stopped {
+                    input: &args.input,
+                    message: error.to_string(),
+                    exit_code: code,
+                    finished_at,
+                }
+            }
+        };
+        if let Some(settings) = &notify_settings {
+            notify::notify(settings, ending).await;
         }
         code
     })
@@ -113,26 +137,19 @@ fn run_command(runtime: &tokio::runtime::Runtime, args: RunArgs) -> u8 {
 /// The summary JSON and the metrics file of SPEC §13, when asked for: after every run that
 /// planned. One that cannot be written is said on stderr; the exit code stays the run's.
 fn write_machine_summaries(
-    input: &std::path::Path,
     summary: &RunSummary,
-    code: u8,
+    end: summary::RunEnd<'_>,
     summary_file: Option<PathBuf>,
     metrics_file: Option<PathBuf>,
 ) {
-    let finished_at = std::time::SystemTime::now();
     if let Some(path) = summary_file {
-        let end = summary::RunEnd {
-            input,
-            exit_code: code,
-            finished_at,
-        };
         let mut text = serde_json::to_string_pretty(&summary::summary_json(summary, end))
             .expect("JSON serialises");
         text.push('\n');
         write_or_say(&path, text.as_bytes(), "summary JSON");
     }
     if let Some(path) = metrics_file {
-        let text = summary::metrics_text(summary, code, finished_at);
+        let text = summary::metrics_text(summary, end.exit_code, end.finished_at);
         write_or_say(&path, text.as_bytes(), "metrics file");
     }
 }

@@ -43,6 +43,8 @@ pub fn resolve_run(
         insights: args.no_insights.then_some(false),
         summary_file: args.summary_json.clone(),
         metrics_file: args.metrics_file.clone(),
+        max_changes: args.max_changes,
+        max_removals: args.max_removals,
     };
     let (settings, target) = resolve_connection(&args.connect, env, &overrides)?;
     let mut opts = RunOptions::new(&args.input, settings);
@@ -52,6 +54,7 @@ pub fn resolve_run(
     opts.dry_run = args.dry_run;
     opts.fresh = args.fresh;
     opts.resend = args.resend;
+    opts.confirmed = args.yes;
     opts.delimiter = args.delimiter;
     opts.progress =
         args.output.log_format == LogFormat::Text && !args.output.quiet && !args.dry_run;

@@ -5,6 +5,8 @@
 //! transaction: the run, its plan and every group's request ID become durable together at
 //! [`Draft::commit`], before anything is sent, or not at all.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
@@ -12,6 +14,7 @@ use super::{Journal, JournalError, NewRun, now_text};
 use crate::input::{InputHeader, InputRow};
 use crate::outcome::OperationOutcome;
 use crate::plan::RowResolution;
+use crate::plan::guard::LicenseChanges;
 use crate::plan::planner::{
     NewGroup, NewOperation, NewRow, PlanCounts, PlanError, PlanSink, Planner,
 };
@@ -278,17 +281,59 @@ impl Draft<'_> {
     }
 
     fn seat_needs_from_tables(&self) -> Result<Vec<SeatNeed>, JournalError> {
+        self.open_counts_by(
+            "o.sku_id",
+            "AND o.action = 'assign' GROUP BY g.customer_id, o.sku_id ORDER BY g.customer_id, o.sku_id",
+        )?
+        .into_iter()
+        .map(|(customer, sku, needed)| {
+            Ok(SeatNeed {
+                customer,
+                sku: sku.parse().map_err(|_| self.journal.corrupt("SKU ID"))?,
+                needed,
+            })
+        })
+        .collect()
+    }
+
+    /// The license changes still to send, per customer: what the guard checks (SPEC §13).
+    pub fn license_changes(&self) -> Result<BTreeMap<Uuid, LicenseChanges>, JournalError> {
+        match &self.counts {
+            Some(counts) => Ok(counts.changes.clone()),
+            None => self.license_changes_from_tables(),
+        }
+    }
+
+    fn license_changes_from_tables(&self) -> Result<BTreeMap<Uuid, LicenseChanges>, JournalError> {
+        let mut changes: BTreeMap<Uuid, LicenseChanges> = BTreeMap::new();
+        for (customer, action, count) in
+            self.open_counts_by("o.action", "GROUP BY g.customer_id, o.action")?
+        {
+            let entry = changes.entry(customer).or_default();
+            match action.as_str() {
+                "assign" => entry.assigns += count,
+                _ => entry.removals += count,
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Open operations counted per (customer, `column`), `grouping` the rest of the query.
+    fn open_counts_by(
+        &self,
+        column: &str,
+        grouping: &str,
+    ) -> Result<Vec<(Uuid, String, u64)>, JournalError> {
         let e = |source| self.sqlite(source);
         let mut stmt = self
             .conn()
-            .prepare(
-                "SELECT g.customer_id, o.sku_id, COUNT(*) FROM operations o
+            .prepare(&format!(
+                "SELECT g.customer_id, {column}, COUNT(*) FROM operations o
                  JOIN groups g ON g.run_id = o.run_id AND g.idx = o.group_idx
-                 WHERE o.run_id = ?1 AND o.status IS NULL AND o.action = 'assign'
-                 GROUP BY g.customer_id, o.sku_id ORDER BY g.customer_id, o.sku_id",
-            )
+                 WHERE o.run_id = ?1 AND o.status IS NULL {grouping}"
+            ))
             .map_err(e)?;
-        let needs = stmt
+        let counted = stmt
             .query_map([self.run_id], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -299,16 +344,13 @@ impl Draft<'_> {
             .map_err(e)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(e)?;
-        needs
+        counted
             .into_iter()
-            .map(|(customer, sku, needed)| {
-                Ok(SeatNeed {
-                    customer: customer
-                        .parse()
-                        .map_err(|_| self.journal.corrupt("customer ID"))?,
-                    sku: sku.parse().map_err(|_| self.journal.corrupt("SKU ID"))?,
-                    needed: needed as u64,
-                })
+            .map(|(customer, key, count)| {
+                let customer = customer
+                    .parse()
+                    .map_err(|_| self.journal.corrupt("customer ID"))?;
+                Ok((customer, key, count as u64))
             })
             .collect()
     }
@@ -514,6 +556,7 @@ pub(super) mod tests {
             "customer_id,user_id,sku,action\n\
              {C},ada@x.com,{PBI},\n\
              {C},ada@x.com,{PBI},\n\
+             {C},émilie@x.com,{PBI},remove\n\
              {C},bo@x.com,NO_SUCH_SKU,\n\
              {C},cy@x.com,{PBI},\n\
              {C},cy@x.com,{PBI},remove\n\
@@ -544,6 +587,18 @@ pub(super) mod tests {
             draft.seat_needs().unwrap(),
             draft.seat_needs_from_tables().unwrap()
         );
+        assert_eq!(
+            draft.license_changes().unwrap(),
+            draft.license_changes_from_tables().unwrap()
+        );
+        assert_eq!(
+            draft.license_changes().unwrap()[&C.parse::<Uuid>().unwrap()],
+            LicenseChanges {
+                assigns: 2,
+                removals: 1
+            },
+            "ada's two rows are one change; the conflicting rows none"
+        );
         let refused = OperationOutcome {
             http_status: Some(403),
             error_code: Some("2000".into()),
@@ -554,6 +609,12 @@ pub(super) mod tests {
             draft.counts().is_none(),
             "settled: the counts no longer hold"
         );
+        let open = draft.license_changes().unwrap();
+        assert!(
+            !open.contains_key(&D.parse::<Uuid>().unwrap()),
+            "a refused customer's changes are not sent: {open:?}"
+        );
+        assert_eq!(open.len(), 1, "{open:?}");
         let skipped = OperationOutcome::unsent(OperationStatus::Skipped, "no seat");
         draft
             .settle_excess(C.parse().unwrap(), PBI.parse().unwrap(), 0, &skipped)
@@ -581,7 +642,7 @@ pub(super) mod tests {
             .unwrap();
         let counted = journal.tally(run).unwrap();
         assert_eq!(counted, by_row);
-        assert_eq!(counted.rows(), 8);
+        assert_eq!(counted.rows(), 9);
         assert_eq!(
             counted.count(RowStatus::Invalid),
             4,

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod grouping;
+pub mod guard;
 pub mod planner;
 
 use uuid::Uuid;

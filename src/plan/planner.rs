@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::RowResolution;
 use super::grouping::{self, Assignment, Grouper};
+use super::guard::LicenseChanges;
 use crate::input::{Action, InputHeader, InputRow};
 use crate::outcome::{RowStatus, Tally};
 use crate::spill::{SpillReader, SpillWriter};
@@ -95,6 +96,8 @@ pub struct PlanCounts {
     pub per_customer: BTreeMap<Uuid, (u64, u64)>,
     /// Per (customer, SKU): assigns to send.
     pub seat_needs: BTreeMap<(Uuid, Uuid), u64>,
+    /// Per customer: the license changes to send (what the guard checks).
+    pub changes: BTreeMap<Uuid, LicenseChanges>,
     /// Rows per (customer, status) while counting; folded into `tally` at the end (a tally
     /// keys its rows by the customer's text, too dear to make for every row).
     rows: BTreeMap<(Option<Uuid>, RowStatus), u64>,
@@ -300,8 +303,14 @@ fn write_row<S: PlanSink>(
                 *requests += 1;
             }
             // An operation needs a seat once, counted on its first row.
-            if first_of.is_some() && action == Action::Assign.as_str() {
-                *counts.seat_needs.entry((customer, sku_id)).or_default() += 1;
+            if first_of.is_some() {
+                let changes = counts.changes.entry(customer).or_default();
+                if action == Action::Assign.as_str() {
+                    *counts.seat_needs.entry((customer, sku_id)).or_default() += 1;
+                    changes.assigns += 1;
+                } else {
+                    changes.removals += 1;
+                }
             }
             if !record_open {
                 return Ok(());
@@ -448,6 +457,14 @@ mod tests {
         let customer: Uuid = C.parse().unwrap();
         assert_eq!(counts.per_customer[&customer], (2, 4));
         assert_eq!(counts.seat_needs.values().sum::<u64>(), 3);
+        assert_eq!(
+            counts.changes[&customer],
+            LicenseChanges {
+                assigns: 3,
+                removals: 0
+            },
+            "one change per operation, not per row"
+        );
 
         for partitions in [2, 7] {
             assert_eq!(

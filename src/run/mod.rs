@@ -26,6 +26,7 @@ use crate::journal::read::WorkPages;
 use crate::journal::writer::JournalWriter;
 use crate::journal::{self, Journal, NewRun};
 use crate::outcome::{Completion, Tally};
+use crate::plan::guard::GuardCheck;
 use crate::progress::ProgressBar;
 use crate::report;
 use crate::sandbox::Scenario;
@@ -55,6 +56,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Send operations already done in earlier runs too (implies `fresh`).
     pub resend: bool,
+    /// `--yes`: a plan over the guard's limits (SPEC §13) is sent all the same.
+    pub confirmed: bool,
     pub delimiter: Option<u8>,
     /// Show the progress bar (the CLI does on a terminal).
     pub progress: bool,
@@ -89,6 +92,7 @@ impl RunOptions {
             dry_run: false,
             fresh: false,
             resend: false,
+            confirmed: false,
             delimiter: None,
             progress: false,
             stop: CancellationToken::new(),
@@ -155,6 +159,11 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary, Error> {
                 (!opts.resend).then_some(connection.target.as_str()),
                 opts.settings.run.preflight,
             )?;
+            let guard = GuardCheck::new(draft.license_changes()?, opts.settings.run.guard);
+            if guard.stops() && !opts.confirmed {
+                // Dropped uncommitted: the journal keeps no trace, the next run plans afresh.
+                return Err(Error::Guard(Box::new(guard)));
+            }
             // Also with --resend: an operation whose last request is in doubt keeps its ID.
             draft.carry_unanswered(&connection.target)?;
             (draft.commit()?, seats)

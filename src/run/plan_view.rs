@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::input;
 use crate::journal::{self, Journal, NewRun};
 use crate::outcome::{Completion, RowStatus, Tally};
+use crate::plan::guard::GuardCheck;
 use crate::summary::RunSummary;
 use crate::tenant::preflight::SeatCheck;
 use crate::tenant::{CustomerCatalog, TenantCatalog};
@@ -93,6 +94,7 @@ pub(super) async fn plan_only(
         done_target,
         opts.settings.run.preflight,
     )?;
+    let guard = GuardCheck::new(draft.license_changes()?, opts.settings.run.guard);
     // Figures counted while planning; read from the tables when something was settled.
     let counts = draft.counts().cloned();
     let run_id = draft.commit()?;
@@ -123,6 +125,7 @@ pub(super) async fn plan_only(
             per_customer: &per_customer,
             seats: &seats,
         },
+        &guard.verdict_line(opts.confirmed),
         &opts.settings,
         note,
     )
@@ -160,6 +163,7 @@ fn describe_plan(
     journal: &Journal,
     run_id: i64,
     figures: PlanFigures<'_>,
+    guard_line: &str,
     settings: &Settings,
     note: Option<&str>,
 ) -> std::io::Result<()> {
@@ -184,6 +188,7 @@ fn describe_plan(
     for (customer, requests, rows) in per_customer {
         writeln!(out, "  {customer:<38} {requests:>8} {rows:>6}")?;
     }
+    writeln!(out, "  {guard_line}")?;
     if !seats.lines.is_empty() {
         writeln!(out, "  seats:")?;
         writeln!(

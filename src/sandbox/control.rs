@@ -1,4 +1,5 @@
-//! Control and ground truth over HTTP: `/sandbox/record` (the dump) and `/sandbox/wait`.
+//! Control and ground truth over HTTP: `/sandbox/record` (the dump), `/sandbox/wait`, and the
+//! webhook sink `/sandbox/webhook` that end-of-run notifications can be pointed at.
 
 use super::*;
 
@@ -31,6 +32,7 @@ pub(super) fn dump_state(state: &SandboxState) -> Value {
     json!({
         "requests": state.requests,
         "patches": state.patches,
+        "webhooks": state.webhooks,
         "token_requests": state.progress.borrow().token_requests,
         "token_grants": state.grants,
         "violations": state.violations,
@@ -43,6 +45,14 @@ pub(super) fn dump_state(state: &SandboxState) -> Value {
             })).collect::<Vec<_>>()
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The webhook sink: records what a notification posts (JSON, or the text as it came) and
+/// answers 200, as Teams' and Slack's webhooks do.
+pub(super) async fn webhook(State(state): State<Shared>, body: String) -> StatusCode {
+    let posted = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    state.lock().expect("sandbox lock").webhooks.push(posted);
+    StatusCode::OK
 }
 
 pub(super) async fn dump(State(state): State<Shared>) -> Json<Value> {

@@ -164,6 +164,7 @@ impl Sandbox {
                 axum::routing::patch(update_user),
             )
             .route("/sandbox/record", get(dump))
+            .route("/sandbox/webhook", post(webhook))
             .route("/sandbox/wait", get(wait))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind(addr)
@@ -279,6 +280,11 @@ impl Sandbox {
     /// Every licenseupdates call so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.lock().expect("sandbox lock").requests.clone()
+    }
+
+    /// What was posted to the webhook sink so far, in arrival order.
+    pub fn webhooks(&self) -> Vec<Value> {
+        self.state.lock().expect("sandbox lock").webhooks.clone()
     }
 
     /// Every user PATCH so far, in arrival order.

@@ -160,6 +160,8 @@ pub(super) struct SandboxState {
     pub(super) requests: Vec<RecordedRequest>,
     /// Every user PATCH, in arrival order.
     pub(super) patches: Vec<RecordedPatch>,
+    /// Bodies posted to the webhook sink (`POST /sandbox/webhook`), in arrival order.
+    pub(super) webhooks: Vec<Value>,
     pub(super) idempotency: HashMap<String, Stored>,
     pub(super) violations: Violations,
     /// Counters that tests and `/sandbox/wait` can await.
@@ -231,6 +233,7 @@ impl SandboxState {
             calls: 0,
             requests: Vec::new(),
             patches: Vec::new(),
+            webhooks: Vec::new(),
             idempotency: HashMap::new(),
             violations: Violations::default(),
             progress: watch::Sender::new(Progress::default()),
