@@ -528,6 +528,37 @@ fn plan_reads_the_tenants_shows_seats_and_what_is_not_sent_and_writes_nothing() 
     assert!(!dir.path().join("samples/onboarding.report.csv").exists());
 }
 
+/// `plan` says what the guard would say of a run, and the limit flags change it.
+#[test]
+fn plan_shows_what_the_guard_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..51)
+        .map(|i| format!("{},łukasz.{i}@contoso.example,SPB,remove", common::CONTOSO))
+        .collect();
+    common::write_csv(
+        dir.path(),
+        "sheet.csv",
+        "customer_id,user_id,sku,action",
+        &rows,
+    );
+    let stops = text(&license_batch(dir.path(), &["plan", "sheet.csv", "-q"]).stdout);
+    assert!(
+        stops.contains(
+            "guard: 51 license changes (no limit), 51 removals (limit 50): a run would stop"
+        ),
+        "{stops}"
+    );
+    let raised = license_batch(
+        dir.path(),
+        &["plan", "sheet.csv", "-q", "--max-removals", "51"],
+    );
+    assert!(
+        text(&raised.stdout).contains("51 removals (limit 51): a run would send them"),
+        "{}",
+        text(&raised.stdout)
+    );
+}
+
 /// A plan made after a night shows what that night did: nothing of it is to be sent again.
 #[test]
 fn plan_after_a_run_sends_nothing_already_done() {

@@ -163,6 +163,16 @@ async fn output_paths_that_would_destroy_the_input_or_the_journal_are_refused_fi
         (vec!["--report", "./state.sqlite-wal"], "companion file"),
         (vec!["--report", "state.sqlite-shm"], "companion file"),
         (vec!["--report", "state.sqlite.lock"], "companion file"),
+        (vec!["--summary-json", "./sheet.csv"], "the input file"),
+        (vec!["--metrics-file", "state.sqlite"], "the journal (--state)"),
+        (
+            vec!["--summary-json", "sheet.report.csv"],
+            "the report (--report) as well",
+        ),
+        (
+            vec!["--summary-json", "n.json", "--metrics-file", "./n.json"],
+            "the summary JSON (--summary-json) as well",
+        ),
     ] {
         let args: Vec<&str> = run.iter().copied().chain(extra.iter().copied()).collect();
         let (output, record) = cli(dir.path(), &server, &args).await;

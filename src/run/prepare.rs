@@ -64,8 +64,9 @@ pub(super) async fn read_tenants(
         .map_err(read_failure_error)
 }
 
-/// The journal must not be the input, nor the report either of them (or a file SQLite keeps
-/// beside the journal): refused before anything is read or sent.
+/// The journal must not be the input, nor the report, the summary JSON or the metrics file any
+/// of them or one another (or a file SQLite keeps beside the journal): refused before anything
+/// is read or sent.
 fn check_paths(opts: &RunOptions, report_path: &Path) -> Result<(), Error> {
     let state = opts.settings.run.state_file.as_path();
     paths::check_outputs(
@@ -77,14 +78,24 @@ fn check_paths(opts: &RunOptions, report_path: &Path) -> Result<(), Error> {
         }],
     )
     .and_then(|()| {
-        paths::check_outputs(
-            Some(&opts.input),
-            Some(state),
-            &[paths::Output {
-                what: "the report (--report)",
-                path: report_path,
-            }],
-        )
+        let run = &opts.settings.run;
+        let mut outputs = vec![paths::Output {
+            what: "the report (--report)",
+            path: report_path,
+        }];
+        if let Some(path) = &run.summary_file {
+            outputs.push(paths::Output {
+                what: "the summary JSON (--summary-json)",
+                path,
+            });
+        }
+        if let Some(path) = &run.metrics_file {
+            outputs.push(paths::Output {
+                what: "the metrics file (--metrics-file)",
+                path,
+            });
+        }
+        paths::check_outputs(Some(&opts.input), Some(state), &outputs)
     })
     .map_err(Error::Usage)
 }
