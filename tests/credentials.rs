@@ -293,3 +293,66 @@ async fn a_burst_of_401s_costs_one_renewal() {
         grants.len()
     );
 }
+
+/// A night is not lost to a blip at the token endpoint (issue 20): a 502, a dropped connection or
+/// a 429 on the first token calls is tried again, and the run does its work; the token endpoint
+/// saw exactly the failed calls plus the one that worked.
+#[tokio::test]
+async fn a_token_endpoint_blip_is_tried_again_and_the_night_runs() {
+    for (failure, failed_calls) in [(502, 2), (0, 1), (503, 1), (429, 1)] {
+        let scenario =
+            format!("[auth]\nfail_first_tokens = {failed_calls}\ntoken_failure = {failure}\n");
+        let started = std::time::Instant::now();
+        let (sandbox, _) = night_of(&scenario, 3, 2, |_| {}).await;
+        let progress = sandbox.wait_for(0, 0).await;
+        assert_eq!(
+            progress.token_requests,
+            failed_calls + 1,
+            "{failure}: the blips and the grant"
+        );
+        assert_eq!(sandbox.token_grants().len(), 1, "{failure}");
+        assert_eq!(
+            sandbox.requests().len(),
+            3,
+            "{failure}: the night's work was sent"
+        );
+        if failure == 429 {
+            // Its Retry-After (1 s) was waited, not the test settings' 20 ms backoff.
+            assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+/// A token endpoint that keeps failing is tried a bounded number of times, then the run stops
+/// before anything is sent (exit 2), saying what it met; an answer that refuses is not retried.
+#[tokio::test]
+async fn a_token_endpoint_that_stays_down_stops_after_the_bounded_tries() {
+    let sandbox = start("[auth]\nfail_first_tokens = 1000\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_csv(dir.path(), "sheet.csv", HEADER, &sheet(3));
+    let mut opts = options(&sandbox, &input);
+    opts.settings.retry.max_attempts = 3;
+    let result = license_batch::run(opts).await;
+    assert_eq!(license_batch::exit_code_for(&result), 2, "{result:?}");
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("HTTP 502"), "{message}");
+    assert_eq!(
+        sandbox.wait_for(0, 0).await.token_requests,
+        3,
+        "max_attempts"
+    );
+    assert!(sandbox.requests().is_empty());
+
+    // A wrong client secret is an answer: one call, no retry.
+    let sandbox = start("").await;
+    let mut opts = options(&sandbox, &input);
+    opts.secrets.client_secret = Some(license_batch::secret::Secret::new("wrong"));
+    let result = license_batch::run(opts).await;
+    assert_eq!(license_batch::exit_code_for(&result), 2);
+    assert!(result.unwrap_err().to_string().contains("AADSTS7000215"));
+    assert_eq!(
+        sandbox.wait_for(0, 0).await.token_requests,
+        1,
+        "not retried"
+    );
+}

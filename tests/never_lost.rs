@@ -164,7 +164,10 @@ async fn output_paths_that_would_destroy_the_input_or_the_journal_are_refused_fi
         (vec!["--report", "state.sqlite-shm"], "companion file"),
         (vec!["--report", "state.sqlite.lock"], "companion file"),
         (vec!["--summary-json", "./sheet.csv"], "the input file"),
-        (vec!["--metrics-file", "state.sqlite"], "the journal (--state)"),
+        (
+            vec!["--metrics-file", "state.sqlite"],
+            "the journal (--state)",
+        ),
         (
             vec!["--summary-json", "sheet.report.csv"],
             "the report (--report) as well",

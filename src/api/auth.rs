@@ -1,5 +1,6 @@
 //! App+User access tokens: the refresh-token grant of the secure application model (v1 or v2
-//! endpoint), cached and renewed ahead of expiry, one renewal at a time for all workers.
+//! endpoint), cached and renewed ahead of expiry, one renewal at a time for all workers; a
+//! token call that meets a blip is tried again, an answer that refuses is not.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -8,7 +9,9 @@ use reqwest::Url;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::config::TokenEndpoint;
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::config::{RetrySettings, TokenEndpoint};
 use crate::secret::Secret;
 
 const PARTNER_CENTER_RESOURCE: &str = "https://api.partnercenter.microsoft.com";
@@ -67,6 +70,17 @@ pub enum AuthError {
     CannotRefresh,
 }
 
+/// Why one grant gave no token.
+enum GrantFailure {
+    /// No usable answer (no connection, a timeout, a 5xx, a 429): worth another try.
+    Transient {
+        error: AuthError,
+        retry_after: Option<Duration>,
+    },
+    /// The endpoint answered: the credentials are what is wrong.
+    Definitive(AuthError),
+}
+
 struct Cached {
     token: Secret,
     renew_at: Instant,
@@ -83,6 +97,9 @@ pub struct TokenProvider {
     http: reqwest::Client,
     credentials: Credentials,
     state: Mutex<State>,
+    /// How a token call that met a blip (no answer, 5xx, 429) is tried again; one try unless
+    /// [`TokenProvider::with_retry`] says more.
+    retry: RetrySettings,
 }
 
 impl TokenProvider {
@@ -104,7 +121,21 @@ impl TokenProvider {
                 cached,
                 refresh_token,
             }),
+            retry: RetrySettings {
+                max_attempts: 1,
+                max_elapsed: Duration::ZERO,
+                min_delay: Duration::ZERO,
+            },
         }
+    }
+
+    /// Token calls that meet a blip — the connection refused or reset, a timeout, a 5xx, a 429
+    /// — are tried again under the API calls' bounded policy (attempts, total time, a backoff
+    /// from `min_delay` doubling with jitter, never sooner than a Retry-After). A definitive
+    /// answer (`invalid_grant`, `invalid_client`, an AADSTS code) still stops at once.
+    pub fn with_retry(mut self, retry: RetrySettings) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Where the tokens come from, for `check`: a ready token, or the refresh-token grant
@@ -154,6 +185,42 @@ impl TokenProvider {
         let Credentials::RefreshToken(grant) = &self.credentials else {
             return Err(AuthError::CannotRefresh);
         };
+        let started = Instant::now();
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(Duration::from_secs(60))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempt = 1;
+        loop {
+            let (error, retry_after) = match self.grant_once(grant, state).await {
+                Ok(token) => return Ok(token),
+                Err(GrantFailure::Definitive(error)) => return Err(error),
+                Err(GrantFailure::Transient { error, retry_after }) => (error, retry_after),
+            };
+            let backoff = delays.next().unwrap_or(self.retry.min_delay);
+            let wait = retry_after.map_or(backoff, |told| told.max(backoff));
+            if attempt >= self.retry.max_attempts
+                || started.elapsed() + wait > self.retry.max_elapsed
+            {
+                return Err(error);
+            }
+            tracing::warn!(
+                attempt,
+                "the token endpoint did not answer usably ({error}); trying again in {wait:?}"
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// One refresh-token grant: a token, or why not — a blip worth another try, or an answer.
+    async fn grant_once(
+        &self,
+        grant: &RefreshGrant,
+        state: &mut State,
+    ) -> Result<Secret, GrantFailure> {
         let refresh_token = state
             .refresh_token
             .clone()
@@ -178,28 +245,63 @@ impl TokenProvider {
             url: url.to_string(),
             reason,
         };
+        let transient = |error: AuthError, retry_after: Option<Duration>| GrantFailure::Transient {
+            error,
+            retry_after,
+        };
         let response = self
             .http
             .post(url.clone())
             .form(&form)
             .send()
             .await
-            .map_err(|e| unreachable(without_url(&e)))?;
+            .map_err(|e| transient(unreachable(without_url(&e)), None))?;
         let status = response.status();
+        // A gateway's 5xx page, or a throttle: the endpoint is there, its answer is not one.
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|secs| secs.is_finite() && *secs >= 0.0)
+                .map(Duration::from_secs_f64);
+            let body = response.text().await.unwrap_or_default();
+            let first_line = body
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
+            return Err(transient(
+                unreachable(format!("HTTP {}: {first_line}", status.as_u16())),
+                retry_after,
+            ));
+        }
         let body: Value = response.json().await.map_err(|e| {
-            unreachable(format!(
+            let error = unreachable(format!(
                 "HTTP {status}, unreadable answer: {}",
                 without_url(&e)
-            ))
+            ));
+            match status.is_success() {
+                // Cut off while the answer was read: a blip.
+                true => transient(error, None),
+                false => GrantFailure::Definitive(error),
+            }
         })?;
         if !status.is_success() {
-            return Err(refusal(&body, status.as_u16()));
+            return Err(GrantFailure::Definitive(refusal(&body, status.as_u16())));
         }
         let access = body
             .get("access_token")
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| unreachable(format!("HTTP {status} without an access_token")))?;
+            .ok_or_else(|| {
+                GrantFailure::Definitive(unreachable(format!(
+                    "HTTP {status} without an access_token"
+                )))
+            })?;
         // expires_in is a string in v1 and a number in v2.
         let lifetime = match body.get("expires_in") {
             Some(Value::Number(n)) => n.as_u64(),

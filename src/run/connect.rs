@@ -59,7 +59,7 @@ pub async fn connect(
         }
     };
     let http = http_client(settings.api.timeout);
-    let tokens = Arc::new(TokenProvider::new(http.clone(), credentials));
+    let tokens = Arc::new(TokenProvider::new(http.clone(), credentials).with_retry(settings.retry));
     let client = Arc::new(ApiClient::new(http, &settings.api, tokens));
     // A child token: a signal (the caller's token) stops the calls; an abort of this run stops
     // them too but leaves the caller's token alone.

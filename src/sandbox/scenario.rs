@@ -39,6 +39,12 @@ pub struct AuthScenario {
     /// Only the first N token calls are delayed (all when not set): a test can hold the first
     /// run at its token, kill it there without a race, and let the next runs go.
     pub token_delay_calls: Option<u64>,
+    /// The first N token calls fail the way a blip does: `token_failure` says how.
+    #[serde(default)]
+    pub fail_first_tokens: u64,
+    /// How those calls fail: a status (502, 503, 429 with `Retry-After: 1`) or `0`, the
+    /// connection dropped without an answer. Default 502.
+    pub token_failure: Option<u16>,
     /// Every licenseupdates call answers 401.
     #[serde(default)]
     pub reject_all_tokens: bool,

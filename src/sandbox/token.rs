@@ -8,18 +8,47 @@ pub(super) async fn token(
     form: HashMap<String, String>,
     endpoint: TokenEndpoint,
 ) -> Response {
-    let delay = {
+    let (delay, failure) = {
         let s = state.lock().expect("sandbox lock");
         s.progress.send_modify(|p| p.token_requests += 1);
         let call = s.progress.borrow().token_requests;
         let auth = &s.scenario.auth;
-        auth.token_delay_ms
-            .filter(|_| auth.token_delay_calls.is_none_or(|first| call <= first))
+        let failure = (call <= auth.fail_first_tokens).then(|| auth.token_failure.unwrap_or(502));
+        let delay = auth
+            .token_delay_ms
+            .filter(|_| auth.token_delay_calls.is_none_or(|first| call <= first));
+        (delay, failure)
     };
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    issue_token(State(state), Form(form), endpoint)
+    match failure {
+        Some(status) => token_blip(status),
+        None => issue_token(State(state), Form(form), endpoint),
+    }
+}
+
+/// A token call that fails the way an outage does: a gateway's HTML 5xx page, a 429 with a
+/// Retry-After, or (status 0) a connection dropped without an answer.
+fn token_blip(status: u16) -> Response {
+    match StatusCode::from_u16(status) {
+        Ok(StatusCode::TOO_MANY_REQUESTS) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            Json(json!({"error": "temporarily_unavailable",
+                "error_description": "AADSTS90055: The request was throttled."})),
+        )
+            .into_response(),
+        Ok(status) if status.as_u16() >= 100 => (
+            status,
+            [("content-type", "text/html")],
+            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+        )
+            .into_response(),
+        // No status: the connection is dropped without a byte of answer, as the license
+        // updates' reset does (`resume_unwind` ends the connection's task quietly).
+        _ => std::panic::resume_unwind(Box::new("sandbox: simulated token connection reset")),
+    }
 }
 
 pub(super) async fn token_v1(
