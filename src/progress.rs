@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use indicatif::ProgressStyle;
+use indicatif::{ProgressState, ProgressStyle};
 use tracing::Span;
 use tracing_indicatif::IndicatifLayer;
 use tracing_indicatif::filter::{IndicatifFilter, hide_indicatif_span_fields};
@@ -62,6 +62,15 @@ pub fn init_logging(format: LogFormat, verbosity: i8) {
 }
 
 /// The run's progress bar, fed by the engine.
+/// Rows per second as a person reads it: whole numbers from 10 up, one decimal below.
+fn rate_text(per_sec: f64) -> String {
+    match per_sec {
+        r if !r.is_finite() || r <= 0.0 => "0/s".to_string(),
+        r if r >= 10.0 => format!("{r:.0}/s"),
+        r => format!("{r:.1}/s"),
+    }
+}
+
 pub struct ProgressBar {
     span: Span,
     retries: AtomicU64,
@@ -74,9 +83,13 @@ impl ProgressBar {
         let span = tracing::info_span!("run", indicatif.pb_show = tracing::field::Empty);
         span.pb_set_style(
             &ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows ({per_sec}, ETA {eta}) {msg}",
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows ({rate}, ETA {eta}) {msg}",
             )
-            .expect("valid template"),
+            .expect("valid template")
+            // indicatif's `{per_sec}` prints four decimals (`12.2873/s`).
+            .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = out.write_str(&rate_text(state.per_sec()));
+            }),
         );
         span.pb_set_length(total_rows);
         span.pb_set_position(already_done);
@@ -114,5 +127,19 @@ impl Observer for ProgressBar {
         self.throttle_wait_ms
             .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
         self.refresh_message();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate_text;
+
+    #[test]
+    fn the_rate_reads_like_a_rate() {
+        assert_eq!(rate_text(12.2873), "12/s");
+        assert_eq!(rate_text(3.06), "3.1/s");
+        assert_eq!(rate_text(0.0), "0/s");
+        assert_eq!(rate_text(f64::NAN), "0/s");
+        assert_eq!(rate_text(1234.4), "1234/s");
     }
 }

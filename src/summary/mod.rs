@@ -218,11 +218,11 @@ impl fmt::Display for InsightsTable<'_> {
                     for p in products {
                         writeln!(
                             f,
-                            "      {:<40} {:>7} / {:<7} ({:.0}%)",
+                            "      {:<40} {:>9} of {:<9} ({})",
                             p.product_name,
-                            p.licenses_deployed,
-                            p.licenses_sold,
-                            p.deployment_percent
+                            grouped(p.licenses_deployed as u64),
+                            grouped(p.licenses_sold as u64),
+                            share_text(p.deployment_percent)
                         )?;
                     }
                 }
@@ -230,5 +230,41 @@ impl fmt::Display for InsightsTable<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// `1000000` as `1,000,000`: a seat count a person reads at a glance.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A deployment share: `<1%` for a few seats of many, which `0%` would misstate as none.
+fn share_text(percent: f64) -> String {
+    match percent {
+        p if p > 0.0 && p < 1.0 => "<1%".to_string(),
+        p => format!("{p:.0}%"),
+    }
+}
+
+#[cfg(test)]
+mod figures_tests {
+    use super::{grouped, share_text};
+
+    #[test]
+    fn seat_counts_and_shares_read_as_a_person_expects() {
+        assert_eq!(grouped(1_000_000), "1,000,000");
+        assert_eq!(grouped(15), "15");
+        assert_eq!(grouped(1234), "1,234");
+        assert_eq!(share_text(0.0015), "<1%");
+        assert_eq!(share_text(0.0), "0%");
+        assert_eq!(share_text(62.4), "62%");
     }
 }
