@@ -287,7 +287,7 @@ fn dry_run_prints_the_plan_sends_nothing_and_exits_1_on_invalid_rows() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("license updates to send") && stdout.contains("invalid line"),
+        stdout.contains("license updates to send") && stdout.contains("invalid rows: "),
         "{stdout}"
     );
     assert!(!dir.path().join("samples/onboarding.report.csv").exists());

@@ -239,13 +239,13 @@ fn describe_plan(
     if let Some(reason) = reason {
         writeln!(out, "): {reason}")?;
     }
-    if tally.count(RowStatus::Invalid) > 0 {
+    let invalid = tally.count(RowStatus::Invalid);
+    if invalid > 0 {
+        let mut problems = InvalidProblems::default();
         journal
-            .each_invalid_row(run_id, |line, message| {
-                let step = writeln!(out, "  invalid line {line}: {message}");
-                failure = failure.take().or(step.err());
-            })
+            .each_invalid_row(run_id, |line, message| problems.add(line, message))
             .map_err(io)?;
+        problems.write(out, invalid, tally.rows())?;
     }
     if let Some(error) = failure {
         return Err(error);
@@ -257,4 +257,153 @@ fn describe_plan(
         settings.limits.requests_per_minute,
         humantime::format_duration(Duration::from_secs((minutes * 60.0).ceil() as u64))
     )
+}
+
+/// The invalid rows of a plan grouped by problem: a sheet with 5,000 of them prints a few lines,
+/// not 5,000 (the run's report lists every row).
+#[derive(Default)]
+struct InvalidProblems {
+    /// In order of first appearance: (problem, rows, first lines, an example message).
+    problems: Vec<(String, u64, Vec<u64>, String)>,
+    index: std::collections::HashMap<String, usize>,
+    /// Rows whose problem came after [`MAX_PROBLEMS`] different ones.
+    others: u64,
+}
+
+/// Different problems printed at most; more are counted together.
+const MAX_PROBLEMS: usize = 20;
+/// Line numbers shown per problem.
+const LINES_SHOWN: usize = 5;
+
+impl InvalidProblems {
+    fn add(&mut self, line: u64, message: &str) {
+        let key = problem_of(message);
+        let at = match self.index.get(&key) {
+            Some(&at) => at,
+            None if self.problems.len() < MAX_PROBLEMS => {
+                self.problems
+                    .push((key.clone(), 0, Vec::new(), message.to_string()));
+                self.index.insert(key, self.problems.len() - 1);
+                self.problems.len() - 1
+            }
+            None => {
+                self.others += 1;
+                return;
+            }
+        };
+        let (_, rows, lines, _) = &mut self.problems[at];
+        *rows += 1;
+        if lines.len() < LINES_SHOWN {
+            lines.push(line);
+        }
+    }
+
+    fn write(&self, out: &mut impl Write, invalid: u64, rows: u64) -> std::io::Result<()> {
+        writeln!(out, "  invalid rows: {invalid}, by problem:")?;
+        for (_, count, lines, example) in &self.problems {
+            let mut shown = lines
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if *count > lines.len() as u64 {
+                shown.push_str(", …");
+            }
+            let noun = if *count == 1 { "row" } else { "rows" };
+            let line_noun = if *count == 1 { "line" } else { "lines" };
+            writeln!(out, "    {count} {noun} ({line_noun} {shown}): {example}")?;
+        }
+        if self.others > 0 {
+            writeln!(out, "    {} rows with other problems", self.others)?;
+        }
+        if rows >= 10 && invalid * 10 >= rows * 9 {
+            writeln!(
+                out,
+                "  nearly every row is invalid: the columns are probably mapped wrong (check the \
+                 header line against the README's \"The input sheet\", or the delimiter)"
+            )?;
+        }
+        writeln!(
+            out,
+            "  every invalid row, with its message, is in the run's report (result_status invalid)"
+        )
+    }
+}
+
+/// What two rows' messages share when they have the same problem: the message with its
+/// quoted values (the cells) and its numbers (line numbers) left out.
+fn problem_of(message: &str) -> String {
+    let mut key = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                key.push('…');
+            }
+            ('"', true) => quoted = false,
+            (_, true) => {}
+            (c, false) if c.is_ascii_digit() => {
+                if !key.ends_with('#') {
+                    key.push('#');
+                }
+            }
+            (c, false) => key.push(c),
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_of_invalid_rows_print_a_line_per_problem() {
+        let mut problems = InvalidProblems::default();
+        for line in 2..5002u64 {
+            problems.add(
+                line,
+                &format!("column sku: \"SKU-{line}\" is not a SKU of this customer"),
+            );
+        }
+        for line in [6001, 6003] {
+            problems.add(
+                line,
+                &format!(
+                    "conflict: lines {line} and {} ask to both assign and remove",
+                    line + 1
+                ),
+            );
+        }
+        problems.add(
+            6000,
+            "column user_id: \"zoë\" is neither a GUID nor a user principal name",
+        );
+        let mut out = Vec::new();
+        problems.write(&mut out, 5001, 5001).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().count() <= 7, "{text}");
+        assert!(
+            text.contains("5000 rows (lines 2, 3, 4, 5, 6, …): column sku: \"SKU-2\" is not"),
+            "{text}"
+        );
+        assert!(text.contains("1 row (line 6000): column user_id"), "{text}");
+        assert!(
+            text.contains("2 rows (lines 6001, 6003): conflict"),
+            "{text}"
+        );
+        assert!(text.contains("columns are probably mapped wrong"), "{text}");
+    }
+
+    #[test]
+    fn a_few_invalid_rows_among_many_good_ones_do_not_blame_the_columns() {
+        let mut problems = InvalidProblems::default();
+        problems.add(7, "column sku: empty");
+        let mut out = Vec::new();
+        problems.write(&mut out, 1, 100).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("1 row (line 7): column sku: empty"), "{text}");
+        assert!(!text.contains("mapped wrong"), "{text}");
+    }
 }
