@@ -278,30 +278,15 @@ pub async fn notify(settings: &NotifySettings, ending: Ending<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{Completion, RowStatus, Tally};
-
-    fn night() -> RunSummary {
-        let mut tally = Tally::default();
-        let customer = "7f3c2a10-4b8e-4d21-9c3a-1e5f6a7b8c90".parse().unwrap();
-        tally.add_rows(Some(customer), RowStatus::Succeeded, None, Some(201), 40);
-        tally.add_rows(
-            Some(customer),
-            RowStatus::Failed,
-            Some("60012"),
-            Some(400),
-            2,
-        );
-        let mut summary = RunSummary::new(tally, Completion::Finished);
-        summary.report_path = Some("sheets/Łukasz.report.csv".into());
-        summary
-    }
+    use crate::summary::a_night;
 
     fn planned(summary: &RunSummary) -> Ending<'_> {
         Ending::Planned {
             summary,
             end: RunEnd {
-                input: Path::new("sheets/Łukasz.csv"),
+                input: Path::new("sheets/Émilie.csv"),
                 exit_code: 1,
+                // Before the night's 61 s elapsed: the start would be before 1970.
                 finished_at: SystemTime::UNIX_EPOCH,
             },
         }
@@ -326,17 +311,18 @@ mod tests {
 
     #[test]
     fn each_format_carries_the_counts_the_top_error_and_the_report() {
-        let summary = night();
+        let summary = a_night();
         let json = body(NotifyFormat::Json, &planned(&summary));
         assert_eq!(json["rows"]["failed"], 2);
         assert_eq!(json["exit_code"], 1);
         let slack = body(NotifyFormat::Slack, &planned(&summary));
         let text = slack["text"].as_str().unwrap();
         for needle in [
-            "sheets/Łukasz.csv finished (exit 1)",
-            "42 in all: 40 succeeded, 2 failed, 0 invalid, 0 skipped, 0 pending",
+            "sheets/Émilie.csv finished (exit 1)",
+            "43 in all: 40 succeeded, 2 failed, 1 invalid, 0 skipped, 0 pending",
+            "44 license updates",
             "60012 × 2 (out of licenses",
-            "report: sheets/Łukasz.report.csv",
+            "report: sheets/Émilie.report.csv",
         ] {
             assert!(text.contains(needle), "{needle} not in {text}");
         }
@@ -356,7 +342,7 @@ mod tests {
                 .find(|f| f["title"] == name)
                 .map(|f| f["value"].as_str().unwrap().to_string())
         };
-        assert_eq!(fact("report").as_deref(), Some("sheets/Łukasz.report.csv"));
+        assert_eq!(fact("report").as_deref(), Some("sheets/Émilie.report.csv"));
         assert!(fact("top errors").unwrap().contains("60012 × 2"));
     }
 

@@ -5,6 +5,8 @@
 mod json;
 mod metrics;
 
+#[cfg(test)]
+pub(crate) use json::tests::a_night;
 pub use json::{RunEnd, meaning_of, summary_json};
 pub use metrics::metrics_text;
 
