@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::{NotifyFormat, NotifyOn, NotifySettings};
 use crate::secret::Secret;
-use crate::summary::{RunEnd, RunSummary, summary_json};
+use crate::summary::{RunEnd, RunSummary, rfc3339, summary_json};
 
 /// One try's limit (or the whole bound, when shorter): a webhook that accepts the connection
 /// and never answers.
@@ -58,7 +58,7 @@ impl Ending<'_> {
                 "outcome": "not_started",
                 "exit_code": exit_code,
                 "error": message,
-                "finished_at": humantime::format_rfc3339_millis(*finished_at).to_string(),
+                "finished_at": rfc3339(*finished_at),
                 "input": input.display().to_string(),
             }),
         }

@@ -42,7 +42,8 @@ fn outcome_text(completion: &Completion) -> &'static str {
     }
 }
 
-fn rfc3339(at: SystemTime) -> String {
+/// A time as the summary writes it (RFC 3339, milliseconds, UTC).
+pub fn rfc3339(at: SystemTime) -> String {
     // humantime panics on a time before 1970; a clock set that wrong must not end the run
     // in a panic after its work is done.
     humantime::format_rfc3339_millis(at.max(SystemTime::UNIX_EPOCH)).to_string()

@@ -7,7 +7,7 @@ mod metrics;
 
 #[cfg(test)]
 pub(crate) use json::tests::a_night;
-pub use json::{RunEnd, meaning_of, summary_json};
+pub use json::{RunEnd, meaning_of, rfc3339, summary_json};
 pub use metrics::metrics_text;
 
 use std::collections::BTreeMap;
