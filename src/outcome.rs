@@ -188,10 +188,10 @@ impl Tally {
             .entry(status)
             .or_default() += rows;
         if status == RowStatus::Failed {
-            let key = error_code.map(str::to_string).unwrap_or_else(|| {
-                http_status.map_or("no response".into(), |s| format!("HTTP {s}"))
-            });
-            *self.errors.entry(key).or_default() += rows;
+            *self
+                .errors
+                .entry(error_key(error_code, http_status))
+                .or_default() += rows;
         }
     }
 
@@ -214,6 +214,13 @@ impl Tally {
     ) {
         (self.counts, self.per_customer, self.errors)
     }
+}
+
+/// What a failed row is counted under: its error code, else its HTTP status, else no response.
+pub fn error_key(error_code: Option<&str>, http_status: Option<u16>) -> String {
+    error_code
+        .map(str::to_string)
+        .unwrap_or_else(|| http_status.map_or("no response".into(), |s| format!("HTTP {s}")))
 }
 
 /// Rows by status.

@@ -50,8 +50,7 @@ struct Claim {
 
 /// Compares `report` with the tenants behind `calls`.
 pub async fn verify(report: &Path, calls: &Arc<Dispatcher>) -> Result<Verification, Error> {
-    let bytes = input::read_bytes(report)?;
-    let file = input::parse(report, &bytes, None)?;
+    let file = input::read_whole(report, None)?;
     let column = |name: &str| {
         file.header
             .headers

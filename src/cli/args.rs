@@ -60,14 +60,16 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The onboarding sheet (CSV, UTF-8; `,` or `;` separated).
+    /// The onboarding sheet: CSV (UTF-8; `,` or `;` separated) or a workbook (.xlsx, .xlsm,
+    /// .xlsb, .xls, .ods).
     pub input: PathBuf,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Journal file (SQLite). Default: license-batch.state.sqlite in the working directory.
     #[arg(long, env = "LICENSE_BATCH_STATE_FILE", value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// Where to write the report. Default: <input stem>.report.csv next to the input.
+    /// Where to write the report; `.xlsx` writes a workbook, anything else CSV. Default:
+    /// <input stem>.report.csv next to the input (.report.xlsx for a workbook).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Validate and plan, print the plan, send nothing.
@@ -113,6 +115,10 @@ pub struct RunArgs {
     /// Force the CSV delimiter (`,` or `;`) instead of detecting it.
     #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,
+    /// The worksheet to read from a spreadsheet input (.xlsx, .xlsm, .xlsb, .xls, .ods).
+    /// Default: the first one.
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -157,7 +163,8 @@ pub struct InsightsArgs {
     /// Customer tenant IDs.
     #[arg(required = true, value_name = "CUSTOMER_ID")]
     pub customers: Vec<uuid::Uuid>,
-    /// Write CSV here instead of printing a table.
+    /// Write the table here instead of printing it: a workbook when the name ends in .xlsx,
+    /// else CSV.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     #[command(flatten)]
@@ -176,6 +183,10 @@ pub struct CheckArgs {
     /// Force the CSV delimiter (`,` or `;`) instead of detecting it.
     #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,
+    /// The worksheet to read from a spreadsheet input (.xlsx, .xlsm, .xlsb, .xls, .ods).
+    /// Default: the first one.
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
     #[command(flatten)]

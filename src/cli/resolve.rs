@@ -56,6 +56,7 @@ pub fn resolve_run(
     opts.resend = args.resend;
     opts.confirmed = args.yes;
     opts.delimiter = args.delimiter;
+    opts.sheet = args.sheet.clone();
     opts.progress =
         args.output.log_format == LogFormat::Text && !args.output.quiet && !args.dry_run;
     Ok(opts)

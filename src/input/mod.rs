@@ -6,15 +6,19 @@
 mod header;
 mod rows;
 mod scan;
+mod sheet;
 mod validate;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+use sha2::Digest;
+
 pub use header::{Columns, InputHeader, RESULT_COLUMNS};
 pub use rows::{Rows, read_rows};
 pub use scan::Scan;
+pub use sheet::{cell_name, is_spreadsheet, number_text};
 pub use validate::{Action, LicenseGroup, PlanRef, RowProblem, RowRequest, SkuRef, UsageLocation};
 
 /// Why a file cannot be used at all (exit 2, nothing sent).
@@ -87,11 +91,27 @@ fn scan_error(path: &Path, error: scan::ScanError) -> InputError {
 /// customers so). A problem of the whole file wins over one of its rows, as if the scan had
 /// come first; `each` sees nothing planned or sent. Without `delimiter`, the header line is
 /// read ahead to learn it.
+///
+/// A spreadsheet (by extension) is read as its worksheet `sheet`, else its first one; `sheet`
+/// given for a CSV file is a usage error.
 pub fn scan_file(
     path: &Path,
     delimiter: Option<u8>,
+    sheet: Option<&str>,
     mut each: impl FnMut(Record),
 ) -> Result<Scan, InputError> {
+    if is_spreadsheet(path) {
+        return scan_workbook(path, sheet, each);
+    }
+    if let Some(sheet) = sheet {
+        return Err(InputError {
+            path: path.display().to_string(),
+            line: None,
+            reason: format!("--sheet {sheet:?} is for a spreadsheet, and this file is read as CSV"),
+            advice: "leave --sheet out, or give the workbook (.xlsx, .xlsm, .xlsb, .xls, .ods)"
+                .into(),
+        });
+    }
     let open = || File::open(path).map_err(|e| cannot_read(path, e));
     let delimiter = match delimiter {
         Some(delimiter) => delimiter,
@@ -129,6 +149,51 @@ pub fn scan_file(
     }
 }
 
+/// The first pass over a workbook: its hash (the bytes and the sheet's name: another sheet of
+/// the same workbook is another input), then its rows handed to `each`.
+fn scan_workbook(
+    path: &Path,
+    sheet: Option<&str>,
+    mut each: impl FnMut(Record),
+) -> Result<Scan, InputError> {
+    let (name, rows) = open_sheet(path, sheet)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = File::open(path).map_err(|e| cannot_read(path, e))?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(cannot_read(path, e)),
+        }
+    }
+    hasher.update(b"\0sheet:");
+    hasher.update(name.as_bytes());
+    let hash = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for record in rows::read_sheet_rows::<File>(path, rows)? {
+        each(record?);
+    }
+    Ok(Scan {
+        hash,
+        delimiter: b',',
+        sheet: Some(name),
+    })
+}
+
+fn open_sheet(path: &Path, sheet: Option<&str>) -> Result<(String, sheet::SheetRows), InputError> {
+    sheet::SheetRows::open(path, sheet).map_err(|problem| InputError {
+        path: path.display().to_string(),
+        line: problem.line,
+        reason: problem.reason,
+        advice: problem.advice,
+    })
+}
+
 /// The delimiter of the header line (`,` or `;`), reading no further than it ends.
 fn header_delimiter(path: &Path, mut file: File) -> Result<u8, InputError> {
     let mut scanner = scan::Scanner::new(None);
@@ -156,6 +221,10 @@ fn header_delimiter(path: &Path, mut file: File) -> Result<u8, InputError> {
 
 /// Opens the file for the second pass: the header is read and mapped, the rows follow.
 pub fn read_file(path: &Path, scan: &Scan) -> Result<Rows<BufReader<File>>, InputError> {
+    if let Some(sheet) = &scan.sheet {
+        let (_, rows) = open_sheet(path, Some(sheet))?;
+        return rows::read_sheet_rows(path, rows);
+    }
     let file = File::open(path).map_err(|e| cannot_read(path, e))?;
     let mut source = BufReader::with_capacity(64 * 1024, file);
     let starts_with_bom = source
@@ -170,14 +239,17 @@ pub fn read_file(path: &Path, scan: &Scan) -> Result<Rows<BufReader<File>>, Inpu
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Parses a whole file held in memory; see [`read_file`] for the streaming form.
-pub fn parse(path: &Path, bytes: &[u8], delimiter: Option<u8>) -> Result<InputFile, InputError> {
-    let scan = scan::scan(bytes, delimiter).map_err(|e| scan_error(path, e))?;
-    let rows = read_rows(
-        path,
-        bytes.strip_prefix(BOM).unwrap_or(bytes),
-        scan.delimiter,
-    )?;
+/// A whole input file, CSV or spreadsheet (its first sheet), in memory: `verify`, tests.
+pub fn read_whole(path: &Path, delimiter: Option<u8>) -> Result<InputFile, InputError> {
+    if !is_spreadsheet(path) {
+        return parse(path, &read_bytes(path)?, delimiter);
+    }
+    let scan = scan_file(path, None, None, |_| {})?;
+    let rows = read_file(path, &scan)?;
+    collect(rows)
+}
+
+fn collect<R: Read>(rows: Rows<R>) -> Result<InputFile, InputError> {
     let header = rows.header.clone();
     let (mut data, mut blank_lines) = (Vec::new(), Vec::new());
     for record in rows {
@@ -191,6 +263,17 @@ pub fn parse(path: &Path, bytes: &[u8], delimiter: Option<u8>) -> Result<InputFi
         rows: data,
         blank_lines,
     })
+}
+
+/// Parses a whole file held in memory; see [`read_file`] for the streaming form.
+pub fn parse(path: &Path, bytes: &[u8], delimiter: Option<u8>) -> Result<InputFile, InputError> {
+    let scan = scan::scan(bytes, delimiter).map_err(|e| scan_error(path, e))?;
+    let rows = read_rows(
+        path,
+        bytes.strip_prefix(BOM).unwrap_or(bytes),
+        scan.delimiter,
+    )?;
+    collect(rows)
 }
 
 #[cfg(test)]
@@ -269,7 +352,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("lb-scan-{}-{n}.csv", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
         let mut records = Vec::new();
-        let scanned = scan_file(&path, delimiter, |r| records.push(r));
+        let scanned = scan_file(&path, delimiter, None, |r| records.push(r));
         std::fs::remove_file(&path).unwrap();
         scanned.map(|scan| (scan, records))
     }

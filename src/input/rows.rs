@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::header::{InputHeader, map_headers};
+use super::sheet::{self, SheetRow, SheetRows};
 use super::{InputError, InputRow, Record, RowProblem, validate};
 
 /// Reads the header of `source` (a file already [`scan`]ned and without its BOM).
@@ -39,16 +40,66 @@ pub fn read_rows<R: Read>(path: &Path, source: R, delimiter: u8) -> Result<Rows<
             carried,
             columns,
         },
-        reader,
-        record,
+        source: Source::Csv { reader, record },
+    })
+}
+
+/// Reads the header of a worksheet's rows: the first row holding a value.
+pub(super) fn read_sheet_rows<R>(path: &Path, mut sheet: SheetRows) -> Result<Rows<R>, InputError> {
+    let fail = |line: Option<u64>, reason: String, advice: String| InputError {
+        path: path.display().to_string(),
+        line,
+        reason,
+        advice,
+    };
+    let first = match sheet.next() {
+        None => {
+            return Err(fail(
+                None,
+                "the sheet has no header row".into(),
+                String::new(),
+            ));
+        }
+        Some(Err(problem)) => return Err(fail(problem.line, problem.reason, problem.advice)),
+        Some(Ok(row)) => row,
+    };
+    if let Some((column, error)) = first.errors.first() {
+        return Err(fail(
+            Some(first.line),
+            format!(
+                "the header cell {} holds the error {error}",
+                sheet::cell_name(*column, first.line)
+            ),
+            "type the column's name into it".into(),
+        ));
+    }
+    let headers = first.cells;
+    let (columns, carried) =
+        map_headers(&headers).map_err(|(reason, advice)| fail(Some(first.line), reason, advice))?;
+    Ok(Rows {
+        header: InputHeader {
+            path: path.to_path_buf(),
+            delimiter: b',',
+            headers,
+            carried,
+            columns,
+        },
+        source: Source::Sheet(sheet),
     })
 }
 
 /// The data records of a file, one at a time, each validated.
 pub struct Rows<R> {
     pub header: InputHeader,
-    reader: csv::Reader<LineTracking<R>>,
-    record: csv::ByteRecord,
+    source: Source<R>,
+}
+
+enum Source<R> {
+    Csv {
+        reader: csv::Reader<LineTracking<R>>,
+        record: csv::ByteRecord,
+    },
+    Sheet(SheetRows),
 }
 
 impl<R: Read> Iterator for Rows<R> {
@@ -56,7 +107,21 @@ impl<R: Read> Iterator for Rows<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let header = &self.header;
-        match self.reader.read_byte_record(&mut self.record) {
+        let (reader, record) = match &mut self.source {
+            Source::Csv { reader, record } => (reader, record),
+            Source::Sheet(sheet) => {
+                return sheet.next().map(|row| match row {
+                    Ok(row) => Ok(sheet_record(header, row)),
+                    Err(problem) => Err(InputError {
+                        path: header.path.display().to_string(),
+                        line: problem.line,
+                        reason: problem.reason,
+                        advice: problem.advice,
+                    }),
+                });
+            }
+        };
+        match reader.read_byte_record(record) {
             Ok(false) => return None,
             Ok(true) => {}
             Err(e) => {
@@ -68,31 +133,70 @@ impl<R: Read> Iterator for Rows<R> {
                 }));
             }
         }
-        let start = self.record.position().map_or(0, |p| p.byte());
-        let line = self.reader.get_mut().line_at(start);
+        let start = record.position().map_or(0, |p| p.byte());
+        let line = reader.get_mut().line_at(start);
         Some(
-            decode_record(&self.record, line, &header.headers, &header.path).map(|mut cells| {
-                if cells.iter().all(|c| c.trim().is_empty()) {
-                    return Record::Blank(line);
-                }
-                let request = if cells.len() != header.headers.len() {
-                    Err(RowProblem::ragged(
-                        cells.len(),
-                        header.headers.len(),
-                        &cells,
-                    ))
-                } else {
-                    validate::validate_row(&header.columns, &header.headers, &cells)
-                };
-                cells.resize(header.headers.len(), String::new());
-                Record::Row(InputRow {
-                    line,
-                    cells,
-                    request,
-                })
-            }),
+            decode_record(record, line, &header.headers, &header.path)
+                .map(|cells| record_of(header, line, cells, false)),
         )
     }
+}
+
+/// A record's cells checked against the header: blank, ragged, or validated. A sheet's row
+/// ends at its last value, so only a `sheet` row that is too long is ragged.
+fn record_of(header: &InputHeader, line: u64, mut cells: Vec<String>, sheet: bool) -> Record {
+    if cells.iter().all(|c| c.trim().is_empty()) {
+        return Record::Blank(line);
+    }
+    let width = header.headers.len();
+    let request = if cells.len() > width || (cells.len() < width && !sheet) {
+        Err(RowProblem::ragged(cells.len(), width, &cells))
+    } else {
+        cells.resize(width, String::new());
+        validate::validate_row(&header.columns, &header.headers, &cells)
+    };
+    cells.resize(width, String::new());
+    Record::Row(InputRow {
+        line,
+        cells,
+        request,
+    })
+}
+
+/// A worksheet row as a record: an error cell makes it invalid, naming the cell.
+fn sheet_record(header: &InputHeader, row: SheetRow) -> Record {
+    let SheetRow {
+        line,
+        cells,
+        errors,
+    } = row;
+    let mut record = record_of(header, line, cells, true);
+    if let Record::Row(row) = &mut record
+        && !errors.is_empty()
+    {
+        let problems = errors.iter().map(|(column, error)| {
+            let name = header
+                .headers
+                .get(*column)
+                .map(String::as_str)
+                .unwrap_or("(row)");
+            (
+                name.to_string(),
+                format!(
+                    "{}: {error} (an error cell: fix its formula or value in the workbook)",
+                    sheet::cell_name(*column, line)
+                ),
+            )
+        });
+        let mut problem = RowProblem {
+            problems: problems.collect(),
+        };
+        if let Err(other) = &row.request {
+            problem.problems.extend(other.problems.iter().cloned());
+        }
+        row.request = Err(problem);
+    }
+    record
 }
 
 /// Line numbers from byte offsets. The csv crate's own line count is one short after a CRLF

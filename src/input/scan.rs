@@ -13,6 +13,8 @@ pub struct Scan {
     /// SHA-256 of the file's bytes, hex.
     pub hash: String,
     pub delimiter: u8,
+    /// The worksheet read, for a spreadsheet input (its name is part of the hash).
+    pub sheet: Option<String>,
 }
 
 /// Why the file cannot be read at all: the line it concerns (if any), what, and what to do.
@@ -140,6 +142,7 @@ impl Scanner {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             delimiter,
+            sheet: None,
         })
     }
 }

@@ -59,6 +59,8 @@ pub struct RunOptions {
     /// `--yes`: a plan over the guard's limits (SPEC §13) is sent all the same.
     pub confirmed: bool,
     pub delimiter: Option<u8>,
+    /// The worksheet of a spreadsheet input (`--sheet`); the first one when `None`.
+    pub sheet: Option<String>,
     /// Show the progress bar (the CLI does on a terminal).
     pub progress: bool,
     /// Cancelled by SIGINT/SIGTERM: stop taking new groups, finish in-flight ones.
@@ -94,6 +96,7 @@ impl RunOptions {
             resend: false,
             confirmed: false,
             delimiter: None,
+            sheet: None,
             progress: false,
             stop: CancellationToken::new(),
             observer: ObserverSlot::default(),

@@ -40,13 +40,18 @@ pub(super) fn prepare(opts: &RunOptions) -> Result<Prepared, Error> {
     // The customers of the valid rows, whose subscriptions are read before planning: collected
     // in the scan's pass, so that planning can resolve each row as it reads it.
     let mut customers = BTreeSet::new();
-    let scan = input::scan_file(&opts.input, opts.delimiter, |record| {
-        if let Record::Row(row) = record
-            && let Ok(request) = row.request
-        {
-            customers.insert(request.customer_id);
-        }
-    })?;
+    let scan = input::scan_file(
+        &opts.input,
+        opts.delimiter,
+        opts.sheet.as_deref(),
+        |record| {
+            if let Record::Row(row) = record
+                && let Ok(request) = row.request
+            {
+                customers.insert(request.customer_id);
+            }
+        },
+    )?;
     Ok(Prepared {
         report_path,
         scan,

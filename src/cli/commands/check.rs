@@ -7,7 +7,7 @@ pub(in crate::cli) async fn run_check(args: &CheckArgs) -> Result<u8, Error> {
     let mut customers: std::collections::BTreeSet<uuid::Uuid> =
         args.customers.iter().copied().collect();
     if let Some(input) = &args.input {
-        crate::input::scan_file(input, args.delimiter, |record| {
+        crate::input::scan_file(input, args.delimiter, args.sheet.as_deref(), |record| {
             if let crate::input::Record::Row(row) = record
                 && let Ok(request) = row.request
             {

@@ -1,6 +1,18 @@
-//! `license-batch insights`: licenses deployed vs sold per product of some customers, as a table or a CSV file.
+//! `license-batch insights`: licenses deployed vs sold per product of some customers, as a table,
+//! a CSV file or a workbook (`--output *.xlsx`).
 
 use super::super::*;
+
+const INSIGHTS_COLUMNS: [&str; 8] = [
+    "customer_id",
+    "customer_name",
+    "product_name",
+    "licenses_deployed",
+    "licenses_sold",
+    "deployment_percent",
+    "processed_at",
+    "error",
+];
 
 pub(in crate::cli) async fn show_insights(args: &InsightsArgs) -> Result<u8, Error> {
     let connection = connect_for(&args.connect).await?;
@@ -8,62 +20,35 @@ pub(in crate::cli) async fn show_insights(args: &InsightsArgs) -> Result<u8, Err
     let failed = all.iter().filter(|c| c.products.is_err()).count();
     match &args.output {
         Some(path) => {
-            let mut writer = csv::Writer::from_path(path).map_err(|e| Error::Write {
-                path: path.clone(),
-                source: e.into(),
-            })?;
-            let write_error = |e: csv::Error| Error::Write {
-                path: path.clone(),
-                source: e.into(),
-            };
-            writer
-                .write_record([
-                    "customer_id",
-                    "customer_name",
-                    "product_name",
-                    "licenses_deployed",
-                    "licenses_sold",
-                    "deployment_percent",
-                    "processed_at",
-                    "error",
-                ])
-                .map_err(write_error)?;
+            let mut rows = Vec::new();
             for customer in &all {
                 let id = customer.customer.to_string();
                 match &customer.products {
-                    Ok(products) => {
-                        for p in products {
-                            writer
-                                .write_record([
-                                    id.as_str(),
-                                    &report::neutralise(&p.customer_name),
-                                    &report::neutralise(&p.product_name),
-                                    &p.licenses_deployed.to_string(),
-                                    &p.licenses_sold.to_string(),
-                                    &p.deployment_percent.to_string(),
-                                    &p.processed_at,
-                                    "",
-                                ])
-                                .map_err(write_error)?;
-                        }
+                    Ok(products) => rows.extend(products.iter().map(|p| {
+                        vec![
+                            id.clone(),
+                            p.customer_name.clone(),
+                            p.product_name.clone(),
+                            p.licenses_deployed.to_string(),
+                            p.licenses_sold.to_string(),
+                            p.deployment_percent.to_string(),
+                            p.processed_at.clone(),
+                            String::new(),
+                        ]
+                    })),
+                    Err(error) => {
+                        let mut row = vec![String::new(); 8];
+                        row[0] = id;
+                        row[7] = error.clone();
+                        rows.push(row);
                     }
-                    Err(error) => writer
-                        .write_record([
-                            id.as_str(),
-                            "",
-                            "",
-                            "",
-                            "",
-                            "",
-                            "",
-                            &report::neutralise(error),
-                        ])
-                        .map_err(write_error)?,
                 }
             }
-            writer.flush().map_err(|e| Error::Write {
-                path: path.clone(),
-                source: e,
+            report::write_table(path, "Insights", &INSIGHTS_COLUMNS, &rows).map_err(|e| {
+                Error::Write {
+                    path: path.clone(),
+                    source: e,
+                }
             })?;
             println!(
                 "insights of {} customers written to {}",

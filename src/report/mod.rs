@@ -1,6 +1,8 @@
 //! The per-row report (SPEC §9): every input row in input order, its original cells, then the
-//! `result_*` columns; written atomically (temp file + rename), with formula-like cells
-//! neutralised for spreadsheets.
+//! `result_*` columns; written atomically (temp file + rename), as CSV with formula-like cells
+//! neutralised for spreadsheets, or as a workbook ([`workbook`]) when its name ends in `.xlsx`.
+
+mod workbook;
 
 use std::path::{Path, PathBuf};
 
@@ -110,13 +112,26 @@ pub fn sent_row(
     }
 }
 
-/// `<input stem>.report.csv` next to the input.
+/// `<input stem>.report.csv` next to the input; `.report.xlsx` for a spreadsheet input.
 pub fn default_path(input: &Path) -> PathBuf {
     let stem = input
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
-    input.with_file_name(format!("{stem}.report.csv"))
+    let extension = if crate::input::is_spreadsheet(input) {
+        "xlsx"
+    } else {
+        "csv"
+    };
+    input.with_file_name(format!("{stem}.report.{extension}"))
+}
+
+/// Whether a report (or an `insights` file) at `path` is written as a workbook: its name ends
+/// in `.xlsx`, whatever the case.
+pub fn is_workbook(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("xlsx"))
 }
 
 /// Prefixes a cell a spreadsheet would execute with `'`; plain numbers (`-5`, `+3.5`) stay.
@@ -143,12 +158,17 @@ fn opt<T: ToString>(value: &Option<T>) -> String {
 pub struct ReportWriter {
     path: PathBuf,
     temp_path: PathBuf,
-    writer: csv::Writer<std::io::BufWriter<std::fs::File>>,
+    format: Format,
+}
+
+enum Format {
+    Csv(Box<csv::Writer<std::io::BufWriter<std::fs::File>>>),
+    Workbook(Box<workbook::WorkbookReport>),
 }
 
 impl ReportWriter {
     /// Creates the temporary file and writes the header: the carried input columns, then
-    /// the `result_*` columns.
+    /// the `result_*` columns. A path ending in `.xlsx` gets a workbook, any other CSV.
     pub fn create(path: &Path, delimiter: u8, headers: &[String]) -> std::io::Result<Self> {
         let dir = crate::paths::folder_of(path);
         // A fixed temporary name beside the target: a run killed while writing leaves one
@@ -158,21 +178,33 @@ impl ReportWriter {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "report.csv".into());
         let temp_path = dir.join(format!(".{file_name}.tmp"));
-        let mut writer = csv::WriterBuilder::new()
-            .delimiter(delimiter)
-            .from_writer(std::io::BufWriter::new(std::fs::File::create(&temp_path)?));
-        let header = headers.iter().map(String::as_str).chain(RESULT_COLUMNS);
-        writer.write_record(
-            header
-                .map(neutralise)
-                .collect::<Vec<_>>()
-                .iter()
-                .map(|c| c.as_ref()),
-        )?;
+        let header: Vec<&str> = headers
+            .iter()
+            .map(String::as_str)
+            .chain(RESULT_COLUMNS)
+            .collect();
+        let format = if is_workbook(path) {
+            // The workbook library writes its own file at the end; this one claims the name.
+            std::fs::File::create(&temp_path)?;
+            Format::Workbook(Box::new(workbook::WorkbookReport::create(&header, &dir)?))
+        } else {
+            let mut writer = csv::WriterBuilder::new()
+                .delimiter(delimiter)
+                .from_writer(std::io::BufWriter::new(std::fs::File::create(&temp_path)?));
+            writer.write_record(
+                header
+                    .iter()
+                    .map(|c| neutralise(c))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|c| c.as_ref()),
+            )?;
+            Format::Csv(Box::new(writer))
+        };
         Ok(ReportWriter {
             path: path.to_path_buf(),
             temp_path,
-            writer,
+            format,
         })
     }
 
@@ -202,25 +234,69 @@ impl ReportWriter {
         let cells = cells
             .iter()
             .map(String::as_str)
-            .chain(results.iter().map(String::as_str))
-            .map(neutralise);
-        self.writer
-            .write_record(cells.collect::<Vec<_>>().iter().map(|c| c.as_ref()))?;
+            .chain(results.iter().map(String::as_str));
+        match &mut self.format {
+            Format::Csv(writer) => writer.write_record(
+                cells
+                    .map(neutralise)
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|c| c.as_ref()),
+            )?,
+            Format::Workbook(book) => book.write(&cells.collect::<Vec<_>>(), report)?,
+        }
         Ok(())
     }
 
     /// Makes the file durable and puts it in place of the report.
     pub fn finish(self) -> std::io::Result<()> {
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .into_inner()
-            .map_err(|e| e.into_error())?;
+        let file = match self.format {
+            Format::Csv(writer) => writer
+                .into_inner()
+                .map_err(|e| e.into_error())?
+                .into_inner()
+                .map_err(|e| e.into_error())?,
+            Format::Workbook(book) => {
+                book.save(&self.temp_path)?;
+                std::fs::File::open(&self.temp_path)?
+            }
+        };
         file.sync_all()?;
         drop(file);
         std::fs::rename(&self.temp_path, &self.path)
     }
+}
+
+/// Writes a small table (`insights --output`) atomically: a workbook (one sheet `sheet`,
+/// header frozen, autofilter, numbers as numbers) when `path` ends in `.xlsx`, else CSV with
+/// formula-like cells neutralised.
+pub fn write_table(
+    path: &Path,
+    sheet: &str,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let temp = tempfile::Builder::new()
+        .prefix(".license-batch-")
+        .tempfile_in(crate::paths::folder_of(path))?;
+    if is_workbook(path) {
+        workbook::write_table(temp.path(), sheet, header, rows)?;
+    } else {
+        let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(temp.as_file()));
+        writer.write_record(header)?;
+        for row in rows {
+            writer.write_record(
+                row.iter()
+                    .map(|c| neutralise(c))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|c| c.as_ref()),
+            )?;
+        }
+        writer.flush()?;
+    }
+    temp.as_file().sync_all()?;
+    temp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Fails early (before anything is sent) when the report's folder is not writable.
