@@ -6,6 +6,8 @@
 #   RUN=0 scripts/bench-scale.sh [ROWS]           plan only
 #   INPROCESS=1 scripts/bench-scale.sh [ROWS]     also `run --sandbox` (simulator in the same
 #                                                 process: its memory is counted too)
+#   WORKBOOK=1 scripts/bench-scale.sh [ROWS]      the same sheet as an .xlsx workbook too: its
+#                                                 `plan`, and a run writing the report workbook
 set -euo pipefail
 rows=${1:-1000000}
 cd "$(dirname "$0")/.."
@@ -24,6 +26,10 @@ with open(path, "w") as f:
         f.write(f"{customers[i % 100]},user{i}@contoso.com,SPB,T-{i}\n")
 PY
 echo "sheet: $rows rows, $(du -h "$work/sheet.csv" | cut -f1)"
+if [ "${WORKBOOK:-0}" = 1 ]; then
+  cargo run --release -q --example sample_workbook -- "$work/sheet.csv" "$work/sheet.xlsx"
+  echo "workbook: $(du -h "$work/sheet.xlsx" | cut -f1)"
+fi
 measure() {
   local label=$1; shift
   local status=0
@@ -36,6 +42,9 @@ measure() {
 echo "| what | rows | wall time | peak RSS | exit |"
 echo "|---|---|---|---|---|"
 (cd "$work" && measure "plan (offline)" "$bin" plan sheet.csv -q)
+if [ "${WORKBOOK:-0}" = 1 ]; then
+  (cd "$work" && measure "plan (offline) of the workbook" "$bin" plan sheet.xlsx -q)
+fi
 fast=(-q --no-insights --requests-per-minute 100000000 --concurrency 32)
 if [ "${RUN:-1}" = 1 ]; then
   "$bin" sandbox --listen 127.0.0.1:0 > "$work/sandbox.txt" &
@@ -43,6 +52,9 @@ if [ "${RUN:-1}" = 1 ]; then
   for _ in $(seq 100); do grep -q 'export' "$work/sandbox.txt" 2>/dev/null && break; sleep 0.1; done
   eval "$(sed -n 's/^ *export /export /p' "$work/sandbox.txt")"
   (cd "$work" && measure "run against license-batch sandbox (client only)" "$bin" run sheet.csv --state client.sqlite "${fast[@]}")
+  if [ "${WORKBOOK:-0}" = 1 ]; then
+    (cd "$work" && measure "run of the workbook against license-batch sandbox (client only; report workbook)" "$bin" run sheet.xlsx --state book.sqlite "${fast[@]}")
+  fi
   kill "$sandbox_pid"; wait "$sandbox_pid" 2>/dev/null || true; sandbox_pid=
 fi
 if [ "${INPROCESS:-0}" = 1 ]; then

@@ -6,14 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn license_batch(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_license-batch"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .output()
-        .expect("binary runs")
-}
+use common::license_batch;
 
 /// The binary pointed at a sandbox server, in `dir`.
 fn against(server: &common::SandboxServer, dir: &Path, args: &[&std::ffi::OsStr]) -> Output {

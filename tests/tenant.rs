@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use license_batch::config::PreflightMode;
 use license_batch::outcome::RowStatus;
-use license_batch::run::{Target, connect, deployment_insights};
+use license_batch::run::deployment_insights;
 use uuid::Uuid;
 
 const HEADER: &str = "customer_id,user_id,sku";
@@ -150,18 +150,6 @@ async fn excluded_plans_can_be_named() {
         "{}",
         report[1]["result_message"]
     );
-}
-
-async fn connect_to(sandbox: &license_batch::sandbox::Sandbox) -> license_batch::run::Connection {
-    let settings = settings_for(sandbox);
-    connect(
-        &settings,
-        &sandbox_secrets(),
-        &Target::Configured,
-        Default::default(),
-    )
-    .await
-    .unwrap()
 }
 
 fn five_power_bi_users() -> Vec<String> {

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use calamine::{Data, Reader, Xlsx};
 use common::*;
@@ -412,15 +412,24 @@ async fn the_report_workbook_is_an_input_again_and_its_done_rows_stay_done() {
             .licenses(CONTOSO.parse().unwrap(), "zoë@contoso.example")
             .contains(&spb)
     );
-}
 
-fn license_batch(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_license-batch"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .output()
-        .expect("binary runs")
+    // `verify` reads the report workbook as it reads a CSV report.
+    let connection = connect_to(&sandbox).await;
+    let fixed_report = dir.path().join("fixed.report.xlsx");
+    let clean = license_batch::verify::verify(&fixed_report, &connection.calls)
+        .await
+        .unwrap();
+    assert!(clean.all_agree(), "{:?}", clean.findings);
+    assert_eq!(clean.checked, 3);
+    sandbox.revoke_license(CONTOSO.parse().unwrap(), "zoë@contoso.example", spb);
+    let after = license_batch::verify::verify(&fixed_report, &connection.calls)
+        .await
+        .unwrap();
+    assert_eq!(after.findings.len(), 1);
+    assert_eq!(
+        (after.findings[0].line, after.findings[0].user.as_str()),
+        (4, "zoë@contoso.example")
+    );
 }
 
 fn stderr(output: &Output) -> String {
@@ -533,6 +542,16 @@ fn workbooks_that_cannot_be_read_are_refused_with_what_to_do() {
         &[],
         "not a .xlsx workbook: it holds plain text, probably CSV",
         "rename it to .csv",
+    );
+    // The other way round: a workbook saved under a CSV name (which read as CSV gave "the
+    // file contains NUL bytes").
+    std::fs::copy(at("whole.xlsx"), at("export.csv")).unwrap();
+    assert_refused(
+        dir.path(),
+        "export.csv",
+        &[],
+        "the file is a zip archive, not CSV text",
+        "rename it to .xlsx",
     );
     // Excel keeps a password-protected workbook in an OLE compound file, not a zip.
     let mut protected = vec![0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];

@@ -82,6 +82,10 @@ impl Scanner {
                 });
                 return false;
             }
+            if let Some(problem) = workbook_in_disguise(chunk) {
+                self.problem = Some(problem);
+                return false;
+            }
             chunk = chunk.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(chunk);
         }
         self.offset += bytes.len() as u64;
@@ -145,6 +149,26 @@ impl Scanner {
             sheet: None,
         })
     }
+}
+
+/// A workbook saved under a CSV name: a zip (`.xlsx`, `.ods`) or an OLE compound file (`.xls`)
+/// where text was expected. Workbooks are read directly under their own extension.
+fn workbook_in_disguise(first_bytes: &[u8]) -> Option<ScanProblem> {
+    if first_bytes.starts_with(b"PK\x03\x04") {
+        return Some(ScanProblem {
+            line: None,
+            reason: "the file is a zip archive, not CSV text: probably an .xlsx or .ods workbook under a CSV name",
+            advice: "rename it to .xlsx (or .ods): license-batch reads workbooks directly",
+        });
+    }
+    if first_bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
+        return Some(ScanProblem {
+            line: None,
+            reason: "the file is an Excel 97-2003 (.xls) workbook or a password-protected one, not CSV text",
+            advice: "rename it to .xls (license-batch reads workbooks directly), or remove its password in Excel and save it as .xlsx",
+        });
+    }
+    None
 }
 
 /// Reads `source` to its end once. `delimiter`: the one the operator gave, else detected from
@@ -351,6 +375,19 @@ mod tests {
         let without = scan(&b"a,b\n"[..], None).ok().unwrap();
         assert_ne!(with_bom.hash, without.hash);
         assert_eq!(with_bom.hash.len(), 64);
+    }
+
+    #[test]
+    fn a_workbook_under_a_csv_name_is_told_to_be_renamed() {
+        assert!(
+            problem(b"PK\x03\x04\x14\0\0\0")
+                .advice
+                .contains("rename it to .xlsx")
+        );
+        let compound = [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0, 0];
+        assert!(problem(&compound).reason.contains(".xls"));
+        // Text that merely starts with "PK" is text.
+        assert!(scan(&b"PK,user,sku\n"[..], None).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use calamine::{Data, DataRef, Ods, Reader, Xls, Xlsb, Xlsx};
+use calamine::{Data, Ods, Reader, Xls, Xlsb, Xlsx};
 
 /// The workbook formats read directly, by (lower-case) extension.
 const EXTENSIONS: [&str; 5] = ["xlsx", "xlsm", "xlsb", "xls", "ods"];
@@ -258,7 +258,7 @@ fn read_sheet(
                 {
                     return Ok(());
                 }
-                row.put(r, c, text_of_ref(cell.get_value()));
+                row.put(r, c, text_of(&Data::from(cell.get_value().clone())));
             }
             if let Some(done) = row.finish() {
                 let _ = sender.send(Message::Row(done));
@@ -413,21 +413,6 @@ fn text_of(value: &Data) -> CellText {
         Data::Bool(b) => CellText::Value(if *b { "TRUE" } else { "FALSE" }.into()),
         Data::DateTime(d) => CellText::Value(date_text(d)),
         Data::Error(e) => CellText::Error(e.to_string()),
-    }
-}
-
-fn text_of_ref(value: &DataRef<'_>) -> CellText {
-    match value {
-        DataRef::SharedString(s) => CellText::Value((*s).to_string()),
-        DataRef::Empty => CellText::Empty,
-        DataRef::String(s) | DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => {
-            CellText::Value(iso_date(s))
-        }
-        DataRef::Int(i) => CellText::Value(i.to_string()),
-        DataRef::Float(f) => CellText::Value(number_text(*f)),
-        DataRef::Bool(b) => CellText::Value(if *b { "TRUE" } else { "FALSE" }.into()),
-        DataRef::DateTime(d) => CellText::Value(date_text(d)),
-        DataRef::Error(e) => CellText::Error(e.to_string()),
     }
 }
 

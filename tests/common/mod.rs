@@ -74,6 +74,28 @@ pub fn options(sandbox: &Sandbox, input: &Path) -> RunOptions {
     opts
 }
 
+/// The binary in `dir` with `args` and an empty environment.
+pub fn license_batch(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_license-batch"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .output()
+        .expect("binary runs")
+}
+
+/// A connection to `sandbox` for the read-only functions (`verify`, insights).
+pub async fn connect_to(sandbox: &Sandbox) -> license_batch::run::Connection {
+    license_batch::run::connect(
+        &settings_for(sandbox),
+        &sandbox_secrets(),
+        &license_batch::run::Target::Configured,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
 pub async fn run(opts: RunOptions) -> RunSummary {
     license_batch::run(opts).await.expect("run starts")
 }
