@@ -436,6 +436,69 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// An interrupted run of a workbook's second sheet writes its report workbook with the
+/// unfinished rows `pending`, and the same command resumes that run (the same workbook and
+/// sheet are the same input) without sending anything twice; the workbook's first sheet is
+/// another input, a new run.
+#[tokio::test]
+async fn an_interrupted_workbook_run_resumes_from_its_report_workbook_state() {
+    let sandbox = start("[faults]\nlatency_ms = 5\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["émilie", "łukasz", "zoë", "søren", "日本"];
+    let mut rows = vec![(0, vec![text("customer_id"), text("user_id"), text("sku")])];
+    rows.extend((0..40u32).map(|i| {
+        let user = format!("{}.{i}@contoso.example", names[i as usize % names.len()]);
+        (i + 1, vec![text(CONTOSO), text(&user), text("SPB")])
+    }));
+    let first_sheet = vec![rows[0].clone(), rows[1].clone()];
+    let input = dir.path().join("two.xlsx");
+    write_workbook(&input, &[("Intro", first_sheet), ("Night", rows)]);
+    let opts_for = || {
+        let mut opts = options(&sandbox, &input);
+        opts.sheet = Some("Night".into());
+        opts.settings.limits.concurrency = license_batch::config::Concurrency::fixed(2);
+        opts
+    };
+    let opts = opts_for();
+    let stop = opts.stop.clone();
+    let running = tokio::spawn(license_batch::run(opts));
+    sandbox.wait_for(10, 0).await;
+    stop.cancel();
+    let interrupted = running.await.unwrap().unwrap();
+    assert_eq!(
+        interrupted.completion,
+        license_batch::Completion::Interrupted
+    );
+    let done_first = interrupted.count(RowStatus::Succeeded);
+    assert!((10..40).contains(&done_first), "{done_first}");
+    let report = dir.path().join("two.report.xlsx");
+    let statuses: Vec<String> = report_rows(&report)
+        .iter()
+        .map(|r| string(&r["result_status"]))
+        .collect();
+    assert_eq!(
+        statuses.len(),
+        40,
+        "the report workbook written on interrupt"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "pending").count() as u64,
+        40 - done_first
+    );
+
+    let resumed = run(opts_for()).await;
+    assert_eq!(resumed.run_id, interrupted.run_id);
+    assert_eq!(resumed.count(RowStatus::Succeeded), 40);
+    let users: std::collections::HashSet<_> =
+        sandbox.requests().iter().map(|r| r.user.clone()).collect();
+    assert_eq!(sandbox.requests().len(), 40, "nothing sent twice");
+    assert_eq!(users.len(), 40);
+
+    // The first sheet of the same workbook is another input: a run of its own.
+    let other = run(options(&sandbox, &input)).await;
+    assert_ne!(other.run_id, resumed.run_id);
+}
+
 /// A run that must stop before sending: exit 2, the reason and what to do, no panic, no report.
 fn assert_refused(dir: &Path, input: &str, extra: &[&str], reason: &str, advice: &str) {
     let mut args = vec!["run", input, "--sandbox", "-q"];
@@ -483,6 +546,18 @@ fn the_sheet_is_chosen_by_name_and_an_unknown_name_lists_the_sheets() {
         "required columns missing",
         "the header row needs",
     );
+    let plan = license_batch(
+        dir.path(),
+        &["plan", "book.xlsx", "--sandbox", "--sheet", "Ünits 日本"],
+    );
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let shown = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        shown.starts_with(
+            "sheet \"Ünits 日本\" of book.xlsx\nplan: 2 rows, 2 license updates to send"
+        ),
+        "{shown}"
+    );
     let out = license_batch(
         dir.path(),
         &[
@@ -501,6 +576,18 @@ fn the_sheet_is_chosen_by_name_and_an_unknown_name_lists_the_sheets() {
         .collect();
     assert_eq!(statuses, ["succeeded"; 2]);
 
+    // `check` reads the customers of the sheet it is given.
+    let check = license_batch(
+        dir.path(),
+        &["check", "book.xlsx", "--sandbox", "--sheet", "Ünits 日本"],
+    );
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    assert!(String::from_utf8_lossy(&check.stdout).contains(CONTOSO));
+    let check = license_batch(
+        dir.path(),
+        &["check", "book.xlsx", "--sandbox", "--sheet", "Nope"],
+    );
+    assert_eq!(check.status.code(), Some(2), "{}", stderr(&check));
     std::fs::write(dir.path().join("plain.csv"), "customer_id,user_id,sku\n").unwrap();
     assert_refused(
         dir.path(),
@@ -611,6 +698,32 @@ fn workbooks_that_cannot_be_read_are_refused_with_what_to_do() {
         "the header cell C1 holds the error #DIV/0!",
         "type the column's name",
     );
+}
+
+/// A sheet whose every row down to Excel's last (1,048,576) holds a formatted empty cell, as a
+/// sheet formatted by whole columns can: the rows with values are read, the rest are no rows,
+/// and memory does not hold a grid of them.
+#[test]
+fn a_sheet_formatted_down_to_its_last_row_is_its_rows_with_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tall.xlsx");
+    let mut book = Workbook::new();
+    let sheet = book.add_worksheet_with_constant_memory().unwrap();
+    let yellow = Format::new().set_background_color(0xFFFF00);
+    for (column, name) in ["customer_id", "user_id", "sku"].iter().enumerate() {
+        sheet.write_string(0, column as u16, *name).unwrap();
+    }
+    sheet.write_string(1, 0, CONTOSO).unwrap();
+    sheet.write_string(1, 1, "émilie@contoso.example").unwrap();
+    sheet.write_string(1, 2, "SPB").unwrap();
+    for row in 2..1_048_576 {
+        sheet.write_blank(row, 3, &yellow).unwrap();
+    }
+    book.save(&path).unwrap();
+    let file = license_batch::input::read_whole(&path, None).unwrap();
+    let lines: Vec<u64> = file.rows.iter().map(|row| row.line).collect();
+    assert_eq!(lines, [2]);
+    assert!(file.rows[0].request.is_ok());
 }
 
 fn samples() -> PathBuf {

@@ -116,24 +116,32 @@ pub(super) async fn plan_only(
     };
     tracing::debug!("planning: rows counted after {:?}", started.elapsed());
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    describe_plan(
-        &mut out,
-        &journal,
-        run_id,
-        PlanFigures {
-            tally: &tally,
-            per_customer: &per_customer,
-            seats: &seats,
-        },
-        &guard.verdict_line(opts.confirmed),
-        &opts.settings,
-        note,
-    )
-    .and_then(|()| out.flush())
-    .map_err(|source| Error::Write {
-        path: PathBuf::from("(standard output)"),
-        source,
-    })?;
+    // A workbook: which of its sheets this plan is of (the first, unless --sheet).
+    let sheet_line = match &scan.sheet {
+        Some(sheet) => writeln!(out, "sheet {sheet:?} of {}", opts.input.display()),
+        None => Ok(()),
+    };
+    sheet_line
+        .and_then(|()| {
+            describe_plan(
+                &mut out,
+                &journal,
+                run_id,
+                PlanFigures {
+                    tally: &tally,
+                    per_customer: &per_customer,
+                    seats: &seats,
+                },
+                &guard.verdict_line(opts.confirmed),
+                &opts.settings,
+                note,
+            )
+        })
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Write {
+            path: PathBuf::from("(standard output)"),
+            source,
+        })?;
     drop(out);
     tracing::debug!("planning: plan printed after {:?}", started.elapsed());
     let mut summary = RunSummary::new(tally, Completion::Planned);
