@@ -726,6 +726,140 @@ fn a_sheet_formatted_down_to_its_last_row_is_its_rows_with_values() {
     assert!(file.rows[0].request.is_ok());
 }
 
+/// An OpenDocument spreadsheet (LibreOffice's `.ods`) of `rows` (`None`: an empty row), its
+/// parts written by hand: the writer crate writes only `.xlsx`. `encrypted`: its manifest says
+/// the content is encrypted, as LibreOffice's "Save with password" does.
+fn write_ods(path: &Path, rows: &[Option<Vec<OdsCell>>], encrypted: bool) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("mimetype", stored).unwrap();
+    zip.write_all(b"application/vnd.oasis.opendocument.spreadsheet")
+        .unwrap();
+    let encryption = if encrypted {
+        "<manifest:encryption-data manifest:checksum-type=\"SHA1/1K\"/>"
+    } else {
+        ""
+    };
+    zip.start_file("META-INF/manifest.xml", stored).unwrap();
+    write!(
+        zip,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0" manifest:version="1.2">
+<manifest:file-entry manifest:full-path="/" manifest:media-type="application/vnd.oasis.opendocument.spreadsheet"/>
+<manifest:file-entry manifest:full-path="content.xml" manifest:media-type="text/xml">{encryption}</manifest:file-entry>
+</manifest:manifest>"#
+    )
+    .unwrap();
+    let mut table = String::new();
+    for row in rows {
+        match row {
+            None => table.push_str(r#"<table:table-row><table:table-cell/></table:table-row>"#),
+            Some(cells) => {
+                table.push_str("<table:table-row>");
+                for cell in cells {
+                    table.push_str(&match cell {
+                        OdsCell::Text(t) => format!(
+                            r#"<table:table-cell office:value-type="string"><text:p>{t}</text:p></table:table-cell>"#
+                        ),
+                        OdsCell::Number(n) => format!(
+                            r#"<table:table-cell office:value-type="float" office:value="{n}"><text:p>{n}</text:p></table:table-cell>"#
+                        ),
+                        OdsCell::Date(d) => format!(
+                            r#"<table:table-cell office:value-type="date" office:date-value="{d}"><text:p>01.12.2026</text:p></table:table-cell>"#
+                        ),
+                        OdsCell::Empty => "<table:table-cell/>".to_string(),
+                    });
+                }
+                table.push_str("</table:table-row>");
+            }
+        }
+    }
+    zip.start_file("content.xml", stored).unwrap();
+    write!(
+        zip,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" office:version="1.2">
+<office:body><office:spreadsheet><table:table table:name="Tabelle1">{table}</table:table></office:spreadsheet></office:body></office:document-content>"#
+    )
+    .unwrap();
+    zip.finish().unwrap();
+}
+
+enum OdsCell {
+    Text(&'static str),
+    Number(&'static str),
+    Date(&'static str),
+    Empty,
+}
+
+/// An `.ods` from LibreOffice (read a sheet at a time, not streamed): the same cells as text,
+/// the rows numbered as the sheet numbers them, an empty row skipped; one saved with a
+/// password stops the run with what to do.
+#[tokio::test]
+async fn an_ods_sheet_is_read_like_an_xlsx_one() {
+    use OdsCell::*;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("onboarding.ods");
+    let rows = [
+        Some(vec![
+            Text("customer_id"),
+            Text("user_id"),
+            Text("sku"),
+            Text("ticket"),
+            Text("start_date"),
+        ]),
+        Some(vec![
+            Text(CONTOSO),
+            Text("émilie@contoso.example"),
+            Text("SPB"),
+            Number("1000"),
+            Date("2026-12-01"),
+        ]),
+        None,
+        Some(vec![
+            Text(CONTOSO),
+            Text("łukasz@contoso.example"),
+            Text("Power BI Pro"),
+            Number("2.5"),
+            Empty,
+        ]),
+        Some(vec![
+            Text("not-a-customer"),
+            Text("日本語@contoso.example"),
+            Text("SPB"),
+        ]),
+    ];
+    write_ods(&input, &rows, false);
+    let file = license_batch::input::read_whole(&input, None).unwrap();
+    let lines: Vec<u64> = file.rows.iter().map(|row| row.line).collect();
+    assert_eq!(lines, [2, 4, 5]);
+    assert_eq!(file.rows[0].cells[3..], ["1000", "2026-12-01"]);
+    assert_eq!(file.rows[1].cells[3..], ["2.5", ""]);
+    assert!(file.rows[2].request.is_err());
+
+    let sandbox = start("").await;
+    let summary = run(options(&sandbox, &input)).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 2);
+    assert_eq!(summary.count(RowStatus::Invalid), 1);
+    let report = dir.path().join("onboarding.report.xlsx");
+    let lines: Vec<String> = report_rows(&report)
+        .iter()
+        .map(|r| string(&r["result_row"]))
+        .collect();
+    assert_eq!(lines, ["2", "4", "5"]);
+
+    write_ods(&dir.path().join("locked.ods"), &rows, true);
+    assert_refused(
+        dir.path(),
+        "locked.ods",
+        &[],
+        "password-protected",
+        "remove the password",
+    );
+}
+
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
 }

@@ -223,7 +223,7 @@ fn refuse_what_is_not_a_workbook(path: &Path) -> Result<(), SheetProblem> {
 fn protected() -> SheetProblem {
     SheetProblem::new(
         "the workbook is password-protected (encrypted), so it cannot be read",
-        "open it in Excel, remove the password (File > Info > Protect Workbook > Encrypt with Password: clear it), save, and run again",
+        "open it, remove the password (Excel: File > Info > Protect Workbook > Encrypt with Password, cleared; LibreOffice: File > Save As without \"Save with password\"), save, and run again",
     )
 }
 
