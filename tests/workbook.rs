@@ -860,6 +860,43 @@ async fn an_ods_sheet_is_read_like_an_xlsx_one() {
     );
 }
 
+/// A CSV input asked for a report workbook (`--report x.xlsx`): a cell longer than a workbook
+/// cell can hold is cut with a note saying where the whole of it is, and the CSV report written
+/// from the same journal has it whole.
+#[tokio::test]
+async fn a_cell_too_long_for_a_workbook_is_cut_with_a_note_and_kept_whole_in_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "Łukasz ".repeat(10_000);
+    let input = write_csv(
+        dir.path(),
+        "night.csv",
+        "customer_id,user_id,sku,note",
+        &[format!("{CONTOSO},łukasz@contoso.example,SPB,{long}")],
+    );
+    let sandbox = start("").await;
+    let mut opts = options(&sandbox, &input);
+    let book = dir.path().join("night.xlsx");
+    opts.report = Some(book.clone());
+    let summary = run(opts).await;
+    assert_eq!(summary.count(RowStatus::Succeeded), 1);
+    let rows = report_rows(&book);
+    let note = string(&rows[0]["note"]);
+    assert!(note.starts_with("Łukasz Łukasz"));
+    assert!(
+        note.contains("the cell holds 70000 characters"),
+        "{}",
+        &note[note.len() - 200..]
+    );
+    assert_eq!(string(&rows[0]["result_status"]), "succeeded");
+
+    let out = license_batch(
+        dir.path(),
+        &["report", "--state", "state.sqlite", "--output", "whole.csv"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_report(&dir.path().join("whole.csv"))[0]["note"], long);
+}
+
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
 }

@@ -64,6 +64,32 @@ fn as_number(text: &str) -> Option<f64> {
     (crate::input::number_text(value) == text).then_some(value)
 }
 
+/// The most a cell holds, in UTF-16 units (Excel's limit).
+const MAX_CELL: usize = 32_767;
+
+/// A text too long for a cell, cut where it still fits with a note that says so and where the
+/// whole of it is (the journal keeps every cell; a CSV report has no limit).
+fn fit_in_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_CELL || text.encode_utf16().count() <= MAX_CELL {
+        return text.into();
+    }
+    let note = format!(
+        " … [cut: the cell holds {} characters, more than a workbook cell can; the whole text is \
+         in the CSV report: license-batch report --output FILE.csv]",
+        text.chars().count()
+    );
+    let room = MAX_CELL - note.encode_utf16().count();
+    let (mut units, mut end) = (0, 0);
+    for (at, c) in text.char_indices() {
+        if units + c.len_utf16() > room {
+            break;
+        }
+        units += c.len_utf16();
+        end = at + c.len_utf8();
+    }
+    format!("{}{note}", &text[..end]).into()
+}
+
 impl WorkbookReport {
     /// A workbook whose `Report` sheet starts with `header` (the carried input columns, then
     /// the `result_*` columns); `temp_dir`: where constant-memory mode keeps its row files.
@@ -127,7 +153,7 @@ impl WorkbookReport {
                 (_, true) => sheet.write_string_with_format(row, column, *text, &fill),
                 (Some(number), false) => sheet.write_number(row, column, number),
                 (None, false) if text.is_empty() => continue,
-                (None, false) => sheet.write_string(row, column, *text),
+                (None, false) => sheet.write_string(row, column, fit_in_cell(text)),
             };
             written.map_err(io_error)?;
         }
@@ -257,6 +283,24 @@ pub(super) fn write_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_too_long_for_a_cell_is_cut_to_fit_and_says_so() {
+        assert_eq!(fit_in_cell("Łukasz"), "Łukasz");
+        let fits = "é".repeat(MAX_CELL);
+        assert_eq!(fit_in_cell(&fits), fits);
+        // 🙂 takes two UTF-16 units: 20,000 of them are 40,000 units.
+        let long = "🙂".repeat(20_000);
+        let cut = fit_in_cell(&long);
+        assert!(cut.encode_utf16().count() <= MAX_CELL);
+        assert!(cut.starts_with("🙂🙂"));
+        assert!(
+            cut.contains("the cell holds 20000 characters"),
+            "{}",
+            &cut[cut.len() - 200..]
+        );
+        assert!(cut.ends_with("license-batch report --output FILE.csv]"));
+    }
 
     #[test]
     fn numbers_stay_numbers_and_everything_else_stays_text() {
