@@ -276,6 +276,9 @@ async fn measure(shape: &Shape, policy: Policy) {
             shape.name
         );
     }
+    if std::env::var_os("TIMELINE").is_some() {
+        print_timeline(&requests);
+    }
     let throttled = requests.iter().filter(|r| r.status == 429).count();
     let first = requests.first().map_or(SystemTime::now(), |r| r.at);
     let last = requests.last().map_or(first, |r| r.at);
@@ -290,6 +293,30 @@ async fn measure(shape: &Shape, policy: Policy) {
         throttled as f64 * 100.0 / requests.len().max(1) as f64,
         sandbox.most_in_flight(),
     );
+}
+
+/// `TIMELINE=1`: per second of the run, the calls the sandbox applied and the 429s it
+/// answered, on stderr (where the time of a shape goes).
+fn print_timeline(requests: &[sandbox::RecordedRequest]) {
+    let Some(first) = requests.first().map(|r| r.at) else {
+        return;
+    };
+    let mut seconds: Vec<(usize, usize)> = Vec::new();
+    for request in requests {
+        let second = request.at.duration_since(first).unwrap_or_default().as_secs() as usize;
+        if seconds.len() <= second {
+            seconds.resize(second + 1, (0, 0));
+        }
+        if request.applied {
+            seconds[second].0 += 1;
+        }
+        if request.status == 429 {
+            seconds[second].1 += 1;
+        }
+    }
+    for (second, (applied, throttled)) in seconds.iter().enumerate() {
+        eprintln!("  {second:>4} s  applied {applied:>5}  429 {throttled:>4}");
+    }
 }
 
 fn main() {

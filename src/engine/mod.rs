@@ -396,11 +396,17 @@ pub async fn execute(
         }
         shared.recorder.record(group, outcomes);
         let latency = shared.calls.stats.snapshot().mean_latency;
-        let wanted = shared.calls.settings.pool_size(latency).min(most_in_flight);
+        let wanted = shared
+            .calls
+            .settings
+            .pool_for_pace(shared.calls.pacer.paced_rate(), latency, most_in_flight)
+            .min(most_in_flight);
         if wanted > pool_size {
             tracing::debug!(
-                "the pool grows to {wanted} requests in flight: calls take {:.2} s on average",
-                latency.unwrap_or_default().as_secs_f64()
+                "the pool grows to {wanted} requests in flight: calls take {:.2} s on average, \
+                 paced at {:.0}/min",
+                latency.unwrap_or_default().as_secs_f64(),
+                shared.calls.pacer.paced_rate().unwrap_or_default() * 60.0
             );
             shared.in_flight.add_permits(wanted - pool_size);
             pool_size = wanted;

@@ -706,6 +706,17 @@ impl Pacer {
         });
     }
 
+    /// The pace learned from the API's 429s, calls per second: the pool's, or the sum of the
+    /// customer lanes' once the limit is known to be per pair. `None` while some of it is not
+    /// paced (no 429 yet, or a window used in a burst): only the ceiling then bounds it.
+    pub fn paced_rate(&self) -> Option<f64> {
+        let state = self.state();
+        match state.scope {
+            Scope::Partner => state.pool.rate,
+            Scope::Customer => state.lanes.values().map(|lane| lane.rate).sum(),
+        }
+    }
+
     /// How long a call for `lane` would still wait for a pause, if it would.
     pub fn paused_for(&self, lane: Option<Uuid>) -> Option<Duration> {
         self.state().paused_for(lane, Instant::now())

@@ -41,6 +41,36 @@ impl EngineSettings {
         })
     }
 
+    /// The pool a pace learned from the API's 429s needs at `latency` (when it is more than
+    /// [`EngineSettings::pool_size`] gives), never more than the ceiling needs there nor
+    /// `most`.
+    ///
+    /// Why: the pool is sized for at most [`GROWS_FOR_PER_MINUTE`] while the quota is unknown,
+    /// and grows past it only while nothing is throttled. A quota above that which the pacer has
+    /// learned (a rate that rose mid-run to 6,000/min, whose occasional 429s stop the growth)
+    /// was then carried by 8 calls of 0.1 s: 80/s of its 100/s. Once the pacer paces, a larger
+    /// pool does not send more: its extra workers wait for the pacer's slots, so the calls in
+    /// flight stay what the pace needs, not what the pool holds.
+    pub fn pool_for_pace(
+        &self,
+        paced_per_second: Option<f64>,
+        latency: Option<Duration>,
+        most: usize,
+    ) -> usize {
+        if self.concurrency.is_fixed() {
+            return self.pool_size(latency);
+        }
+        let for_ceiling = self.pool_size(latency);
+        let (Some(rate), Some(latency)) = (paced_per_second, latency) else {
+            return for_ceiling;
+        };
+        let per_minute = (rate * 60.0).min(self.requests_per_minute as f64) as u32;
+        let for_pace = Self::in_flight_needed(per_minute, latency)
+            .min(Self::in_flight_needed(self.requests_per_minute, latency))
+            .min(most);
+        for_ceiling.max(for_pace)
+    }
+
     /// When `pool` calls in flight that take `latency` each (they carry at most `pool /
     /// latency` per second) could not keep the ceiling's pace, the pool and not the API set
     /// it: the advice names the concurrency that would reach the ceiling. Nothing to advise
@@ -128,6 +158,25 @@ impl PoolGrowth {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    #[test]
+    fn a_learned_pace_above_what_the_pool_carries_sizes_the_pool() {
+        let grows = settings(60_000, Concurrency::growing());
+        let latency = Some(Duration::from_millis(100));
+        // Unknown quota: sized for 3,000/min at 0.1 s, 8.
+        assert_eq!(grows.pool_for_pace(None, latency, 200), 8);
+        // Paced at 100/s: 100 × 0.1 × 1.5 = 15 in flight.
+        assert_eq!(grows.pool_for_pace(Some(100.0), latency, 200), 15);
+        // A pace below what the pool carries does not shrink it; `most` bounds it.
+        assert_eq!(grows.pool_for_pace(Some(10.0), latency, 200), 8);
+        assert_eq!(grows.pool_for_pace(Some(100.0), latency, 12), 12);
+        // Never past what the ceiling needs: 600/min at 0.1 s is 2 (the pool's least is 8).
+        let low_ceiling = settings(600, Concurrency::growing());
+        assert_eq!(low_ceiling.pool_for_pace(Some(100.0), latency, 200), 8);
+        // A pool the operator fixed stays as it is.
+        let fixed = settings(60_000, Concurrency::fixed(4));
+        assert_eq!(fixed.pool_for_pace(Some(100.0), latency, 200), 4);
+    }
 
     pub(in crate::engine) fn settings(
         requests_per_minute: u32,
