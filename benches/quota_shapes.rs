@@ -303,7 +303,11 @@ fn print_timeline(requests: &[sandbox::RecordedRequest]) {
     };
     let mut seconds: Vec<(usize, usize)> = Vec::new();
     for request in requests {
-        let second = request.at.duration_since(first).unwrap_or_default().as_secs() as usize;
+        let second = request
+            .at
+            .duration_since(first)
+            .unwrap_or_default()
+            .as_secs() as usize;
         if seconds.len() <= second {
             seconds.resize(second + 1, (0, 0));
         }
