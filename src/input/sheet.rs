@@ -405,9 +405,9 @@ impl RowBuilder {
 fn text_of(value: &Data) -> CellText {
     match value {
         Data::Empty => CellText::Empty,
-        Data::String(s) | Data::DateTimeIso(s) | Data::DurationIso(s) => {
-            CellText::Value(iso_date(s))
-        }
+        // Only a date cell's midnight is left out: text typed as such stays as typed.
+        Data::DateTimeIso(s) => CellText::Value(iso_date(s)),
+        Data::String(s) | Data::DurationIso(s) => CellText::Value(s.clone()),
         Data::Int(i) => CellText::Value(i.to_string()),
         Data::Float(f) => CellText::Value(number_text(*f)),
         Data::Bool(b) => CellText::Value(if *b { "TRUE" } else { "FALSE" }.into()),
@@ -416,12 +416,17 @@ fn text_of(value: &Data) -> CellText {
     }
 }
 
-/// An ISO date-time at midnight (how `.ods` keeps a date) as the date alone.
+/// An ISO date-time (how `.ods` keeps a date) as an `.xlsx` date reads: the date alone at
+/// midnight, else `YYYY-MM-DD HH:MM:SS`.
 fn iso_date(text: &str) -> String {
-    text.strip_suffix("T00:00:00")
-        .filter(|date| date.len() == 10 && date.as_bytes()[4] == b'-')
-        .unwrap_or(text)
-        .to_string()
+    let is_date = |date: &str| date.len() == 10 && date.as_bytes()[4] == b'-';
+    if let Some(date) = text.strip_suffix("T00:00:00").filter(|d| is_date(d)) {
+        return date.to_string();
+    }
+    match text.split_once('T') {
+        Some((date, time)) if is_date(date) => format!("{date} {time}"),
+        _ => text.to_string(),
+    }
 }
 
 /// A number as a person sees it in a General cell: `1000`, not `1000.0`; at most 15
@@ -481,6 +486,33 @@ mod tests {
         assert_eq!(number_text(0.1 + 0.2), "0.3");
         assert_eq!(number_text(2.5), "2.5");
         assert_eq!(number_text(1e20), "100000000000000000000");
+    }
+
+    #[test]
+    fn a_date_cell_is_its_day_and_text_stays_as_typed() {
+        let text = |value: Data| match text_of(&value) {
+            CellText::Value(text) => text,
+            _ => panic!("a value"),
+        };
+        assert_eq!(
+            text(Data::DateTimeIso("2026-12-01T00:00:00".into())),
+            "2026-12-01"
+        );
+        assert_eq!(
+            text(Data::DateTimeIso("2026-12-01T08:30:00".into())),
+            "2026-12-01 08:30:00"
+        );
+        assert_eq!(
+            text(Data::String("2026-12-01T00:00:00".into())),
+            "2026-12-01T00:00:00"
+        );
+        assert_eq!(text(Data::Bool(false)), "FALSE");
+        assert_eq!(text(Data::Int(-7)), "-7");
+        assert!(matches!(text_of(&Data::Empty), CellText::Empty));
+        assert!(matches!(
+            text_of(&Data::Error(calamine::CellErrorType::NA)),
+            CellText::Error(e) if e == "#N/A"
+        ));
     }
 
     #[test]
