@@ -640,10 +640,13 @@ fn workbooks_that_cannot_be_read_are_refused_with_what_to_do() {
         "the file is a zip archive, not CSV text",
         "rename it to .xlsx",
     );
-    // Excel keeps a password-protected workbook in an OLE compound file, not a zip.
-    let mut protected = vec![0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
-    protected.resize(4096, 0);
-    std::fs::write(at("protected.xlsx"), &protected).unwrap();
+    // A real password-protected workbook (the sample, encrypted as Excel does: an OLE compound
+    // file holding the encrypted package, not a zip).
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/protected.xlsx"),
+        at("protected.xlsx"),
+    )
+    .unwrap();
     assert_refused(
         dir.path(),
         "protected.xlsx",
@@ -651,8 +654,10 @@ fn workbooks_that_cannot_be_read_are_refused_with_what_to_do() {
         "password-protected",
         "remove the password",
     );
-    // The same bytes as an .xls: a compound file that is not a workbook.
-    std::fs::write(at("broken.xls"), &protected).unwrap();
+    // A compound file's magic and nothing else, as an .xls: not a workbook.
+    let mut compound = vec![0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+    compound.resize(4096, 0);
+    std::fs::write(at("broken.xls"), &compound).unwrap();
     assert_refused(
         dir.path(),
         "broken.xls",
