@@ -224,7 +224,7 @@ impl fmt::Display for InsightsTable<'_> {
                             p.product_name,
                             grouped(p.licenses_deployed as u64),
                             grouped(p.licenses_sold as u64),
-                            share_text(p.deployment_percent)
+                            share_text(p.deployment_percent, p.licenses_deployed > 0.0)
                         )?;
                     }
                 }
@@ -249,9 +249,11 @@ fn grouped(n: u64) -> String {
 }
 
 /// A deployment share: `<1%` for a few seats of many, which `0%` would misstate as none.
-fn share_text(percent: f64) -> String {
+/// A share as the summary shows it; `some`: whether anything was deployed at all (Partner
+/// Center rounds the percentage it gives: 6 of 1,000,000 comes as 0, which is not "none").
+fn share_text(percent: f64, some: bool) -> String {
     match percent {
-        p if p > 0.0 && p < 1.0 => "<1%".to_string(),
+        p if p < 1.0 && (p > 0.0 || some) => "<1%".to_string(),
         p => format!("{p:.0}%"),
     }
 }
@@ -265,8 +267,13 @@ mod figures_tests {
         assert_eq!(grouped(1_000_000), "1,000,000");
         assert_eq!(grouped(15), "15");
         assert_eq!(grouped(1234), "1,234");
-        assert_eq!(share_text(0.0015), "<1%");
-        assert_eq!(share_text(0.0), "0%");
-        assert_eq!(share_text(62.4), "62%");
+        assert_eq!(share_text(0.0015, true), "<1%");
+        assert_eq!(
+            share_text(0.0, true),
+            "<1%",
+            "rounded to 0 by the API, yet some"
+        );
+        assert_eq!(share_text(0.0, false), "0%");
+        assert_eq!(share_text(62.4, true), "62%");
     }
 }
