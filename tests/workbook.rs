@@ -149,78 +149,74 @@ fn header_row() -> (u32, Vec<Cell>) {
 /// The night's sheet: three good rows around an empty row, an error cell (D6), a row with a bad
 /// customer, and formatted empty cells down to the sheet's last row (1,048,576).
 fn night_sheet() -> Rows {
-    let row = |customer: &str, user: &str, sku: &str, ticket: Cell, cost: Cell, note: &str| {
-        vec![
-            text(customer),
-            text(user),
-            text(sku),
-            ticket,
-            Cell::Date(2026, 12, 1),
-            Cell::Bool(true),
-            cost,
-            text(note),
-            text("日本語 Zürich"),
-        ]
-    };
-    let mut rows = vec![
-        header_row(),
+    use Cell::{Formula, Number};
+    // Row index (0-based; 3 = row 4 is left empty), customer, user, SKU, ticket, cost, note.
+    let night: [(u32, &str, &str, &str, Cell, Cell, &str); 5] = [
         (
             1,
-            row(
-                CONTOSO,
-                "émilie.durand@contoso.example",
-                "SPB",
-                Cell::Number(1000.0),
-                Cell::Formula("=2*3", "6"),
-                "=cmd|' /C calc'!A0",
-            ),
+            CONTOSO,
+            "émilie.durand@contoso.example",
+            "SPB",
+            Number(1000.0),
+            Formula("=2*3", "6"),
+            "=cmd|' /C calc'!A0",
         ),
         (
             2,
-            row(
-                FABRIKAM,
-                "łukasz.nowak@fabrikam.example",
-                "SPB",
-                Cell::Number(1001.0),
-                Cell::Formula("=0.1+0.2", "0.3"),
-                "+49 30 1234",
-            ),
+            FABRIKAM,
+            "łukasz.nowak@fabrikam.example",
+            "SPB",
+            Number(1001.0),
+            Formula("=0.1+0.2", "0.3"),
+            "+49 30 1234",
         ),
-        // Row 4 is empty.
         (
             4,
-            row(
-                CONTOSO,
-                "zoë.müller@contoso.example",
-                "Power BI Pro",
-                Cell::Number(1002.0),
-                Cell::Number(2.5),
-                "@SUM(A1)",
-            ),
+            CONTOSO,
+            "zoë.müller@contoso.example",
+            "Power BI Pro",
+            Number(1002.0),
+            Number(2.5),
+            "@SUM(A1)",
         ),
         (
             5,
-            row(
-                CONTOSO,
-                "søren.kierkegaard@contoso.example",
-                "SPB",
-                Cell::Formula("=VLOOKUP(9,A1:A2,2,0)", "#N/A"),
-                Cell::Number(1.0),
-                "",
-            ),
+            CONTOSO,
+            "søren.kierkegaard@contoso.example",
+            "SPB",
+            Formula("=VLOOKUP(9,A1:A2,2,0)", "#N/A"),
+            Number(1.0),
+            "",
         ),
         (
             6,
-            row(
-                "not-a-customer",
-                "ada@contoso.example",
-                "SPB",
-                Cell::Number(1004.0),
-                Cell::Number(1.0),
-                "",
-            ),
+            "not-a-customer",
+            "ada@contoso.example",
+            "SPB",
+            Number(1004.0),
+            Number(1.0),
+            "",
         ),
     ];
+    let mut rows = vec![header_row()];
+    rows.extend(
+        night
+            .into_iter()
+            .map(|(index, customer, user, sku, ticket, cost, note)| {
+                let cells = vec![
+                    text(customer),
+                    text(user),
+                    text(sku),
+                    ticket,
+                    Cell::Date(2026, 12, 1),
+                    Cell::Bool(true),
+                    cost,
+                    text(note),
+                    text("日本語 Zürich"),
+                ];
+                (index, cells)
+            }),
+    );
     for blank_row in [99, 5_000, 1_048_575] {
         rows.push((blank_row, vec![Cell::Blank; HEADER.len()]));
     }

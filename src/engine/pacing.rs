@@ -909,6 +909,15 @@ mod tests {
     }
 
     impl Quota {
+        /// 500 calls per 10 s window (the rate the simulation is given), the first from 0.
+        fn ten_second_window() -> Quota {
+            Quota::Window {
+                length: 10.0,
+                index: 0.0,
+                calls: 0.0,
+            }
+        }
+
         fn bucket(capacity: f64) -> Quota {
             Quota::Bucket {
                 capacity,
@@ -1230,11 +1239,7 @@ mod tests {
     fn a_fixed_window_is_used_whole_and_waited_out() {
         // 500 calls per 10 s window; the 429 tells the seconds to the window's end.
         for told in [Told::Exact, Told::Up] {
-            let quota = Quota::Window {
-                length: 10.0,
-                index: 0.0,
-                calls: 0.0,
-            };
+            let quota = Quota::ten_second_window();
             let seen = simulate_api(Api::default(), quota, told, |_| 500.0, 8, 0.1, 60);
             // Windows 1 to 5 (the first is the one the pacer learns in).
             let used: Vec<u32> = (1..6)
@@ -1258,11 +1263,7 @@ mod tests {
     #[test]
     fn a_known_window_is_sent_in_a_burst_and_its_end_found_by_one_call() {
         for told in [Told::Exact, Told::Up] {
-            let quota = Quota::Window {
-                length: 10.0,
-                index: 0.0,
-                calls: 0.0,
-            };
+            let quota = Quota::ten_second_window();
             let api = Api {
                 gateway: false,
                 jitter: 0.05,
