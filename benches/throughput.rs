@@ -6,6 +6,7 @@
 //!
 //!     cargo bench --bench throughput                 # every case (about ten minutes)
 //!     cargo bench --bench throughput -- bucket       # cases whose name contains "bucket"
+//!     LOG=1 cargo bench --bench throughput -- bucket # with what the engine logs (its pacing)
 
 mod support;
 
@@ -215,6 +216,12 @@ async fn measure(case: &Case) {
 }
 
 fn main() {
+    if std::env::var_os("LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter("license_batch=info")
+            .init();
+    }
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
