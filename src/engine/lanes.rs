@@ -135,8 +135,9 @@ mod tests {
     async fn lanes_that_wait_give_way_to_lanes_that_may_send() {
         let [a, b, c, d] = [0xA, 0xB, 0xC, 0xD].map(Uuid::from_u128);
         let pacer = pacing::Pacer::new(1_000_000);
-        // A throttled twice on its own while B is answered: the limit is per customer.
-        for _ in 0..2 {
+        // A throttled 15 times in a row while B, as busy, is answered and never throttled: a
+        // partner-wide limit would do that less than once in 10,000, so it is per customer.
+        for _ in 0..15 {
             for _ in 0..10 {
                 tokio::time::advance(Duration::from_millis(200)).await;
                 pacer.answered(Some(a), tokio::time::Instant::now());
