@@ -9,8 +9,11 @@
 //! just below what the API let through in the second before: calls counted by when they were
 //! sent, capped by the pace they were sent at (so what a full bucket held is not taken for
 //! refill), pauses left out, and only from the first write on and up to the calls whose answers
-//! can be in (a gateway's 429 comes at once, before the calls just sent are answered). Without
-//! 429s the pace grows back: fast far below that limit, back up to it quickly, in fine steps
+//! can be in (a gateway's 429 comes at once, before the calls just sent are answered). An
+//! event soon after another counts only the calls since it (before it, a full bucket's burst);
+//! one past the last limit sets the pace between that limit and what passed (a bucket that
+//! stores calls lets the whole pace through until it is empty, one that stores none lets its
+//! limit through). Without 429s the pace grows back: fast far below that limit, back up to it quickly, in fine steps
 //! just above it, then faster and faster (a quota that rose).
 //! When nothing at all passed since the last event the pool waits the Retry-After. A long
 //! Retry-After may be a spent window or an uninformative constant: the pool waits a second and
@@ -49,6 +52,12 @@ const MEASURE_AT_LEAST: Duration = Duration::from_millis(100);
 /// in fine steps near it. A thinner one (the first 429s of a run come a tenth of a second in)
 /// only slows the pace, which then grows fast again.
 const TRUSTED_ANSWERS: usize = 10;
+/// Right after an event of unpaced calls, what passed since counts instead of the whole span
+/// when it is below this share of it (a full bucket's burst, then a storm of 429s: see
+/// [`Allowance::measured`]).
+const STORM: f64 = 0.5;
+/// The shortest time a measurement divides by.
+const SHORTEST_MEASURE: Duration = Duration::from_millis(20);
 /// Growth per second while no trusted limit is known.
 const GROW_UNKNOWN: f64 = 1.5;
 /// Pace this far below what the API let through when it throttled.
@@ -67,6 +76,10 @@ const GROW_BEYOND: f64 = 1.5;
 /// Where "near the last throttle point" begins and ends, as shares of it.
 const NEAR_FROM: f64 = 0.9;
 const NEAR_TO: f64 = 1.02;
+/// Throttled at up to this share of the last limit, the quota most likely did not rise: the
+/// limit learned is the one the pace falls to (see [`Allowance::throttle`]); further past it,
+/// what passed is learned, so a quota that rose is followed.
+const JUST_PAST: f64 = 1.1;
 /// After a long Retry-After: the pool waits this long, then lets one call through to see
 /// whether the quota is a spent window (the probe is throttled again) or a bucket that told an
 /// uninformative wait (it passes).
@@ -179,6 +192,9 @@ struct Allowance {
     latency: Option<Duration>,
     /// Since when the pace has been past the fine steps above the limit.
     beyond_since: Option<Instant>,
+    /// The last event came while the calls went unpaced: what passed before it includes what
+    /// a full bucket had stored.
+    after_unpaced: bool,
     /// A fixed window's allowance as the last window showed it: the calls it answered. The
     /// next window sends that many in a burst, then one call alone: throttled, the window is
     /// spent and waited out (one 429, not one per call in flight); answered, it allows more.
@@ -218,6 +234,7 @@ impl Allowance {
             hold: false,
             latency: None,
             beyond_since: None,
+            after_unpaced: false,
             window_budget: None,
             window_open: now,
             previous_window_open: now,
@@ -342,25 +359,44 @@ impl Allowance {
         // span, and the half sees less of the time it was still below the limit.
         let over = |span: Duration| {
             let span_start = now.checked_sub(span).unwrap_or(now);
+            let count_from = |from: Instant| {
+                self.accepted
+                    .iter()
+                    .filter(|&&at| at >= from && at <= now)
+                    .count()
+            };
             let mut from = self.measure_from.max(span_start);
-            if now.saturating_duration_since(from) < MEASURE_AT_LEAST {
-                from = span_start
-                    .max(self.accepted.front().copied().unwrap_or(now))
-                    .max(self.measure_floor);
+            if now.saturating_duration_since(from) >= MEASURE_AT_LEAST {
+                let count = count_from(from);
+                let seconds = now.saturating_duration_since(from);
+                return (count, count as f64 / seconds.as_secs_f64());
             }
+            // Too short since the last event to count alone: the whole span — but after an
+            // event of calls sent unpaced (the first of a run), what passed since when some
+            // did and it is far lower: the span holds what a full bucket let through, and
+            // counted, it stepped the pace down by a tenth an event (a second of 429s).
+            let since = count_from(from) as f64
+                / now
+                    .saturating_duration_since(from)
+                    .max(SHORTEST_MEASURE)
+                    .as_secs_f64();
+            from = span_start
+                .max(self.accepted.front().copied().unwrap_or(now))
+                .max(self.measure_floor);
             let seconds = now.saturating_duration_since(from).max(MEASURE_AT_LEAST);
-            let count = self
-                .accepted
-                .iter()
-                .filter(|&&at| at >= from && at <= now)
-                .count();
-            (count, count as f64 / seconds.as_secs_f64())
+            let count = count_from(from);
+            let whole = count as f64 / seconds.as_secs_f64();
+            if self.after_unpaced && since > 0.0 && since < STORM * whole {
+                (count, since)
+            } else {
+                (count, whole)
+            }
         };
         let (count, whole) = over(MEASURE_SPAN);
         let rate = [MEASURE_SPAN / 2, MEASURE_SPAN / 4]
             .into_iter()
             .map(over)
-            .filter(|(count, _)| *count >= TRUSTED_ANSWERS)
+            .filter(|(count, ..)| *count >= TRUSTED_ANSWERS)
             .fold(whole, |best, (_, recent)| best.max(recent));
         (count > 0).then_some(Measured {
             rate,
@@ -422,7 +458,9 @@ impl Allowance {
         let answered_until = now
             .checked_sub(self.latency.unwrap_or_default())
             .unwrap_or(now);
-        let Some(measured) = self.measured(sent_at.min(answered_until)) else {
+        let measured = self.measured(sent_at.min(answered_until));
+        self.after_unpaced = self.rate.is_none();
+        let Some(measured) = measured else {
             // Nothing let through since the last event (a storm of 429s, a quota spent):
             // sending more is no use, the whole pool waits what it was told (unless a probe
             // will tell sooner). The pace stays: nothing was learned about it.
@@ -452,16 +490,31 @@ impl Allowance {
         } else {
             MARGIN
         };
-        let rate = (measured.rate.min(self.rate.unwrap_or(f64::INFINITY)) * margin).max(FLOOR);
-        let trusted = Some(measured).filter(|m| m.trusted);
+        let mut let_through = measured.rate.min(self.rate.unwrap_or(f64::INFINITY));
+        let trusted = measured.trusted;
+        let mut learned = trusted.then_some(measured.rate);
+        if let Some(limit) = self.limit
+            && let_through > limit
+        {
+            // Throttled past the last limit: a bucket that stores calls let them all through
+            // until it was empty, so what passed is the pace, above the limit (pacing at it
+            // kept the 429s coming for events on end: 2–3% of all calls); one that stores
+            // none let through its limit. The geometric middle serves both.
+            let past = let_through;
+            let_through = (limit * past).sqrt();
+            if past <= JUST_PAST * limit {
+                learned = learned.map(|_| let_through);
+            }
+        }
+        let rate = (let_through * margin).max(FLOOR);
         if let Some(whose) = whose {
             tracing::info!(
                 "the API allows {whose} about {:.0} requests/minute; pacing at that",
                 rate * 60.0
             );
         }
-        self.limit = trusted.map(|m| m.rate).or(self.limit);
-        self.hold = trusted.is_some();
+        self.limit = learned.or(self.limit);
+        self.hold = trusted;
         self.rate = Some(rate);
         self.grown_at = now;
         self.measure_from = self.measure_from.max(now);
@@ -1042,6 +1095,8 @@ mod tests {
         per_second: Vec<u32>,
         sent: u32,
         throttled: u32,
+        /// Calls throttled in each second.
+        throttled_each_second: Vec<u32>,
     }
 
     impl Seen {
@@ -1091,6 +1146,7 @@ mod tests {
             per_second: vec![0; seconds],
             sent: 0,
             throttled: 0,
+            throttled_each_second: vec![0; seconds],
         };
         let deliver = |allowance: &mut Allowance, Reverse((arrival, sent, wait)): Answer| {
             match wait {
@@ -1163,7 +1219,10 @@ mod tests {
             seen.sent += 1;
             match wait {
                 None => seen.per_second[t as usize] += 1,
-                Some(_) => seen.throttled += 1,
+                Some(_) => {
+                    seen.throttled += 1;
+                    seen.throttled_each_second[t as usize] += 1;
+                }
             }
             // A gateway refuses at once; everything else is answered after the latency, give
             // or take the jitter (a fixed sequence of draws: the simulation stays exact).
@@ -1206,6 +1265,38 @@ mod tests {
                     "bucket of {capacity}, jitter {jitter}: {} of {} throttled",
                     seen.throttled,
                     seen.sent
+                );
+            }
+        }
+    }
+
+    /// The first 429 of a run comes when a full bucket's store is spent, the pool sending
+    /// unpaced: the events right after it count what passed since the last one, not the burst
+    /// before, so the pace falls to the refill within a few events. (Counting the burst, the
+    /// pace stepped down by a tenth an event: a second of 429s, 120 of them at 16 in flight.)
+    #[test]
+    fn after_the_first_429_the_pace_falls_to_the_refill_within_a_few_events() {
+        for capacity in [5.0, 50.0, 250.0] {
+            for latency in [0.05, 0.1] {
+                let api = Api {
+                    gateway: false,
+                    jitter: latency / 2.0,
+                };
+                let seen = simulate_api(
+                    api,
+                    Quota::bucket(capacity),
+                    Told::Up,
+                    |_| R,
+                    16,
+                    latency,
+                    20,
+                );
+                let each = &seen.throttled_each_second;
+                let first = each.iter().position(|&n| n > 0).expect("throttled");
+                let storm: u32 = each[first..(first + 2).min(each.len())].iter().sum();
+                assert!(
+                    storm <= 40,
+                    "bucket of {capacity}, {latency} s: {storm} throttled in 2 s ({each:?})"
                 );
             }
         }
@@ -1956,6 +2047,47 @@ mod tests {
             (75.0..85.0).contains(&quarter),
             "the last quarter: {quarter}"
         );
+    }
+
+    /// A bucket that stores calls lets the whole pace through until it is empty: throttled
+    /// just past the last limit, the pace falls between that limit and what passed, not to
+    /// what passed (where the next 429s already wait), and that is the limit learned; far past
+    /// it (the quota may have risen), the pace falls as far, but what passed is learned, so the
+    /// pace grows back towards it. At or below the last limit, what passed is the limit.
+    #[test]
+    fn throttled_past_the_last_limit_the_pace_falls_between_it_and_what_passed() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let throttled_at = |pace: f64| {
+            let mut allowance = Allowance::new(start);
+            allowance.rate = Some(pace);
+            allowance.limit = Some(50.0);
+            allowance.last_event = Some(start);
+            for i in 0..pace as u64 {
+                let sent = start + Duration::from_secs_f64(i as f64 / pace);
+                allowance.answered(sent, sent + Duration::from_millis(20));
+            }
+            let now = start + second + Duration::from_millis(20);
+            assert!(allowance.throttle(start + second, now, second, None));
+            (
+                allowance.rate.expect("paced"),
+                allowance.limit.expect("a limit"),
+            )
+        };
+        let close = |got: f64, want: f64| (got - want).abs() <= 0.01 * want;
+        // Just past: 55/s passed, the limit was 50/s.
+        let (rate, limit) = throttled_at(55.0);
+        let middle = (50.0_f64 * 55.0).sqrt();
+        assert!(close(rate, MARGIN * middle), "{rate}/s");
+        assert!(close(limit, middle), "limit {limit}/s");
+        // Far past: 100/s passed.
+        let (rate, limit) = throttled_at(100.0);
+        assert!(close(rate, MARGIN * (50.0_f64 * 100.0).sqrt()), "{rate}/s");
+        assert!(close(limit, 100.0), "limit {limit}/s");
+        // Below: 45/s.
+        let (rate, limit) = throttled_at(45.0);
+        assert!(close(rate, MARGIN * 45.0), "{rate}/s");
+        assert!(close(limit, 45.0), "limit {limit}/s");
     }
 
     /// A quota that doubled, seen from the last limit measured: without 429s the pace creeps
