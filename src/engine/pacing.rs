@@ -10,8 +10,8 @@
 //! sent, capped by the pace they were sent at (so what a full bucket held is not taken for
 //! refill), pauses left out, and only from the first write on and up to the calls whose answers
 //! can be in (a gateway's 429 comes at once, before the calls just sent are answered). An
-//! event soon after another counts only the calls since it (before it, a full bucket's burst);
-//! one past the last limit sets the pace between that limit and what passed (a bucket that
+//! event soon after the first of a run (calls sent unpaced) counts only the calls since it
+//! when far fewer passed (before it, a full bucket's burst); one past the last limit sets the pace between that limit and what passed (a bucket that
 //! stores calls lets the whole pace through until it is empty, one that stores none lets its
 //! limit through). Without 429s the pace grows back: fast far below that limit, back up to it quickly, in fine steps
 //! just above it, then faster and faster (a quota that rose).
