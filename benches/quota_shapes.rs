@@ -16,6 +16,8 @@
 //!     cargo bench --bench quota_shapes                    # every shape, all three (~40 min)
 //!     cargo bench --bench quota_shapes -- bucket-5        # shapes whose name contains it
 //!     POLICIES=ours cargo bench --bench quota_shapes      # only some policies
+//!     LOG=1 TIMELINE=1 cargo bench --bench quota_shapes -- bucket-60s  # the pacer's decisions,
+//!                                                         # and the calls and 429s per second
 
 mod support;
 
@@ -324,6 +326,12 @@ fn print_timeline(requests: &[sandbox::RecordedRequest]) {
 }
 
 fn main() {
+    if std::env::var_os("LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter("license_batch=info")
+            .init();
+    }
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -301,6 +301,7 @@ pub async fn execute(
         .min(work.groups)
         .max(1) as usize;
     let workers = (most_in_flight * 2).min(work.groups.max(1) as usize);
+    let total_groups = work.groups;
     // The calls already answered (the subscribed-SKU reads) tell the latency before the first
     // write does: the pool starts at its size for that, not at 8 (no slow start).
     calls.pacer.writes_begin();
@@ -389,8 +390,12 @@ pub async fn execute(
     // latency, and never past what the ceiling itself needs there.
     let grows_while_busy = !shared.calls.settings.concurrency.is_fixed();
     let mut growth = PoolGrowth::new(tokio::time::Instant::now(), &shared.calls.stats());
+    let mut groups_left = total_groups;
+    shared.calls.pacer.work_left(groups_left);
     while let Some((group, settled_rows, outcomes)) = results.recv().await {
         shared.observer.group_finished(settled_rows);
+        groups_left = groups_left.saturating_sub(1);
+        shared.calls.pacer.work_left(groups_left);
         if let Some(reason) = ratio.observe(&outcomes, &shared.calls.settings) {
             shared.abort(reason);
         }

@@ -18,8 +18,10 @@
 //! When nothing at all passed since the last event the pool waits the Retry-After. A long
 //! Retry-After may be a spent window or an uninformative constant: the pool waits a second and
 //! lets one probe through; throttled again, it is a window, waited out and then used in a
-//! burst; answered, long waits only hold the throttled calls. The throttled call itself waits
-//! its Retry-After in the worker, never sooner.
+//! burst; answered, long waits only hold the throttled calls, and once the work left
+//! ([`Pacer::work_left`]) is done sooner than such a wait the pace stays below the limit
+//! ([`CAUTIOUS_MARGIN`]). The throttled call itself waits its Retry-After in the worker, never
+//! sooner.
 //!
 //! Scope: Partner Center limits per partner, or per partner+customer pair, and does not say
 //! which. The pacer starts pool-wide: a 429 slows every worker (SPEC §5). When throttle events
@@ -90,8 +92,11 @@ const GATEWAY_WAIT: Duration = Duration::from_millis(250);
 /// The slowest pace a throttled allowance falls to, calls per second.
 const FLOOR: f64 = 0.2;
 /// When every 429 costs its call a long wait (a long Retry-After that is not a window, such
-/// as Partner Center's 57 s), a probe above the limit costs more than it can gain: the pace
-/// stays this far below what was measured and does not probe past it.
+/// as Partner Center's 57 s) and the work left is done sooner than that wait, a probe above
+/// the limit costs more than it can gain (the throttled call would keep the run going after
+/// the rest is done): the pace stays this far below what was measured and does not probe past
+/// it. While more work is left than the wait, a 429 costs its call's wait and no more (the
+/// worker gives its place in the pool back while it waits), so the pace probes as anywhere.
 const CAUTIOUS_MARGIN: f64 = 0.93;
 /// A partner-wide bucket's 429s fall on whichever customer's call comes at the wrong moment:
 /// each refused call is a customer's with the chance of that customer's share of the calls
@@ -195,6 +200,11 @@ struct Allowance {
     /// The last event came while the calls went unpaced: what passed before it includes what
     /// a full bucket had stored.
     after_unpaced: bool,
+    /// The longest Retry-After told here that was not a window's (what a 429 costs its call).
+    long_wait: Duration,
+    /// The work left is done sooner than [`Allowance::long_wait`] at this pace (see
+    /// [`Pacer::work_left`]); `true` while nobody said how much is left.
+    end_in_sight: bool,
     /// A fixed window's allowance as the last window showed it: the calls it answered. The
     /// next window sends that many in a burst, then one call alone: throttled, the window is
     /// spent and waited out (one 429, not one per call in flight); answered, it allows more.
@@ -235,6 +245,8 @@ impl Allowance {
             latency: None,
             beyond_since: None,
             after_unpaced: false,
+            long_wait: Duration::ZERO,
+            end_in_sight: true,
             window_budget: None,
             window_open: now,
             previous_window_open: now,
@@ -278,9 +290,17 @@ impl Allowance {
             .then_some(self.window_budget? as f64)
     }
 
-    /// Every 429 costs its call a long wait here: pace below the limit, do not probe past it.
+    /// Every 429 costs its call a long wait here, and the work left is done sooner: pace below
+    /// the limit, do not probe past it.
     fn cautious(&self) -> bool {
-        self.long_waits == LongWaits::Uninformative
+        self.long_waits == LongWaits::Uninformative && self.end_in_sight
+    }
+
+    /// `calls` are left to send (all allowances' together, `pace` calls per second): whether
+    /// they take longer than a 429 here makes its call wait.
+    fn work_left(&mut self, calls: u64, pace: f64) {
+        let seconds_left = calls as f64 / pace.max(FLOOR);
+        self.end_in_sight = seconds_left <= self.long_wait.as_secs_f64();
     }
 
     /// Whether a 429 of this allowance still tells its call to wait.
@@ -415,6 +435,9 @@ impl Allowance {
         whose: Option<&str>,
     ) -> bool {
         let long = retry_after >= WINDOW_LIKE;
+        if long && self.long_waits != LongWaits::Window {
+            self.long_wait = self.long_wait.max(retry_after);
+        }
         self.settle_in_window(sent_at);
         if self
             .told_until
@@ -537,9 +560,11 @@ impl Allowance {
         let grown = match self.limit {
             // No limit known: no point to slow down near one.
             None => rate * GROW_UNKNOWN.powf(seconds),
-            Some(limit) if self.cautious() => Self::grown(rate, limit, seconds, Duration::ZERO)
-                .min(CAUTIOUS_MARGIN * limit)
-                .max(rate),
+            // Once the end is in sight, the pace comes down to below the limit if it probed
+            // past it before.
+            Some(limit) if self.cautious() => {
+                Self::grown(rate, limit, seconds, Duration::ZERO).min(CAUTIOUS_MARGIN * limit)
+            }
             Some(limit) => {
                 if rate < NEAR_TO * limit {
                     self.beyond_since = None;
@@ -937,6 +962,23 @@ impl Pacer {
                 .values()
                 .map(|lane| lane.rate.or_else(|| lane.window_burst()))
                 .sum(),
+        }
+    }
+
+    /// `calls` are still to be sent (or resent) in this run. Where every 429 costs its call a
+    /// long wait, the pace probes past the limit only while the work left takes longer than
+    /// that wait: a call throttled then is still done before the rest (see
+    /// [`CAUTIOUS_MARGIN`]).
+    pub fn work_left(&self, calls: u64) {
+        let mut state = self.state();
+        let pace = match state.scope {
+            Scope::Partner => state.pool.rate,
+            Scope::Customer => state.lanes.values().map(|lane| lane.rate).sum(),
+        }
+        .unwrap_or(state.ceiling_rate);
+        let Pacing { pool, lanes, .. } = &mut *state;
+        for allowance in std::iter::once(pool).chain(lanes.values_mut()) {
+            allowance.work_left(calls, pace);
         }
     }
 
@@ -1966,6 +2008,67 @@ mod tests {
             paces.iter().all(|&p| p <= 0.95 * 40.0),
             "never within 5% of the limit: {paces:?}"
         );
+    }
+
+    /// Where every 429 costs a long wait, the pace probes past the limit while the work left
+    /// takes longer than that wait (a call throttled then is still done before the rest), and
+    /// comes down below the limit once the end is in sight.
+    #[test]
+    fn a_long_wait_is_paid_only_when_the_work_left_is_shorter() {
+        let start = Instant::now();
+        let mut allowance = Allowance::new(start);
+        allowance.long_waits = LongWaits::Uninformative;
+        allowance.long_wait = Duration::from_secs(57);
+        allowance.rate = Some(38.0);
+        allowance.limit = Some(40.0);
+        allowance.last_event = Some(start);
+        // 4,000 calls at about 40/s: 100 s, longer than the wait.
+        allowance.work_left(4_000, 40.0);
+        assert!(!allowance.cautious());
+        let mut second = 0;
+        while allowance.rate.unwrap() <= 40.0 * NEAR_TO && second < 30 {
+            second += 1;
+            allowance.grow(start + Duration::from_secs(second), f64::INFINITY);
+        }
+        assert!(
+            allowance.rate.unwrap() > 40.0 * NEAR_TO,
+            "probes past the limit with 100 s of work left: {:?} after {second} s",
+            allowance.rate
+        );
+        // 2,000 calls: 50 s at this pace, sooner than the wait.
+        allowance.work_left(2_000, allowance.rate.unwrap());
+        assert!(allowance.cautious());
+        for more in 1..=20 {
+            allowance.grow(start + Duration::from_secs(second + more), f64::INFINITY);
+            assert!(
+                allowance.rate.unwrap() <= CAUTIOUS_MARGIN * 40.0,
+                "below the limit once the end is in sight: {:?}",
+                allowance.rate
+            );
+        }
+    }
+
+    /// The engine tells the pacer the work left; a 57 s Retry-After that turned out not to be
+    /// a window makes the pace cautious only when that work is done sooner than 57 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_work_left_decides_whether_a_long_wait_makes_the_pace_cautious() {
+        let pacer = Pacer::new(6_000);
+        let wait = Duration::from_secs(57);
+        for _ in 0..20 {
+            pacer.answered(None, Instant::now());
+            tokio::time::advance(Duration::from_millis(20)).await;
+        }
+        pacer.throttled(None, Instant::now(), wait);
+        {
+            let mut state = pacer.state();
+            state.pool.long_waits = LongWaits::Uninformative;
+        }
+        let pace = pacer.paced_rate().expect("paced after a 429");
+        let calls_in = |seconds: f64| (pace * seconds) as u64;
+        pacer.work_left(calls_in(120.0));
+        assert!(!pacer.state().pool.cautious(), "120 s of work left");
+        pacer.work_left(calls_in(30.0));
+        assert!(pacer.state().pool.cautious(), "30 s of work left");
     }
 
     /// What is kept to measure the limit stays bounded however long the run: only the
