@@ -1139,6 +1139,8 @@ mod tests {
         throttled: u32,
         /// Calls throttled in each second.
         throttled_each_second: Vec<u32>,
+        /// With [`Api::work`]: when the last of it was let through, seconds.
+        finished: Option<f64>,
     }
 
     impl Seen {
@@ -1162,10 +1164,14 @@ mod tests {
         gateway: bool,
         /// The latency varies this much either way, seconds.
         jitter: f64,
+        /// The client has this many calls to make (a throttled one again once its wait is
+        /// over, without holding a place in the pool meanwhile) and tells the allowance the
+        /// work left after each answer, as the engine does; `None`: it always has work.
+        work: Option<u32>,
     }
 
     /// A client with `pool` calls in flight at most, each answered after `latency` seconds,
-    /// that always has work, paced by one [`Allowance`] against `quota`, whose rate at `t`
+    /// that always has work (or [`Api::work`]), paced by one [`Allowance`] against `quota`, whose rate at `t`
     /// seconds is `rate_at(t)`. A discrete-event simulation on instants made from numbers:
     /// deterministic, no clock.
     /// `api` says how it answers besides its quota.
@@ -1189,12 +1195,29 @@ mod tests {
             sent: 0,
             throttled: 0,
             throttled_each_second: vec![0; seconds],
+            finished: None,
         };
-        let deliver = |allowance: &mut Allowance, Reverse((arrival, sent, wait)): Answer| {
+        // With a finite work: the calls never sent, the throttled ones due again (ns), and
+        // how many were let through (as the sandbox counts them, and as the client learns).
+        let mut fresh = api.work.unwrap_or(u32::MAX);
+        let mut retries: BinaryHeap<Reverse<u64>> = BinaryHeap::new();
+        let mut applied = 0u32;
+        let mut answered_ok = 0u32;
+        let mut deliver = |allowance: &mut Allowance,
+                           retries: &mut BinaryHeap<Reverse<u64>>,
+                           Reverse((arrival, sent, wait)): Answer| {
             match wait {
-                None => allowance.answered(at(sent), at(arrival)),
+                None => {
+                    allowance.answered(at(sent), at(arrival));
+                    answered_ok += 1;
+                    if let Some(work) = api.work {
+                        let pace = allowance.rate.unwrap_or(100_000.0);
+                        allowance.work_left(u64::from(work - answered_ok), pace);
+                    }
+                }
                 Some(wait) => {
                     allowance.throttle(at(sent), at(arrival), Duration::from_nanos(wait), None);
+                    retries.push(Reverse(arrival + wait));
                 }
             }
             arrival as f64 / 1e9
@@ -1210,7 +1233,25 @@ mod tests {
                     .is_some_and(|Reverse((arrival, ..))| *arrival <= ns(t))
             {
                 let answer = answers.pop().expect("peeked");
-                t = t.max(deliver(&mut allowance, answer));
+                t = t.max(deliver(&mut allowance, &mut retries, answer));
+            }
+            let due_retry = retries.peek().is_some_and(|Reverse(due)| *due <= ns(t));
+            if reserved.is_none() && fresh == 0 && !due_retry {
+                // Nothing to send until an answer comes or a throttled call is due again.
+                let next_retry = retries.peek().map(|Reverse(due)| *due);
+                match (answers.pop(), next_retry) {
+                    (Some(answer), retry) if retry.is_none_or(|due| answer.0.0 <= due) => {
+                        t = t.max(deliver(&mut allowance, &mut retries, answer));
+                    }
+                    (answer, Some(due)) => {
+                        answers.extend(answer);
+                        // A nanosecond on: `ns(t)` rounds down.
+                        t = t.max(due as f64 / 1e9 + 1e-9);
+                    }
+                    (None, None) => break,
+                    (Some(_), None) => unreachable!("matched above"),
+                }
+                continue;
             }
             let (send, probe) = match reserved {
                 Some(reserved) => reserved,
@@ -1220,7 +1261,7 @@ mod tests {
                         let until = t + left.as_secs_f64();
                         match answers.pop() {
                             Some(answer) if answer.0.0 <= ns(until) => {
-                                t = t.max(deliver(&mut allowance, answer));
+                                t = t.max(deliver(&mut allowance, &mut retries, answer));
                             }
                             other => {
                                 answers.extend(other);
@@ -1243,7 +1284,7 @@ mod tests {
                 && *arrival <= ns(send)
             {
                 let answer = answers.pop().expect("peeked");
-                t = t.max(deliver(&mut allowance, answer));
+                t = t.max(deliver(&mut allowance, &mut retries, answer));
                 continue;
             }
             reserved = None;
@@ -1257,10 +1298,21 @@ mod tests {
             if t >= seconds as f64 {
                 break;
             }
+            if retries.peek().is_some_and(|Reverse(due)| *due <= ns(t)) {
+                retries.pop();
+            } else {
+                fresh -= 1;
+            }
             let wait = quota.charge(t, rate_at(t)).map(|exact| told.wait(exact));
             seen.sent += 1;
             match wait {
-                None => seen.per_second[t as usize] += 1,
+                None => {
+                    seen.per_second[t as usize] += 1;
+                    applied += 1;
+                    if api.work == Some(applied) {
+                        seen.finished = Some(t);
+                    }
+                }
                 Some(_) => {
                     seen.throttled += 1;
                     seen.throttled_each_second[t as usize] += 1;
@@ -1295,6 +1347,7 @@ mod tests {
                 let api = Api {
                     gateway: true,
                     jitter,
+                    ..Api::default()
                 };
                 let seen = simulate_api(api, Quota::bucket(capacity), Told::Up, |_| R, 8, 0.1, 90);
                 let steady = seen.rate(60, 90);
@@ -1323,6 +1376,7 @@ mod tests {
                 let api = Api {
                     gateway: false,
                     jitter: latency / 2.0,
+                    ..Api::default()
                 };
                 let seen = simulate_api(
                     api,
@@ -1379,6 +1433,50 @@ mod tests {
                     "bucket of {capacity}, {told:?}: {} of {} throttled",
                     seen.throttled,
                     seen.sent
+                );
+            }
+        }
+    }
+
+    /// Partner Center's `Retry-After: 57` on a bucket: a run of 90 s of work finishes close to
+    /// the ideal. The pace probes past the limit while a throttled call is still done before
+    /// the rest, and stays below it in the last 57 s, where a 429 would keep the run going
+    /// after its work is done.
+    #[test]
+    fn a_run_told_57_seconds_ends_near_its_ideal() {
+        for jitter in [0.0, 0.05] {
+            for capacity in [5.0, 50.0] {
+                let work = 4_500 + capacity as u32;
+                let api = Api {
+                    jitter,
+                    work: Some(work),
+                    ..Api::default()
+                };
+                let seen = simulate_api(
+                    api,
+                    Quota::bucket(capacity),
+                    Told::Constant(57),
+                    |_| R,
+                    8,
+                    0.1,
+                    300,
+                );
+                let ideal = f64::from(work - capacity as u32) / R;
+                let finished = seen.finished.expect("all of the work let through");
+                assert!(
+                    ideal / finished >= 0.9,
+                    "bucket of {capacity}, jitter {jitter}: {finished:.1} s, ideal {ideal:.1} s"
+                );
+                // No 429 so late that its call waits past the end of the rest of the work.
+                let last_throttled = seen
+                    .throttled_each_second
+                    .iter()
+                    .rposition(|&n| n > 0)
+                    .expect("the probe past the limit is throttled");
+                assert!(
+                    last_throttled as f64 + 57.0 <= finished,
+                    "bucket of {capacity}, jitter {jitter}: throttled at {last_throttled} s, \
+                     done at {finished:.1} s"
                 );
             }
         }
@@ -1451,8 +1549,8 @@ mod tests {
         for told in [Told::Exact, Told::Up] {
             let quota = Quota::ten_second_window();
             let api = Api {
-                gateway: false,
                 jitter: 0.05,
+                ..Api::default()
             };
             let seen = simulate_api(api, quota, told, |_| 500.0, 80, 0.1, 60);
             let used: Vec<u32> = (0..6)
